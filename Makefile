@@ -1,0 +1,75 @@
+# Strata developer and CI entry points. On a fresh clone, any target below (but clean)
+# first creates .venv and installs the project with its dev extra.
+#
+#   make test         lint, make sure PostgreSQL + Redis answer, then ONE pytest run over
+#                     tests/ and integration/ (what CI runs: .ci/run)
+#   make unit         pytest tests            (no servers)
+#   make integration  scripts/ensure-services, then pytest integration
+#   make lint         ruff check, ruff format --check, mypy --strict strata
+#   make fmt          ruff format + import sorting (rewrites files)
+#   make demo         examples/quickstart.py on embedded SQLite
+#   make bench        python -m benchmarks (when benchmarks/__main__.py exists)
+#   make clean        remove caches and build output (keeps .venv; distclean removes it)
+#
+# PYTEST_ARGS adds pytest options, e.g. make unit PYTEST_ARGS='-k codec -x'.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+.PHONY: demo test unit integration lint bench fmt clean distclean services
+
+# (Re)install when pyproject.toml changes; creates the venv if it is missing.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing strata[dev] into $(VENV)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	env -u STRATA_DATABASE_URL $(BIN)/python examples/quickstart.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict strata
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+services: $(STAMP)
+	scripts/ensure-services
+
+integration: $(STAMP)
+	scripts/ensure-services
+	$(BIN)/python -m pytest integration $(PYTEST_ARGS)
+
+# One pytest invocation, so the run ends in a single summary line. Its exit status is
+# make's: 5 (no tests collected) fails like any other non-zero status.
+test: $(STAMP) lint
+	scripts/ensure-services
+	$(BIN)/python -m pytest tests integration $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@if [ -f benchmarks/__main__.py ]; then \
+		echo "$(BIN)/python -m benchmarks"; $(BIN)/python -m benchmarks; \
+	else \
+		echo "benchmarks: not yet"; \
+	fi
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

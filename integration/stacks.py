@@ -1,0 +1,172 @@
+"""The stacks the tier-contract suite runs over, and a factory fixture building them.
+
+Each stack is one way a user may configure Strata; every contract test runs on each stack
+that has the tiers it needs, so every stack keeps the same promises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from strata import Config, DataStore, Schema, WriteMode, generate_key
+from strata.schema import MemPolicy
+
+ENCRYPTION_KEY = generate_key()
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    l3: str | None  # "sqlite" | "postgresql" | None
+    l1: bool = True
+    l2: bool = False
+    write_mode: WriteMode = WriteMode.WRITE_THROUGH
+
+    def adapt(self, schema: Schema) -> Schema:
+        return dataclasses.replace(
+            schema,
+            l1=(schema.l1 or MemPolicy()) if self.l1 else None,
+            l2=schema.l2 if self.l2 else None,
+            l3=schema.l3 if self.l3 else None,
+            write_mode=self.write_mode,
+        )
+
+
+STACKS = [
+    Stack("l1+sqlite", "sqlite"),
+    Stack("l1+pg", "postgresql"),
+    Stack("l1+l2+pg", "postgresql", l2=True),
+    Stack("l2+pg", "postgresql", l1=False, l2=True),
+    Stack("l2-only", None, l1=False, l2=True),
+    Stack("write-behind", "postgresql", l2=True, write_mode=WriteMode.WRITE_BEHIND),
+]
+L3_STACKS = [s for s in STACKS if s.l3 is not None]
+PG_STACKS = [s for s in STACKS if s.l3 == "postgresql"]
+
+MakeStore = Callable[..., Awaitable[DataStore]]
+
+
+@dataclass
+class Env:
+    """What a contract test may ask about its stack: how to build stores and read raw rows."""
+
+    stack: Stack
+    make: MakeStore
+    pg_url: str
+    pg_schema: str
+    sqlite_path: Path
+
+    async def raw_row(self, table: str, id: Any) -> dict[str, Any] | None:
+        """The row as stored in L3, bypassing Strata (write-behind: call flush_dirty first)."""
+        if self.stack.l3 == "postgresql":
+            conn = await asyncpg.connect(self.pg_url)
+            try:
+                row = await conn.fetchrow(
+                    f'SELECT * FROM "{self.pg_schema}"."{table}" WHERE id = $1', id
+                )
+            finally:
+                await conn.close()
+            return dict(row) if row else None
+        import sqlite3
+
+        with sqlite3.connect(self.sqlite_path) as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(f'SELECT * FROM "{table}" WHERE id = ?', (id,)).fetchone()
+            return dict(found) if found else None
+
+
+def config_for(
+    stack: Stack,
+    *,
+    pg_url: str,
+    pg_schema: str,
+    redis_url: str,
+    prefix: str,
+    sqlite: Path,
+    channel: str,
+    **extra: Any,
+) -> Config:
+    db = f"sqlite:///{sqlite}" if stack.l3 != "postgresql" else pg_url
+    return Config(
+        database_url=db,
+        database_schema=pg_schema if stack.l3 == "postgresql" else None,
+        redis_url=redis_url if stack.l2 else None,
+        key_prefix=prefix,
+        invalidation_channel=channel,
+        encryption_key=ENCRYPTION_KEY,
+        write_behind_flush_interval=0.05,
+        **extra,
+    )
+
+
+async def _env(
+    stack: Stack, pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[Env]:
+    stores: list[DataStore] = []
+    sqlite = tmp_path / "contract.db"
+    channel = f"{redis_prefix}:inv:{uuid.uuid4().hex[:6]}"
+
+    async def make(*schemas: Schema, migrate: bool = True, **extra: Any) -> DataStore:
+        config = config_for(
+            stack,
+            pg_url=pg_url,
+            pg_schema=pg_schema,
+            redis_url=redis_url,
+            prefix=redis_prefix,
+            sqlite=sqlite,
+            channel=channel,
+            **extra,
+        )
+        ds = DataStore(config)
+        for schema in schemas:
+            ds.register(stack.adapt(schema))
+        await ds.connect()
+        stores.append(ds)
+        if migrate and stack.l3 is not None:
+            await ds.migrate()
+        return ds
+
+    try:
+        yield Env(stack, make, pg_url, pg_schema, sqlite)
+    finally:
+        for ds in stores:
+            await ds.close()
+
+
+@pytest.fixture(params=STACKS, ids=lambda s: s.name)
+async def env(
+    request: pytest.FixtureRequest,
+    pg_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> AsyncIterator[Env]:
+    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
+        yield e
+
+
+@pytest.fixture(params=L3_STACKS, ids=lambda s: s.name)
+async def l3_env(
+    request: pytest.FixtureRequest,
+    pg_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> AsyncIterator[Env]:
+    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
+        yield e
+
+
+def model_id(model: BaseModel) -> Any:
+    return model.model_dump()["id"]

@@ -1,0 +1,36 @@
+"""Strata: an async three-tier data store (memory, Redis, PostgreSQL) behind one typed API."""
+
+from __future__ import annotations
+
+from strata import errors
+from strata.config import Config, WriteMode
+from strata.crypto import generate_key
+from strata.datastore import DataStore
+from strata.fields import Field
+from strata.observability import Observer, Stats
+from strata.query import Q, Query
+from strata.schema import Index, MemPolicy, PostgresPolicy, RedisPolicy, Schema, SchemaHooks
+from strata.tiers.memory import Eviction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "DataStore",
+    "Eviction",
+    "Field",
+    "Index",
+    "MemPolicy",
+    "Observer",
+    "PostgresPolicy",
+    "Q",
+    "Query",
+    "RedisPolicy",
+    "Schema",
+    "SchemaHooks",
+    "Stats",
+    "WriteMode",
+    "__version__",
+    "errors",
+    "generate_key",
+]

@@ -1,0 +1,1276 @@
+"""DataStore: the router, and the only place that knows the tier order L1 -> L2 -> L3.
+
+Read path (``get``)::
+
+    L1 hit ─────────────────────────────────────────────► copy ─► caller
+    L1 miss ─► negative cache hit ─► NotFoundError
+            └► L2 hit ─► fill L1 (min(remaining, L1 ttl), version-checked) ─► copy ─► caller
+               L2 miss ─► single flight: one L3 load per key per process
+                          ├► row ─► fill L2 (Lua: only if newer) and L1 ─► copy ─► caller
+                          └► none ─► remember briefly (negative cache) ─► NotFoundError
+
+Write path (``set``)::
+
+    WRITE_THROUGH            L3 upsert (new row version) ─► L2 ─► L1 ─► publish
+    WRITE_THROUGH_L1_ASYNC   L3 upsert ─► L2 ─► L1 tombstone (filled on next read) ─► publish
+    WRITE_BEHIND             L2 ─► L1 ─► queue L3 write (coalesced, flushed in batches) ─► publish
+
+Every cached value carries its row version, and fills only replace older versions, so a
+reader that loaded a row before a concurrent write cannot put the old value back. Codec,
+encryption, TTLs, hooks, stats and error mapping are done here once, not in each tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast, overload
+
+import msgpack
+import orjson
+import pydantic
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+from strata import migrations
+from strata.codec import ModelCodec, Tombstone
+from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
+from strata.config import Config, WriteMode, hide_password, seconds
+from strata.crypto import FieldCipher
+from strata.errors import (
+    CacheMissError,
+    CodecError,
+    InvalidQueryError,
+    TierUnavailableError,
+    InvalidValueError,
+    LifecycleError,
+    MissingPrimaryKeyError,
+    NotFoundError,
+    SchemaDuplicateError,
+    SchemaNotRegisteredError,
+    StrataError,
+    UnsupportedOperationError,
+)
+from strata.invalidation import Invalidation, InvalidationBus
+from strata.observability import Counters, Stats, default_logger
+from strata.schema import (
+    VERSION_COLUMN,
+    ColumnKind,
+    ColumnSpec,
+    CompiledSchema,
+    Schema,
+    compile_schema,
+    enum_to_text,
+    json_default,
+    ttl_min,
+)
+from strata.tiers.memory import MemoryTier
+from strata.tiers.postgres import PostgresTier
+from strata.tiers.redis import RedisTier
+from strata.tiers.sqlite import SqliteTier, to_sqlite
+from strata.writebehind import DeadLetter, PendingWrite, WriteBehindQueue
+
+__all__ = ["DataStore"]
+
+M = TypeVar("M", bound=BaseModel)
+SchemaRef = str | type[BaseModel]
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+_TOMBSTONE_TTL = 5.0
+_REPLICA_RETRY = 5.0
+_RESULT_MODELS = b"SQm"  # cached search result: msgpack list of codec envelopes
+_RESULT_DICTS = b"SQd"  # cached projection: JSON list of dicts
+_WARM_BATCH = 1000
+
+
+async def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class _Runtime:
+    """Everything the router needs per registered schema, resolved once."""
+
+    __slots__ = (
+        "aad_table",
+        "gen_key",
+        "query_prefix",
+        "replica_url",
+        "codec",
+        "coerce",
+        "column_fields",
+        "cs",
+        "encrypted",
+        "enum_by_name",
+        "epoch",
+        "hooks",
+        "json_fields",
+        "key_prefix",
+        "l1",
+        "l1_reset",
+        "l1_ttl",
+        "l2_on",
+        "l2_ttl",
+        "l3_on",
+        "mode",
+        "model",
+        "mutable",
+        "name",
+        "negative",
+        "pk_column",
+        "pk_field",
+        "renames",
+        "simple_rows",
+    )
+
+    def __init__(
+        self,
+        cs: CompiledSchema,
+        config: Config,
+        cipher: FieldCipher | None,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.cs = cs
+        self.name = cs.name
+        self.model = cs.model
+        self.hooks = cs.hooks
+        self.mode = cs.write_mode
+        self.mutable = cs.mutable
+        self.coerce = cs.coerce_id
+        self.l1_ttl = cs.l1_ttl
+        self.l2_ttl = cs.l2_ttl
+        self.l2_on = cs.has_l2 and config.redis_url is not None
+        self.l3_on = cs.has_l3
+        self.negative: dict[Any, float] = {}
+        self.epoch = 0
+        self.pk_field = cs.pk.field
+        self.pk_column = cs.pk.name
+        self.aad_table = cs.table.name
+        policy = cs.source.l1
+        self.l1: MemoryTier[Any, BaseModel] | None = None
+        if policy is not None:
+            on_evict = cs.hooks.on_evict
+            self.l1 = MemoryTier(
+                ttl=cs.l1_ttl,
+                max_entries=policy.max_entries,
+                max_bytes=policy.max_bytes,
+                eviction=policy.eviction,
+                on_evict=(lambda k, v: _fire_and_forget(on_evict, k, v)) if on_evict else None,
+                on_error=on_error,
+                tombstone_ttl=_TOMBSTONE_TTL,
+            )
+        self.codec: ModelCodec | None = None
+        self.key_prefix = ""
+        self.gen_key = ""
+        self.query_prefix = ""
+        l3 = cs.source.l3
+        self.replica_url = l3.read_replica if l3 is not None else None
+        if self.l2_on:
+            self.codec = ModelCodec(cs, cipher, "msgpack" if config.codec == "msgpack" else "json")
+            l2 = cs.source.l2
+            prefix = (l2.key_prefix if l2 is not None else None) or config.key_prefix
+            self.key_prefix = f"{prefix}:{cs.name}:{cs.shape}:"
+            # Cached search results: {prefix}:{schema}:{shape}:q:{generation}:{digest}. Every
+            # write bumps the generation (in the same round trip as its L2 write).
+            self.gen_key = f"{prefix}:{cs.name}:gen"
+            self.query_prefix = f"{prefix}:{cs.name}:{cs.shape}:q:"
+        # Fields a cached copy must not carry: reset to their defaults in L1.
+        reset: dict[str, Any] = {}
+        for f in cs.omit_cache_fields | cs.omit_l1_fields | cs.transient_fields:
+            reset[f] = _default_of(cs.model, f)
+        self.l1_reset = reset
+        self.column_fields = {c.field for c in cs.columns}
+        self.json_fields = {
+            c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
+        }
+        self.encrypted = cs.encrypted
+        self.renames = [(c.name, c.field) for c in cs.columns if c.name != c.field]
+        self.enum_by_name = [
+            c
+            for c in cs.columns
+            if c.enum_type is not None
+            and not c.meta.encrypted
+            and not all(isinstance(m.value, str) for m in c.enum_type)
+        ]
+        self.simple_rows = not (self.renames or self.encrypted or self.enum_by_name)
+
+    def key(self, id: Any) -> str:
+        return f"{self.key_prefix}{id}"
+
+    def l1_copy(self, value: BaseModel) -> BaseModel:
+        """The private copy L1 keeps: omitted fields at their defaults, nothing shared."""
+        if self.l1_reset:
+            return value.model_copy(update=self.l1_reset, deep=True)
+        return value.model_copy(deep=self.mutable)
+
+    def out(self, value: BaseModel) -> BaseModel:
+        return value.model_copy(deep=self.mutable)
+
+
+def _default_of(model: type[BaseModel], field: str) -> Any:
+    info = model.model_fields[field]
+    if info.default_factory is not None:
+        return info.default_factory()  # type: ignore[call-arg]
+    return info.default
+
+
+_HOOK_TASKS: set[asyncio.Future[Any]] = set()
+
+
+def _fire_and_forget(hook: Callable[..., Any], *args: Any) -> None:
+    """on_evict runs inside a synchronous L1 call: an async hook is scheduled, and kept
+    referenced until done."""
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        task = asyncio.ensure_future(result)
+        _HOOK_TASKS.add(task)
+        task.add_done_callback(_HOOK_TASKS.discard)
+
+
+class DataStore:
+    """An async three-tier data store. Use ``async with DataStore(config) as ds:``."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config = config or Config()
+        self._log = config.logger or default_logger()
+        self._observer = config.observer
+        self._cipher: FieldCipher | None = None
+        if config.encryption_key is not None:
+            self._cipher = FieldCipher(config.encryption_key, config.encryption_key_id)
+        self._metadata = sa.MetaData()
+        self._schemas: dict[str, _Runtime] = {}
+        self._by_model: dict[type[BaseModel], _Runtime] = {}
+        self._l3: PostgresTier | SqliteTier
+        if config.dialect == "postgresql":
+            self._l3 = PostgresTier(config, logger=self._log)
+        else:
+            self._l3 = SqliteTier(config, logger=self._log)
+        self._l2: RedisTier | None = None
+        self._bus: InvalidationBus | None = None
+        if config.redis_url is not None:
+            self._l2 = RedisTier(
+                config.redis_url,
+                timeout=config.redis_timeout,
+                max_connections=config.redis_max_connections,
+                logger=self._log,
+                on_error=self._count_error,
+                on_recover=self._on_l2_recover,
+            )
+        self._wb: WriteBehindQueue | None = None
+        self._state = _NEW
+        self._c = Counters()
+        self._inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel, int] | None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._l2_missed: set[str] = set()  # keys written while L2 was down: dropped on recovery
+        self._l2_missed_overflow = False
+        self._last_version = 0
+        self._replicas: dict[str, PostgresTier] = {}
+        self._replica_retry_at: dict[str, float] = {}
+        self.instance_id = config.instance_id
+        self._negative_ttl = _secs(config.negative_ttl)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> DataStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._state == _OPEN:
+            return
+        if self._state == _CLOSED:
+            raise LifecycleError("this DataStore is closed; create a new one")
+        await self._l3.connect()
+        for url, replica in self._replicas.items():
+            try:
+                await replica.connect()
+            except TierUnavailableError as exc:
+                self._log.warning(
+                    "read replica %s unavailable at connect, reading from the primary: %s",
+                    hide_password(url),
+                    exc,
+                )
+                self._replica_retry_at[url] = time.monotonic() + _REPLICA_RETRY
+        cfg = self.config
+        try:
+            if self._l2 is not None:
+                await self._l2.connect()
+                self._bus = InvalidationBus(
+                    self._l2.client,
+                    cfg.invalidation_channel,
+                    self.instance_id,
+                    on_message=self._on_invalidation,
+                    on_reset=self._clear_l1,
+                    heartbeat_interval=_secs(cfg.heartbeat_interval),
+                    logger=self._log,
+                    on_error=self._count_error,
+                )
+                await self._bus.start()
+            self._wb = WriteBehindQueue(
+                self._apply_write_behind,
+                flush_interval=_secs(cfg.write_behind_flush_interval),
+                flush_threshold=cfg.write_behind_flush_threshold,
+                max_retry=cfg.write_behind_max_retry,
+                max_pending=cfg.write_behind_max_pending,
+                on_dead_letter=self._on_dead_letter,
+                on_error=self._count_error,
+                logger=self._log,
+            )
+            await self._wb.start()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._state = _OPEN
+        self._spawn(self._sweeper())
+
+    async def close(self) -> None:
+        """Flush write-behind, end background tasks, close connections. Idempotent."""
+        if self._state != _OPEN:
+            self._state = _CLOSED
+            return
+        self._state = _CLOSED
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        try:
+            if self._wb is not None:
+                await self._wb.close()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._bus is not None:
+                await self._bus.stop()
+            if self._l2 is not None:
+                await self._l2.close()
+            for replica in self._replicas.values():
+                await replica.close()
+            await self._l3.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweeper(self) -> None:
+        """Reclaim expired L1 entries and negative-cache marks, a slice at a time so a
+        large cache never holds up the event loop."""
+        interval = _secs(self.config.sweep_interval)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for rt in list(self._schemas.values()):
+                if rt.l1 is not None:
+                    while rt.l1.sweep(limit=1000) >= 1000:
+                        await asyncio.sleep(0)
+                if rt.negative:
+                    rt.negative = {k: v for k, v in rt.negative.items() if v > now}
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            if self._state == _NEW:
+                raise LifecycleError(
+                    "DataStore is not connected: use `async with DataStore(...)` "
+                    "or `await ds.connect()` first"
+                )
+            raise LifecycleError("DataStore is closed")
+
+    # -- schemas -----------------------------------------------------------------------
+
+    def register(self, schema: Schema) -> CompiledSchema:
+        """Compile and add a schema. Raises a SchemaError subclass naming model and field."""
+        if not isinstance(schema, Schema):
+            from strata.errors import InvalidModelError
+
+            raise InvalidModelError(f"register() takes a strata.Schema, got {schema!r}")
+        model = schema.model
+        if isinstance(model, type) and model in self._by_model:
+            raise SchemaDuplicateError(
+                f"model {model.__name__} is already registered as {self._by_model[model].name!r}",
+                model=model.__name__,
+            )
+        probe_name = schema.name
+        if probe_name is not None and probe_name in self._schemas:
+            raise SchemaDuplicateError(f"a schema named {probe_name!r} is already registered")
+        metadata = sa.MetaData()
+        cs = compile_schema(
+            schema, self.config, has_cipher=self._cipher is not None, metadata=metadata
+        )
+        if cs.name in self._schemas:
+            raise SchemaDuplicateError(
+                f"a schema named {cs.name!r} is already registered", model=cs.model.__name__
+            )
+        tables = {(t.schema, t.name) for t in self._metadata.tables.values()}
+        if cs.has_l3 and (cs.table.schema, cs.table.name) in tables:
+            raise SchemaDuplicateError(
+                f"table {cs.qualified_table!r} already belongs to another schema",
+                model=cs.model.__name__,
+            )
+        if cs.has_l3:
+            cs.table.to_metadata(self._metadata)
+            self._l3.register(cs)
+            replica = cs.source.l3.read_replica if cs.source.l3 is not None else None
+            if replica is not None and self._l3.dialect == "postgresql":
+                tier = self._replicas.get(replica)
+                if tier is None:
+                    tier = self._replicas[replica] = PostgresTier(
+                        self.config, url=replica, logger=self._log
+                    )
+                tier.register(cs)
+        rt = _Runtime(cs, self.config, self._cipher, self._on_hook_error)
+        self._schemas[cs.name] = rt
+        self._by_model[cs.model] = rt
+        return cs
+
+    @property
+    def schemas(self) -> Mapping[str, CompiledSchema]:
+        return {name: rt.cs for name, rt in self._schemas.items()}
+
+    def _rt(self, schema: SchemaRef) -> _Runtime:
+        try:
+            if isinstance(schema, str):
+                return self._schemas[schema]
+            return self._by_model[schema]
+        except (KeyError, TypeError):
+            name = schema if isinstance(schema, str) else getattr(schema, "__name__", schema)
+            raise SchemaNotRegisteredError(
+                f"schema {name!r} is not registered (registered: {', '.join(self._schemas)})"
+            ) from None
+
+    def _id(self, rt: _Runtime, id: Any) -> Any:
+        try:
+            return rt.coerce(id)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValueError(f"{rt.name}: bad id {id!r}: {exc}", schema=rt.name) from exc
+
+    # -- conversions -------------------------------------------------------------------
+
+    def _value(self, rt: _Runtime, value: Any) -> BaseModel:
+        if type(value) is rt.model or isinstance(value, rt.model):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return rt.model.model_validate(value)
+            except pydantic.ValidationError as exc:
+                raise InvalidValueError(f"{rt.name}: {exc}", schema=rt.name) from exc
+        raise InvalidValueError(
+            f"{rt.name} takes {rt.model.__name__} values (or dicts), got {type(value).__name__}",
+            schema=rt.name,
+        )
+
+    def _stamp(self, rt: _Runtime, value: BaseModel) -> BaseModel:
+        """A private copy of the value with auto timestamps set; the caller's object is
+        never stored by reference."""
+        cs = rt.cs
+        if cs.auto_now or cs.auto_now_add:
+            now = datetime.now(UTC)
+            update = dict.fromkeys(cs.auto_now, now)
+            for f in cs.auto_now_add:
+                current = getattr(value, f)
+                update[f] = current if isinstance(current, datetime) else now
+            return value.model_copy(update=update, deep=True)
+        return value.model_copy(deep=True)
+
+    def _to_row(self, rt: _Runtime, value: BaseModel, id: Any) -> dict[str, Any]:
+        """Canonical L3 row (column -> value); encrypted columns sealed here."""
+        data = value.model_dump(include=rt.column_fields)
+        if rt.json_fields:
+            data.update(value.model_dump(mode="json", include=rt.json_fields))
+        row: dict[str, Any] = {}
+        for spec in rt.cs.columns:
+            v = data[spec.field]
+            if v is not None:
+                kind = spec.kind
+                if kind is ColumnKind.ENCRYPTED:
+                    assert self._cipher is not None
+                    v = self._cipher.encrypt(
+                        orjson.dumps(v), FieldCipher.aad(rt.aad_table, id, spec.name)
+                    )
+                elif kind is ColumnKind.ENUM:
+                    v = enum_to_text(v) if not isinstance(v, str) else v
+                elif kind is ColumnKind.DATETIME and v.tzinfo is None:
+                    v = v.replace(tzinfo=UTC)
+            row[spec.name] = v
+        return row
+
+    def _from_row(self, rt: _Runtime, row: dict[str, Any]) -> tuple[BaseModel, int]:
+        version = row.pop(VERSION_COLUMN, 0) or 0
+        if not rt.simple_rows:
+            pk = row[rt.pk_column]
+            for spec in rt.encrypted:
+                blob = row.get(spec.name)
+                if blob is not None:
+                    assert self._cipher is not None
+                    plain = self._cipher.decrypt(blob, FieldCipher.aad(rt.aad_table, pk, spec.name))
+                    row[spec.name] = orjson.loads(plain)
+            for spec in rt.enum_by_name:
+                v = row.get(spec.name)
+                if v is not None and spec.enum_type is not None:
+                    row[spec.name] = spec.enum_type[v]
+            for column, field in rt.renames:
+                row[field] = row.pop(column)
+        try:
+            return rt.model.model_validate(row), int(version)
+        except pydantic.ValidationError as exc:
+            raise InvalidValueError(
+                f"{rt.name}: a stored row does not fit the model: {exc}", schema=rt.name
+            ) from exc
+
+    def _next_version(self) -> int:
+        """Versions for writes that do not go through L3 first (write-behind, l3=None):
+        a hybrid clock in microseconds, strictly increasing within this process."""
+        v = max(time.time_ns() // 1000, self._last_version + 1)
+        self._last_version = v
+        return v
+
+    # -- reads -------------------------------------------------------------------------
+
+    @overload
+    async def get(self, schema: type[M], id: Any, *, force_l3: bool = False) -> M: ...
+    @overload
+    async def get(self, schema: str, id: Any, *, force_l3: bool = False) -> BaseModel: ...
+    async def get(self, schema: SchemaRef, id: Any, *, force_l3: bool = False) -> BaseModel:
+        """The value with this id: L1, then L2, then L3. Raises NotFoundError."""
+        rt = self._rt(schema)
+        if self._state is not _OPEN:
+            self._check_open()
+        c = self._c
+        c.gets += 1
+        id = self._id(rt, id)
+        hooks = rt.hooks
+        if hooks.before_get is not None:
+            await _call_hook(hooks.before_get, id)
+        if not force_l3:
+            l1 = rt.l1
+            if l1 is not None:
+                hit = l1.get(id)
+                if hit is not None:
+                    c.l1_hits += 1
+                    return await self._deliver(rt, hit.model_copy(deep=rt.mutable))
+            if rt.negative:
+                expires = rt.negative.get(id)
+                if expires is not None:
+                    if expires > time.monotonic():
+                        c.negative_hits += 1
+                        c.misses += 1
+                        raise NotFoundError(rt.name, id)
+                    del rt.negative[id]
+            if rt.l2_on:
+                found = await self._l2_get(rt, [id])
+                got = found.get(id)
+                if got is not None:
+                    c.l2_hits += 1
+                    return await self._deliver(rt, got)
+        loaded = await self._load(rt, id, force_l3)
+        if loaded is None:
+            c.misses += 1
+            raise NotFoundError(rt.name, id)
+        c.l3_hits += 1
+        return await self._deliver(rt, loaded)
+
+    async def _deliver(self, rt: _Runtime, value: BaseModel) -> BaseModel:
+        if rt.hooks.after_get is not None:
+            replaced = await _call_hook(rt.hooks.after_get, value)
+            if replaced is not None:
+                return cast(BaseModel, replaced)
+        return value
+
+    async def _l2_get(self, rt: _Runtime, ids: Sequence[Any]) -> dict[Any, BaseModel]:
+        """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies."""
+        assert self._l2 is not None and rt.codec is not None
+        answers = await self._l2.get_many([rt.key(i) for i in ids])
+        out: dict[Any, BaseModel] = {}
+        for id, (payload, remaining) in zip(ids, answers, strict=True):
+            if payload is None:
+                continue
+            try:
+                decoded = rt.codec.decode(payload)
+            except (CodecError, StrataError) as exc:
+                self._count_error(exc)
+                self._log.warning(
+                    "%s: unreadable L2 payload for %r, refetching: %s", rt.name, id, exc
+                )
+                continue
+            if isinstance(decoded, Tombstone):
+                continue
+            value, version = decoded
+            if rt.l1 is not None:
+                rt.l1.set(id, rt.l1_copy(value), version, ttl=ttl_min(remaining, rt.l1_ttl))
+            out[id] = value  # freshly decoded: owned by nobody else
+        return out
+
+    async def _load(self, rt: _Runtime, id: Any, force_l3: bool) -> BaseModel | None:
+        """One L3 load per key per process at a time (single flight); fills the caches."""
+        if not rt.l3_on:
+            return None
+        key = (rt.name, id)
+        if not force_l3:
+            pending = self._inflight.get(key)
+            if pending is not None:
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    shared = pending.result()
+                    return None if shared is None else rt.out(shared[0])
+                # the loader was cancelled: load for ourselves
+        fut: asyncio.Future[tuple[BaseModel, int] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if not force_l3:
+            self._inflight[key] = fut
+        epoch = rt.epoch
+        try:
+            self._c.l3_queries += 1
+            rows = await self._l3.get_many(rt.cs, [id])
+            result = self._from_row(rt, rows[0]) if rows else None
+            if result is None:
+                if rt.epoch == epoch and not force_l3:
+                    rt.negative[id] = time.monotonic() + self._negative_ttl
+            elif not force_l3:
+                await self._fill(rt, [(id, result[0], result[1])])
+            fut.set_result(result)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: joiners get it through their own await
+            raise
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+        return None if result is None else rt.out(result[0])
+
+    async def _fill(self, rt: _Runtime, items: Sequence[tuple[Any, BaseModel, int]]) -> None:
+        """Promote L3 values into L2 and L1; both refuse to replace a newer version."""
+        if rt.l2_on and self._l2 is not None and rt.codec is not None:
+            codec = rt.codec
+            await self._l2.set_many(
+                [(rt.key(i), codec.encode(v, ver), rt.l2_ttl) for i, v, ver in items]
+            )
+        l1 = rt.l1
+        if l1 is not None:
+            ttl = ttl_min(rt.l2_ttl if rt.l2_on else None, rt.l1_ttl)
+            for i, v, ver in items:
+                l1.set(i, rt.l1_copy(v), ver, ttl=ttl)
+
+    async def get_many(self, schema: SchemaRef, ids: Iterable[Any]) -> dict[Any, BaseModel]:
+        """``{id: value}`` for the ids found (missing ids omitted); one round trip per tier."""
+        rt = self._rt(schema)
+        self._check_open()
+        c = self._c
+        wanted = list(dict.fromkeys(self._id(rt, i) for i in ids))
+        c.gets += len(wanted)
+        found: dict[Any, BaseModel] = {}
+        missing = wanted
+        if rt.l1 is not None:
+            hits = rt.l1.get_many(missing)
+            for i, v in hits.items():
+                found[i] = v.model_copy(deep=rt.mutable)
+            c.l1_hits += len(hits)
+            missing = [i for i in missing if i not in hits]
+        if missing and rt.l2_on:
+            hits2 = await self._l2_get(rt, missing)
+            found.update(hits2)
+            c.l2_hits += len(hits2)
+            missing = [i for i in missing if i not in hits2]
+        if missing and rt.l3_on:
+            c.l3_queries += 1
+            rows = await self._l3.get_many(rt.cs, missing)
+            loaded = [self._from_row(rt, r) for r in rows]
+            items = [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded]
+            await self._fill(rt, items)
+            for i, v, _ in items:
+                found[i] = v
+            c.l3_hits += len(items)
+        c.misses += len(wanted) - len(found)
+        if rt.hooks.after_get is not None:
+            for i in list(found):
+                found[i] = await self._deliver(rt, found[i])
+        return {i: found[i] for i in wanted if i in found}
+
+    async def exists(self, schema: SchemaRef, id: Any) -> bool:
+        """Whether a row with this id exists (L1, then L2, then L3; fills nothing)."""
+        rt = self._rt(schema)
+        self._check_open()
+        id = self._id(rt, id)
+        if rt.l1 is not None and id in rt.l1:
+            return True
+        if rt.l2_on:
+            assert self._l2 is not None and rt.codec is not None
+            ((payload, _),) = await self._l2.get_many([rt.key(id)])
+            if payload is not None:
+                try:
+                    decoded = rt.codec.decode(payload)
+                except (CodecError, StrataError) as exc:
+                    self._count_error(exc)
+                else:
+                    if not isinstance(decoded, Tombstone):
+                        return True
+                    if not rt.l3_on:
+                        return False
+        if not rt.l3_on:
+            return False
+        self._c.l3_queries += 1
+        return bool(await self._l3.exists_many(rt.cs, [id]))
+
+    # -- writes ------------------------------------------------------------------------
+
+    @overload
+    async def set(self, schema: type[M], value: M | Mapping[str, Any]) -> M: ...
+    @overload
+    async def set(self, schema: str, value: BaseModel | Mapping[str, Any]) -> BaseModel: ...
+    async def set(self, schema: SchemaRef, value: Any) -> BaseModel:
+        """Store a value (its id is its primary key field). Returns the value as stored,
+        with auto timestamps filled in."""
+        rt = self._rt(schema)
+        self._check_open()
+        self._c.sets += 1
+        stored = await self._write(rt, [value])
+        return stored[0]
+
+    async def set_many(self, schema: SchemaRef, values: Iterable[Any]) -> list[BaseModel]:
+        """Store many values: one L3 statement (COPY on PostgreSQL), one L2 round trip and
+        one invalidation message. A repeated id keeps its last value."""
+        rt = self._rt(schema)
+        self._check_open()
+        values = list(values)
+        self._c.sets += len(values)
+        if not values:
+            return []
+        return await self._write(rt, values)
+
+    async def _write(self, rt: _Runtime, values: Sequence[Any]) -> list[BaseModel]:
+        cs = rt.cs
+        prepared: dict[Any, BaseModel] = {}
+        for raw in values:
+            value = self._value(rt, raw)
+            if rt.hooks.before_set is not None:
+                replaced = await _call_hook(rt.hooks.before_set, value)
+                if replaced is not None:
+                    value = self._value(rt, replaced)
+            id = getattr(value, rt.pk_field, None)
+            if id is None:
+                raise MissingPrimaryKeyError(
+                    f"{rt.name}: {cs.model.__name__}.{rt.pk_field} (the primary key) is not set",
+                    schema=rt.name,
+                )
+            id = self._id(rt, id)
+            prepared[id] = self._stamp(rt, value)
+        ids = list(prepared)
+        if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
+            items = await self._write_behind(rt, prepared)
+        else:
+            items = await self._write_through(rt, prepared)
+        self._after_write(rt, ids)
+        await self._cache_writes(rt, items)
+        await self._publish(rt, "set", items)
+        if rt.hooks.after_set is not None:
+            for _, v, _ in items:
+                await _call_hook(rt.hooks.after_set, rt.out(v))
+        return [rt.out(v) for _, v, _ in items]
+
+    async def _write_through(
+        self, rt: _Runtime, prepared: dict[Any, BaseModel]
+    ) -> list[tuple[Any, BaseModel, int]]:
+        if not rt.l3_on:
+            return [(i, v, self._next_version()) for i, v in prepared.items()]
+        rows = [self._to_row(rt, v, i) for i, v in prepared.items()]
+        self._c.l3_queries += 1
+        returned = await self._l3.upsert_many(rt.cs, rows)
+        items = []
+        keep = rt.cs.auto_now_add
+        for i, v in prepared.items():
+            ret = returned[i]
+            if keep:
+                kept = {f: ret[rt.cs.by_field[f].name] for f in keep}
+                if any(getattr(v, f) != kv for f, kv in kept.items()):
+                    v = v.model_copy(update=kept)
+            items.append((i, v, int(ret[VERSION_COLUMN])))
+        return items
+
+    async def _write_behind(
+        self, rt: _Runtime, prepared: dict[Any, BaseModel]
+    ) -> list[tuple[Any, BaseModel, int]]:
+        assert self._wb is not None
+        items = []
+        for i, v in prepared.items():
+            if rt.cs.auto_now_add:
+                v = self._keep_created(rt, i, v)
+            version = self._next_version()
+            row = self._to_row(rt, v, i)
+            row[VERSION_COLUMN] = version
+            await self._wb.put(
+                PendingWrite(schema=rt.name, id=i, op="set", row=row, version=version)
+            )
+            items.append((i, v, version))
+        return items
+
+    def _keep_created(self, rt: _Runtime, id: Any, value: BaseModel) -> BaseModel:
+        """Write-behind cannot ask L3 for the stored ``auto_now_add`` values; an L1 copy
+        of the row, when there is one, supplies them."""
+        cached = rt.l1.get(id) if rt.l1 is not None else None
+        if cached is None:
+            return value
+        return value.model_copy(update={f: getattr(cached, f) for f in rt.cs.auto_now_add})
+
+    def _after_write(self, rt: _Runtime, ids: Iterable[Any]) -> None:
+        """Forget what a concurrent reader may have learnt before this write."""
+        rt.epoch += 1
+        for i in ids:
+            rt.negative.pop(i, None)
+            self._inflight.pop((rt.name, i), None)
+
+    async def _cache_writes(
+        self, rt: _Runtime, items: Sequence[tuple[Any, BaseModel, int]]
+    ) -> None:
+        if rt.l2_on:
+            assert self._l2 is not None and rt.codec is not None
+            codec = rt.codec
+            payloads = [(rt.key(i), codec.encode(v, ver), rt.l2_ttl) for i, v, ver in items]
+            await self._l2.set_many(payloads)
+            if not self._l2.available:
+                self._remember_l2_missed(k for k, _, _ in payloads)
+        l1 = rt.l1
+        if l1 is not None:
+            if rt.mode is WriteMode.WRITE_THROUGH_L1_ASYNC:
+                for i, _, ver in items:
+                    l1.delete(i, ver)  # refuse older fills; the next read fills it
+            else:
+                for i, v, ver in items:
+                    l1.set(i, rt.l1_copy(v), ver)
+
+    async def delete(self, schema: SchemaRef, id: Any) -> None:
+        """Delete from every tier. Idempotent: deleting a missing id is not an error."""
+        rt = self._rt(schema)
+        self._check_open()
+        self._c.deletes += 1
+        await self._delete(rt, [self._id(rt, id)])
+
+    async def delete_many(self, schema: SchemaRef, ids: Iterable[Any]) -> None:
+        rt = self._rt(schema)
+        self._check_open()
+        wanted = list(dict.fromkeys(self._id(rt, i) for i in ids))
+        self._c.deletes += len(wanted)
+        if wanted:
+            await self._delete(rt, wanted)
+
+    async def _delete(self, rt: _Runtime, ids: list[Any]) -> None:
+        if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
+            assert self._wb is not None
+            version = self._next_version()
+            for i in ids:
+                await self._wb.put(
+                    PendingWrite(schema=rt.name, id=i, op="delete", row=None, version=version)
+                )
+        elif rt.l3_on:
+            self._c.l3_queries += 1
+            version = await self._l3.delete_many(rt.cs, ids)
+        else:
+            version = self._next_version()
+        self._after_write(rt, ids)
+        if rt.l2_on:
+            assert self._l2 is not None and rt.codec is not None
+            tomb = rt.codec.tombstone(version)
+            keys = [rt.key(i) for i in ids]
+            await self._l2.set_many([(k, tomb, _TOMBSTONE_TTL) for k in keys])
+            if not self._l2.available:
+                self._remember_l2_missed(keys)
+        if rt.l1 is not None:
+            for i in ids:
+                rt.l1.delete(i, version)
+        await self._publish(rt, "delete", [(i, None, version) for i in ids])
+
+    # -- queries -----------------------------------------------------------------------
+
+    def _compile(self, rt: _Runtime, q: Q | Query | None, *, count: bool = False) -> CompiledQuery:
+        if not rt.l3_on:
+            raise UnsupportedOperationError(
+                f"{rt.name} has no L3 tier (l3=None): search and count need a database; "
+                "use get / get_many by id"
+            )
+        dialect = self._l3.dialect
+        to_db = _sqlite_arg if dialect == "sqlite" else None
+        if count:
+            return compile_count(q, rt.cs, dialect, to_db=to_db)  # type: ignore[arg-type]
+        return compile_select(
+            q,
+            rt.cs,
+            dialect,  # type: ignore[arg-type]
+            default_limit=self.config.default_query_limit,
+            to_db=to_db,
+        )
+
+    async def _query_rows(
+        self, rt: _Runtime, cq: CompiledQuery, *, replica: bool = True
+    ) -> list[dict[str, Any]]:
+        self._c.l3_queries += 1
+        tier = self._replica_for(rt) if replica else None
+        if tier is not None:
+            try:
+                return await tier.fetch(cq.sql, cq.args, schema=rt.cs)
+            except TierUnavailableError as exc:
+                self._replica_down(rt, exc)
+        return await self._l3.fetch(cq.sql, cq.args, schema=rt.cs)
+
+    def _projection(self, rt: _Runtime, cq: CompiledQuery, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Projected rows as dicts keyed by field name (encrypted fields decrypted)."""
+        by_column = rt.cs.by_column
+        enc = [by_column[c] for c in cq.columns if by_column[c].meta.encrypted]
+        if enc and rt.pk_column not in cq.columns:
+            raise InvalidQueryError(
+                f"{rt.name}: fields() with an encrypted field must include the primary key "
+                f"{rt.pk_field!r} (it is part of the decryption context)",
+                identifier=enc[0].field,
+            )
+        out = []
+        for row in rows:
+            for spec in enc:
+                blob = row.get(spec.name)
+                if blob is not None:
+                    assert self._cipher is not None
+                    aad = FieldCipher.aad(rt.aad_table, row[rt.pk_column], spec.name)
+                    row[spec.name] = orjson.loads(self._cipher.decrypt(blob, aad))
+            out.append({by_column[c].field: row[c] for c in cq.columns})
+        return out
+
+    @overload
+    async def search(self, schema: type[M], q: Q | Query | None = None) -> list[M]: ...
+    @overload
+    async def search(self, schema: str, q: Q | Query | None = None) -> list[BaseModel]: ...
+    async def search(self, schema: SchemaRef, q: Q | Query | None = None) -> list[Any]:
+        """Rows matching the query, from L3 (the read replica when configured). Whole rows
+        come back as models and fill L1 and L2 (unless ``force_l3()``); a ``fields(...)``
+        projection comes back as dicts keyed by field name and never touches the caches.
+        ``force_l2()`` serves only a cached result (see ``search_cached``)."""
+        rt = self._rt(schema)
+        self._check_open()
+        query = as_query(q)
+        if query.tier == "l2":
+            return await self.search_cached(schema, q)
+        cq = self._compile(rt, query)
+        rows = await self._query_rows(rt, cq)
+        if cq.projection:
+            return self._projection(rt, cq, rows)
+        loaded = [self._from_row(rt, r) for r in rows]
+        if query.tier != "l3" and loaded:
+            await self._fill(rt, [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded])
+        return [v for v, _ in loaded]
+
+    async def search_cached(self, schema: SchemaRef, q: Q | Query | None = None) -> list[Any]:
+        """``search``, with the whole result list kept in L2. Any write to the schema, from
+        any instance, makes every cached result of the schema unreachable at once (a
+        per-schema generation number is part of the key). Without L2 it is ``search``."""
+        rt = self._rt(schema)
+        self._check_open()
+        query = as_query(q)
+        if not rt.l2_on or query.tier == "l3":
+            if query.tier == "l2":
+                raise CacheMissError(f"{rt.name}: force_l2() needs an L2 (Redis) tier")
+            return await self.search(schema, query)
+        assert self._l2 is not None and rt.codec is not None
+        cq = self._compile(rt, query)
+        gen_key = rt.gen_key
+        generation, payload = await self._l2.get_generation(gen_key, rt.query_prefix, cq.digest())
+        if payload is not None:
+            try:
+                return self._decode_result(rt, cq, payload)
+            except (CodecError, StrataError, ValueError) as exc:
+                self._count_error(exc)
+                self._log.warning("%s: unreadable cached search result, refetching: %s", rt.name, exc)
+        if query.tier == "l2":
+            raise CacheMissError(f"{rt.name}: no cached result for this query (force_l2)")
+        rows = await self._query_rows(rt, cq)
+        if cq.projection:
+            result: list[Any] = self._projection(rt, cq, rows)
+            encoded = _RESULT_DICTS + orjson.dumps(result, default=json_default)
+            if any(rt.cs.by_column[c].meta.encrypted for c in cq.columns):
+                return result  # plaintext of an encrypted field never goes to Redis
+        else:
+            loaded = [self._from_row(rt, r) for r in rows]
+            if loaded:
+                await self._fill(rt, [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded])
+            result = [v for v, _ in loaded]
+            codec = rt.codec
+            encoded = _RESULT_MODELS + msgpack.packb([codec.encode(v, ver) for v, ver in loaded])
+        key = f"{rt.query_prefix}{generation}:{cq.digest()}"
+        await self._l2.set_raw(key, encoded, rt.l2_ttl)
+        return result
+
+    def _decode_result(self, rt: _Runtime, cq: CompiledQuery, payload: bytes) -> list[Any]:
+        assert rt.codec is not None
+        if payload.startswith(_RESULT_DICTS):
+            return cast(list[Any], orjson.loads(payload[len(_RESULT_DICTS) :]))
+        if not payload.startswith(_RESULT_MODELS):
+            raise CodecError("not a cached search result")
+        out = []
+        for item in msgpack.unpackb(payload[len(_RESULT_MODELS) :]):
+            decoded = rt.codec.decode(item)
+            if isinstance(decoded, Tombstone):
+                raise CodecError("tombstone inside a cached search result")
+            out.append(decoded[0])
+        return out
+
+    async def count(self, schema: SchemaRef, q: Q | Query | None = None) -> int:
+        """How many rows match (order, limit, offset and fields are ignored)."""
+        rt = self._rt(schema)
+        self._check_open()
+        cq = self._compile(rt, q, count=True)
+        rows = await self._query_rows(rt, cq)
+        return int(next(iter(rows[0].values()))) if rows else 0
+
+    def _replica_for(self, rt: _Runtime) -> PostgresTier | None:
+        url = rt.replica_url
+        if url is None:
+            return None
+        tier = self._replicas.get(url)
+        if tier is None or self._replica_retry_at.get(url, 0.0) > time.monotonic():
+            return None
+        return tier
+
+    def _replica_down(self, rt: _Runtime, exc: BaseException) -> None:
+        url = rt.replica_url
+        assert url is not None
+        if self._replica_retry_at.get(url, 0.0) == 0.0:
+            self._log.warning(
+                "read replica %s unavailable, reading from the primary: %s", hide_password(url), exc
+            )
+        self._count_error(exc)
+        self._replica_retry_at[url] = time.monotonic() + _REPLICA_RETRY
+
+    # -- cache control -----------------------------------------------------------------
+
+    async def invalidate(self, schema: SchemaRef, id: Any) -> None:
+        """Drop one id from L1 and L2 on every instance (L3 is untouched)."""
+        rt = self._rt(schema)
+        self._check_open()
+        id = self._id(rt, id)
+        self._after_write(rt, [id])
+        if rt.l1 is not None:
+            rt.l1.delete(id)
+        if rt.l2_on:
+            assert self._l2 is not None
+            await self._l2.delete_many([rt.key(id)])
+        await self._publish(rt, "set", [(id, None, None)])
+
+    async def invalidate_all(self, schema: SchemaRef) -> None:
+        """Drop every cached value of the schema from L1 and L2 on every instance."""
+        rt = self._rt(schema)
+        self._check_open()
+        rt.epoch += 1
+        rt.negative.clear()
+        if rt.l1 is not None:
+            rt.l1.clear()
+        if rt.l2_on:
+            assert self._l2 is not None
+            await self._l2.delete_pattern(f"{rt.key_prefix.rsplit(':', 2)[0]}:*")
+        await self._publish_raw(
+            Invalidation(schema=rt.name, op="invalidate_all", origin=self.instance_id)
+        )
+
+    async def warm_cache(self, schema: SchemaRef, limit: int = 0) -> int:
+        """Load rows from L3 into L2 and L1 in batches; ``limit=0`` loads every row.
+        Returns how many rows were loaded."""
+        rt = self._rt(schema)
+        self._check_open()
+        if not rt.l3_on:
+            raise UnsupportedOperationError(f"{rt.name} has no L3 tier to warm from")
+        if limit < 0:
+            raise InvalidValueError("warm_cache limit must be 0 (all) or positive")
+        loaded = 0
+        batch = _WARM_BATCH if not limit else min(limit, _WARM_BATCH)
+        async for rows in self._l3.iterate(rt.cs, batch):
+            if limit:
+                rows = rows[: limit - loaded]
+            self._c.l3_queries += 1
+            items = []
+            for row in rows:
+                v, ver = self._from_row(rt, row)
+                items.append((getattr(v, rt.pk_field), v, ver))
+            await self._fill(rt, items)
+            loaded += len(items)
+            if limit and loaded >= limit:
+                break
+        return loaded
+
+    async def flush_dirty(self, timeout: float | None = None) -> None:
+        """Wait until every queued write-behind write is in L3 (or dead-lettered)."""
+        self._check_open()
+        if self._wb is not None:
+            await self._wb.flush(timeout)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Write-behind writes that failed ``write_behind_max_retry`` times."""
+        return self._wb.dead_letters() if self._wb is not None else []
+
+    # -- write-behind ------------------------------------------------------------------
+
+    async def _apply_write_behind(self, schema: str, writes: list[PendingWrite]) -> None:
+        rt = self._schemas[schema]
+        sets = [w.row for w in writes if w.op == "set"]
+        deletes = [w.id for w in writes if w.op == "delete"]
+        if sets:
+            self._c.l3_queries += 1
+            await self._l3.upsert_many(rt.cs, sets, versioned=True)
+        if deletes:
+            self._c.l3_queries += 1
+            await self._l3.delete_many(rt.cs, deletes)
+
+    async def _on_dead_letter(self, letter: DeadLetter) -> None:
+        self._c.dead_letters += 1
+        rt = self._schemas.get(letter.write.schema)
+        self._log.error(
+            "write-behind gave up on %s %r after %d attempts: %s",
+            letter.write.schema,
+            letter.write.id,
+            letter.write.attempts,
+            letter.error,
+        )
+        if rt is not None and rt.hooks.on_write_error is not None:
+            await _call_hook(
+                rt.hooks.on_write_error, letter.write.id, letter.write.row, letter.error
+            )
+
+    # -- invalidation ------------------------------------------------------------------
+
+    async def _publish(
+        self, rt: _Runtime, op: str, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> None:
+        if self._bus is None or (not rt.l2_on and rt.l1 is None):
+            return
+        if len(items) == 1:
+            i, _, ver = items[0]
+            msg = Invalidation(
+                schema=rt.name,
+                op=op,  # type: ignore[arg-type]
+                origin=self.instance_id,
+                id=_wire_id(i),
+                version=ver,
+            )
+        else:
+            msg = Invalidation(
+                schema=rt.name,
+                op=op,  # type: ignore[arg-type]
+                origin=self.instance_id,
+                ids=tuple(_wire_id(i) for i, _, _ in items),
+                versions=tuple(ver for _, _, ver in items),
+            )
+        await self._publish_raw(msg)
+
+    async def _publish_raw(self, msg: Invalidation) -> None:
+        if self._bus is not None and await self._bus.publish(msg):
+            self._c.invalidations_sent += 1
+
+    def _on_invalidation(self, msg: Invalidation) -> None:
+        rt = self._schemas.get(msg.schema)
+        if rt is None:
+            return
+        self._c.invalidations_received += 1
+        rt.epoch += 1
+        if msg.op == "invalidate_all":
+            rt.negative.clear()
+            if rt.l1 is not None:
+                rt.l1.clear()
+            return
+        for raw_id, version in msg.keys():  # noqa: SIM118 - a method, not dict.keys
+            try:
+                id = rt.coerce(raw_id)
+            except (TypeError, ValueError):
+                continue
+            rt.negative.pop(id, None)
+            self._inflight.pop((rt.name, id), None)
+            if rt.l1 is not None:
+                rt.l1.delete(id, version)
+
+    def _clear_l1(self) -> None:
+        """Messages may have been lost: nothing in L1 can be trusted any more."""
+        for rt in self._schemas.values():
+            rt.epoch += 1
+            rt.negative.clear()
+            if rt.l1 is not None:
+                rt.l1.clear()
+
+    def _on_l2_recover(self) -> None:
+        self._clear_l1()
+        if self._l2_missed or self._l2_missed_overflow:
+            self._spawn(self._drop_l2_missed())
+
+    def _remember_l2_missed(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            if len(self._l2_missed) >= 100_000:
+                self._l2_missed_overflow = True
+                return
+            self._l2_missed.add(k)
+
+    async def _drop_l2_missed(self) -> None:
+        """Keys written while Redis was unreachable may hold older values there: drop them."""
+        assert self._l2 is not None
+        keys, self._l2_missed = list(self._l2_missed), set()
+        for start in range(0, len(keys), 1000):
+            await self._l2.delete_many(keys[start : start + 1000])
+        if self._l2_missed_overflow:
+            self._l2_missed_overflow = False
+            for rt in self._schemas.values():
+                if rt.l2_on:
+                    await self._l2.delete_pattern(f"{rt.key_prefix.rsplit(':', 2)[0]}:*")
+
+    def _count_error(self, exc: BaseException) -> None:
+        """Errors a component has already logged (it logs outages once, not per call)."""
+        self._c.errors += 1
+
+    def _on_hook_error(self, exc: BaseException) -> None:
+        self._c.errors += 1
+        self._log.warning("strata: on_evict hook failed: %r", exc)
+
+    # -- migrations, stats -------------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> migrations.MigrationReport:
+        """Create missing tables, columns and indexes (additive only; idempotent; safe when
+        several instances start at once). Drift is reported, never applied."""
+        self._check_open()
+        l3 = [rt.cs for rt in self._schemas.values() if rt.l3_on]
+        return await migrations.migrate(self.config, l3, dry_run=dry_run)
+
+    async def migrate_from(self, directory: str) -> list[migrations.MigrationRecord]:
+        self._check_open()
+        return await migrations.migrate_from(self.config, directory)
+
+    async def migration_status(self) -> list[migrations.MigrationRecord]:
+        self._check_open()
+        return await migrations.migration_status(self.config)
+
+    def stats(self) -> Stats:
+        l1 = sum(len(rt.l1) for rt in self._schemas.values() if rt.l1 is not None)
+        evictions = sum(rt.l1.evictions for rt in self._schemas.values() if rt.l1 is not None)
+        return self._c.snapshot(
+            l1_entries=l1,
+            l1_evictions=evictions,
+            dirty_count=self._wb.pending if self._wb is not None else 0,
+            invalidations_received=self._c.invalidations_received,
+        )
+
+    def __repr__(self) -> str:
+        l3 = getattr(self._l3, "url", None) or getattr(self._l3, "path", "")
+        return (
+            f"<DataStore {self._state} l3={hide_password(str(l3))} schemas={list(self._schemas)}>"
+        )
+
+
+def _sqlite_arg(spec: ColumnSpec, value: Any) -> Any:
+    return to_sqlite(spec.value_kind, value)
+
+
+def _secs(value: Any) -> float:
+    return seconds(value, "interval") or 0.0
+
+
+def _wire_id(id: Any) -> str | int:
+    return id if isinstance(id, str | int) else str(id)

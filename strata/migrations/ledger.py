@@ -1,0 +1,166 @@
+"""Strata's own bookkeeping objects in the database, and the ledger of applied migrations.
+
+Created by every ``migrate`` / ``migrate_from`` run (idempotently, under the migration lock)
+in ``Config.database_schema``:
+
+* ``_strata_migrations``: one row per applied run (``kind`` ``'auto'`` or ``'sql'``);
+* PostgreSQL: the sequence ``_strata_version_seq`` the data tier draws row versions from
+  (in ``database_schema`` and in every other schema holding a model's table);
+* SQLite: ``_strata_seq``, a single-row table ``(1, v)`` playing the same part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import sqlalchemy as sa
+
+__all__ = [
+    "LEDGER_TABLE",
+    "SQLITE_SEQ_TABLE",
+    "VERSION_SEQUENCE",
+    "MigrationRecord",
+    "ensure_bookkeeping",
+    "insert_record",
+    "ledger_table",
+    "read_records",
+]
+
+LEDGER_TABLE = "_strata_migrations"
+VERSION_SEQUENCE = "_strata_version_seq"
+SQLITE_SEQ_TABLE = "_strata_seq"
+
+Kind = Literal["auto", "sql"]
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    """One ledger row: an applied auto run or SQL file."""
+
+    id: int
+    applied_at: datetime
+    kind: str
+    name: str
+    checksum: str
+    statements: str
+
+
+def ledger_table(db_schema: str | None) -> sa.Table:
+    """The ledger as a Core table (a fresh MetaData each call: never shared with models)."""
+    return sa.Table(
+        LEDGER_TABLE,
+        sa.MetaData(),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("checksum", sa.Text(), nullable=False),
+        sa.Column("statements", sa.Text(), nullable=False),
+        schema=db_schema,
+    )
+
+
+def _quote(conn: sa.Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def _qualified(conn: sa.Connection, db_schema: str | None, name: str) -> str:
+    if db_schema is None:
+        return _quote(conn, name)
+    return f"{_quote(conn, db_schema)}.{_quote(conn, name)}"
+
+
+def ensure_bookkeeping(
+    conn: sa.Connection, db_schema: str | None, extra_schemas: Sequence[str] = ()
+) -> None:
+    """Create the namespaces, the ledger and the version sequences when missing.
+
+    ``extra_schemas``: the namespaces of tables placed outside ``db_schema``
+    (``PostgresPolicy(db_schema=...)``); each gets its own ``_strata_version_seq``.
+
+    Runs inside the caller's transaction, after the migration lock was taken, so concurrent
+    runs cannot race each other's ``IF NOT EXISTS``.
+    """
+    if conn.dialect.name == "postgresql":
+        for name in dict.fromkeys([*([db_schema] if db_schema else []), *extra_schemas]):
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_quote(conn, name)}")
+        # The data tier draws versions from the sequence in each table's own schema.
+        for seq_schema in dict.fromkeys([db_schema, *extra_schemas]):
+            seq = _qualified(conn, seq_schema, VERSION_SEQUENCE)
+            conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
+    else:
+        seq = _quote(conn, SQLITE_SEQ_TABLE)
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {seq} "
+            "(id INTEGER PRIMARY KEY CHECK (id = 1), v INTEGER NOT NULL)"
+        )
+        conn.exec_driver_sql(f"INSERT OR IGNORE INTO {seq} (id, v) VALUES (1, 0)")
+    ledger_table(db_schema).create(conn, checkfirst=True)
+
+
+def has_ledger(conn: sa.Connection, db_schema: str | None) -> bool:
+    return sa.inspect(conn).has_table(LEDGER_TABLE, schema=db_schema)
+
+
+def read_records(conn: sa.Connection, db_schema: str | None) -> list[MigrationRecord]:
+    """Every ledger row in application order; ``[]`` when the ledger does not exist."""
+    if not has_ledger(conn, db_schema):
+        return []
+    table = ledger_table(db_schema)
+    rows = conn.execute(sa.select(table).order_by(table.c.id)).all()
+    return [
+        MigrationRecord(
+            id=row.id,
+            applied_at=_aware(row.applied_at),
+            kind=row.kind,
+            name=row.name,
+            checksum=row.checksum,
+            statements=row.statements,
+        )
+        for row in rows
+    ]
+
+
+def insert_record(
+    conn: sa.Connection,
+    db_schema: str | None,
+    *,
+    kind: Kind,
+    name: str,
+    checksum: str,
+    statements: str,
+) -> MigrationRecord:
+    table = ledger_table(db_schema)
+    applied_at = datetime.now(UTC)
+    result = conn.execute(
+        table.insert()
+        .values(
+            applied_at=applied_at,
+            kind=kind,
+            name=name,
+            checksum=checksum,
+            statements=statements,
+        )
+        .returning(table.c.id)
+    )
+    return MigrationRecord(
+        id=int(result.scalar_one()),
+        applied_at=applied_at,
+        kind=kind,
+        name=name,
+        checksum=checksum,
+        statements=statements,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite keeps no offset: the ledger always writes UTC, so a naive value is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

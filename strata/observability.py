@@ -1,0 +1,94 @@
+"""Counters, the observer hook and the library logger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+__all__ = ["Counters", "Observer", "Stats", "default_logger"]
+
+
+def default_logger() -> logging.Logger:
+    return logging.getLogger("strata")
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of a DataStore's counters (``ds.stats()``)."""
+
+    gets: int = 0
+    sets: int = 0
+    deletes: int = 0
+    errors: int = 0
+    l1_hits: int = 0
+    l2_hits: int = 0
+    l3_hits: int = 0
+    misses: int = 0
+    l3_queries: int = 0
+    l1_entries: int = 0
+    dirty_count: int = 0
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+    l1_evictions: int = 0
+    negative_hits: int = 0
+    dead_letters: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        hits = self.l1_hits + self.l2_hits + self.l3_hits
+        return hits / self.gets if self.gets else 0.0
+
+
+class Counters:
+    """Mutable counters the router bumps; ``snapshot`` freezes them into ``Stats``."""
+
+    __slots__ = (
+        "gets",
+        "sets",
+        "deletes",
+        "errors",
+        "l1_hits",
+        "l2_hits",
+        "l3_hits",
+        "misses",
+        "l3_queries",
+        "l1_entries",
+        "dirty_count",
+        "invalidations_sent",
+        "invalidations_received",
+        "l1_evictions",
+        "negative_hits",
+        "dead_letters",
+    )
+
+    def __init__(self) -> None:
+        self.gets = 0
+        self.sets = 0
+        self.deletes = 0
+        self.errors = 0
+        self.l1_hits = 0
+        self.l2_hits = 0
+        self.l3_hits = 0
+        self.misses = 0
+        self.l3_queries = 0
+        self.l1_entries = 0
+        self.dirty_count = 0
+        self.invalidations_sent = 0
+        self.invalidations_received = 0
+        self.l1_evictions = 0
+        self.negative_hits = 0
+        self.dead_letters = 0
+
+    def snapshot(self, **live: int) -> Stats:
+        values = {f.name: getattr(self, f.name) for f in fields(Stats)}
+        values.update(live)
+        return Stats(**values)
+
+
+class Observer(Protocol):
+    """Receives one call per public operation (for metrics or tracing)."""
+
+    def on_operation(
+        self, op: str, schema: str, seconds: float, error: BaseException | None
+    ) -> None: ...

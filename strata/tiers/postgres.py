@@ -1,0 +1,367 @@
+"""L3 on PostgreSQL through an asyncpg pool.
+
+Statements are compiled once per schema at ``register`` by SQLAlchemy Core (the Table is the
+one description) and run through asyncpg, whose per-connection statement cache keeps them
+prepared. ``set_many`` goes through COPY into a temporary table and one upsert; ``get_many``
+uses ``= ANY($1)``. Every driver exception is translated here into the StrataError tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from strata.config import Config, hide_password
+from strata.errors import (
+    IntegrityError,
+    SerializationError,
+    TierError,
+    TierUnavailableError,
+)
+from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
+
+__all__ = ["PostgresTier", "translate_errors"]
+
+_DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+_PK_ARRAY = {ColumnKind.TEXT: "text[]", ColumnKind.INT: "bigint[]", ColumnKind.UUID: "uuid[]"}
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    columns: tuple[str, ...]  # data columns, in upsert parameter order
+    get_many: str
+    upsert: str
+    upsert_if_newer: str
+    copy_upsert: str
+    copy_upsert_if_newer: str
+    temp_table: str
+    create_temp: str
+    delete_many: str
+    exists_many: str
+    returning: tuple[str, ...]
+    iterate: str
+
+
+def _compile(stmt: Any) -> tuple[str, list[str]]:
+    compiled = stmt.compile(dialect=_DIALECT)
+    return str(compiled), list(compiled.positiontup or [])
+
+
+def _quote(name: str) -> str:
+    return _DIALECT.identifier_preparer.quote(name)
+
+
+def _build(cs: CompiledSchema) -> _Statements:
+    table = cs.table
+    pk = table.c[cs.pk.name]
+    seq = f"{table.schema}._strata_version_seq" if table.schema else "_strata_version_seq"
+    nextval: sa.ColumnClause[Any] = sa.literal_column(f"nextval('{seq}')")
+    data_cols = [c.name for c in cs.columns]
+    selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
+    returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
+    returning.append(table.c[VERSION_COLUMN])
+    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name}
+
+    ids = sa.bindparam("ids", type_=sa.ARRAY(pk.type))
+    get_many, _ = _compile(sa.select(*selected).where(pk == sa.any_(ids)))
+
+    def upsert(if_newer: bool, source: Any = None) -> str:
+        if source is None:
+            values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
+            values[VERSION_COLUMN] = (
+                sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger()) if if_newer else nextval
+            )
+            stmt = pg_insert(table).values(values)
+        else:
+            stmt = pg_insert(table).from_select([*data_cols, VERSION_COLUMN], source)
+        update = {n: stmt.excluded[n] for n in data_cols if n not in keep}
+        update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
+        where = table.c[VERSION_COLUMN] < stmt.excluded[VERSION_COLUMN] if if_newer else None
+        stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
+        sql, order = _compile(stmt.returning(*returning))
+        if source is None and order != [*data_cols, *([VERSION_COLUMN] if if_newer else [])]:
+            raise AssertionError(f"unexpected parameter order {order}")  # pragma: no cover
+        return sql
+
+    shape = hashlib.blake2b(
+        ",".join(f"{c.name}:{c.kind.value}" for c in cs.columns).encode(), digest_size=4
+    ).hexdigest()
+    temp_name = f"_strata_tmp_{table.name[:40]}_{shape}"
+    temp = sa.Table(
+        temp_name,
+        sa.MetaData(),
+        *[sa.Column(n, table.c[n].type) for n in data_cols],
+        sa.Column(VERSION_COLUMN, sa.BigInteger()),
+        prefixes=["TEMPORARY"],
+    )
+    src_new = sa.select(*[temp.c[n] for n in data_cols], nextval)
+    src_versioned = sa.select(*[temp.c[n] for n in data_cols], temp.c[VERSION_COLUMN])
+    create_temp = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_quote(temp_name)} "
+        f"(LIKE {_qualified(cs)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    delete_many = (
+        f"WITH d AS (DELETE FROM {_qualified(cs)} WHERE {_quote(cs.pk.name)} = ANY($1::"
+        f"{_PK_ARRAY[cs.pk.kind]}) RETURNING 1) SELECT (SELECT count(*) FROM d) AS n, "
+        f"nextval('{seq}') AS v"
+    )
+    exists_many, _ = _compile(sa.select(pk).where(pk == sa.any_(ids)))
+    iterate = (
+        f"SELECT {', '.join(_quote(n) for n in [*data_cols, VERSION_COLUMN])} "
+        f"FROM {_qualified(cs)} WHERE $1::{_PK_ARRAY[cs.pk.kind][:-2]} IS NULL "
+        f"OR {_quote(cs.pk.name)} > $1 ORDER BY {_quote(cs.pk.name)} LIMIT $2"
+    )
+    return _Statements(
+        columns=tuple(data_cols),
+        get_many=get_many,
+        upsert=upsert(False),
+        upsert_if_newer=upsert(True),
+        copy_upsert=upsert(False, src_new),
+        copy_upsert_if_newer=upsert(True, src_versioned),
+        temp_table=temp_name,
+        create_temp=create_temp,
+        delete_many=delete_many,
+        exists_many=exists_many,
+        returning=tuple(c.name for c in returning),
+        iterate=iterate,
+    )
+
+
+def _qualified(cs: CompiledSchema) -> str:
+    t = cs.table
+    return f"{_quote(t.schema)}.{_quote(t.name)}" if t.schema else _quote(t.name)
+
+
+@contextmanager
+def translate_errors(what: str, url: str) -> Iterator[None]:
+    """Map asyncpg / socket failures to the StrataError tree, chaining the original."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise IntegrityError(f"{what}: unique constraint violated: {exc}", tier="l3") from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise IntegrityError(f"{what}: {exc}", tier="l3") from exc
+    except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+        raise SerializationError(f"{what}: {exc} (retry the transaction)") from exc
+    except asyncpg.UndefinedTableError as exc:
+        raise TierError(
+            f"{what}: {exc}; create the tables first with `await ds.migrate()` or `strata migrate`",
+            tier="l3",
+        ) from exc
+    except asyncpg.UndefinedColumnError as exc:
+        raise TierError(
+            f"{what}: {exc}; the table is older than the model: run `await ds.migrate()`",
+            tier="l3",
+        ) from exc
+    except (
+        TimeoutError,
+        OSError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        asyncpg.TooManyConnectionsError,
+    ) as exc:
+        raise TierUnavailableError(
+            f"{what}: PostgreSQL at {hide_password(url)} is unavailable: {exc}", tier="l3"
+        ) from exc
+    except asyncpg.DataError as exc:
+        raise TierError(f"{what}: PostgreSQL refused a value: {exc}", tier="l3") from exc
+    except asyncpg.PostgresError as exc:
+        raise TierError(f"{what}: {exc}", tier="l3") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value, default=json_default)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+class PostgresTier:
+    dialect = "postgresql"
+
+    def __init__(self, config: Config, *, url: str | None = None, logger: logging.Logger):
+        self._config = config
+        self._url = url or config.asyncpg_dsn
+        self._log = logger
+        self._pool: asyncpg.Pool | None = None
+        self._stmts: dict[str, _Statements] = {}
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def register(self, schema: CompiledSchema) -> None:
+        self._stmts[schema.name] = _build(schema)
+
+    async def connect(self) -> None:
+        cfg = self._config
+        with translate_errors("connect", self._url):
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=cfg.pool_min_size,
+                max_size=cfg.pool_max_size,
+                timeout=cfg.pool_timeout,
+                init=_init_connection,
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise TierUnavailableError("PostgreSQL tier is not connected", tier="l3")
+        return self._pool
+
+    @asynccontextmanager
+    async def _conn(self, tx: Any) -> AsyncIterator[asyncpg.Connection]:
+        if tx is not None:
+            yield tx
+            return
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    async def get_many(
+        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+    ) -> list[Row]:
+        st = self._stmts[schema.name]
+        with translate_errors(f"{schema.name}: get", self._url):
+            if tx is None:
+                records = await self.pool.fetch(st.get_many, list(ids))
+            else:
+                records = await tx.fetch(st.get_many, list(ids))
+        return [dict(r) for r in records]
+
+    async def get_one(self, schema: CompiledSchema, id: Any) -> Row | None:
+        st = self._stmts[schema.name]
+        with translate_errors(f"{schema.name}: get", self._url):
+            records = await self.pool.fetch(st.get_many, [id])
+        return dict(records[0]) if records else None
+
+    async def upsert_many(
+        self,
+        schema: CompiledSchema,
+        rows: Sequence[Row],
+        *,
+        tx: Any = None,
+        versioned: bool = False,
+    ) -> dict[Any, Row]:
+        """``versioned``: rows carry their own ``_strata_version`` (write-behind) and only
+        replace a stored row with an older version."""
+        st = self._stmts[schema.name]
+        cols = st.columns
+        with translate_errors(f"{schema.name}: set", self._url):
+            if len(rows) == 1:
+                row = rows[0]
+                args = [row[c] for c in cols]
+                if versioned:
+                    args.append(row[VERSION_COLUMN])
+                sql = st.upsert_if_newer if versioned else st.upsert
+                if tx is None:
+                    records = await self.pool.fetch(sql, *args)
+                else:
+                    records = await tx.fetch(sql, *args)
+            else:
+                records = await self._copy_upsert(st, rows, tx, versioned)
+        pk = schema.pk.name
+        return {r[pk]: dict(r) for r in records}
+
+    async def _copy_upsert(
+        self, st: _Statements, rows: Sequence[Row], tx: Any, versioned: bool
+    ) -> list[asyncpg.Record]:
+        cols = list(st.columns)
+        if versioned:
+            records = [(*(row[c] for c in cols), row[VERSION_COLUMN]) for row in rows]
+            cols.append(VERSION_COLUMN)
+        else:
+            records = [tuple(row[c] for c in cols) for row in rows]
+
+        async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            await conn.execute(st.create_temp)
+            await conn.copy_records_to_table(st.temp_table, records=records, columns=cols)
+            out: list[asyncpg.Record] = await conn.fetch(
+                st.copy_upsert_if_newer if versioned else st.copy_upsert
+            )
+            await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
+            return out
+
+        if tx is not None:
+            async with tx.transaction():  # a savepoint inside the caller's transaction
+                return await run(tx)
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await run(conn)
+
+    async def delete_many(
+        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+    ) -> int:
+        st = self._stmts[schema.name]
+        with translate_errors(f"{schema.name}: delete", self._url):
+            if tx is None:
+                row = await self.pool.fetchrow(st.delete_many, list(ids))
+            else:
+                row = await tx.fetchrow(st.delete_many, list(ids))
+        assert row is not None
+        return int(row["v"])
+
+    async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
+        st = self._stmts[schema.name]
+        with translate_errors(f"{schema.name}: exists", self._url):
+            records = await self.pool.fetch(st.exists_many, list(ids))
+        return {r[0] for r in records}
+
+    async def fetch(
+        self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
+    ) -> list[Row]:
+        """Rows of a compiled query; values are already canonical on PostgreSQL."""
+        with translate_errors("query", self._url):
+            if tx is None:
+                records = await self.pool.fetch(sql, *args)
+            else:
+                records = await tx.fetch(sql, *args)
+        return [dict(r) for r in records]
+
+    async def fetchval(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> Any:
+        with translate_errors("query", self._url):
+            if tx is None:
+                return await self.pool.fetchval(sql, *args)
+            return await tx.fetchval(sql, *args)
+
+    async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
+        """Every row in primary-key order, ``batch`` rows at a time (keyset paging)."""
+        st = self._stmts[schema.name]
+        last: Any = None
+        while True:
+            with translate_errors(f"{schema.name}: scan", self._url):
+                records = await self.pool.fetch(st.iterate, last, batch)
+            if not records:
+                return
+            yield [dict(r) for r in records]
+            last = records[-1][schema.pk.name]
+            if len(records) < batch:
+                return

@@ -1,0 +1,554 @@
+"""L2: Redis, shared by every instance. Batch-first, one round trip per batch, and never the
+reason a read or a write fails.
+
+    get_many(keys)   GET+PTTL pipelined (one key) | EVALSHA get (a batch)
+                     -> [(payload | None, remaining ttl seconds | None), ...]
+    set_many(items)  EVALSHA set  -> [applied?, ...]   "only if newer", see below
+    delete_many      DEL k1 k2 ...
+    get_generation   EVALSHA: a schema's search-result generation and the result under it
+
+Conditional fill. Every payload is a codec envelope ``S | fmt | 16 hex digits | body``
+(``strata.codec``). The set script writes a key unless it already holds an envelope whose
+version is greater than the new one (equal versions are written, so a retry is harmless);
+a tombstone is an envelope too, so a fresh tombstone blocks a fill with the older row that
+a slow reader fetched before the delete committed. A value that is not an envelope is
+overwritten.
+
+Degraded operation. When Redis cannot be reached or does not answer within ``timeout``:
+
+    closed --failure--> open --backoff elapsed--> one call probes --ok--> closed + on_recover()
+                         ^                               |
+                         +--------failure (backoff x2, up to 5 s)
+
+While open, calls fail fast without touching the network: reads are misses, writes are not
+applied, deletes and publishes are dropped, and ``on_error`` is called for each (the router
+counts them in ``Stats.errors``). The outage is logged once when it starts and once when it
+ends. ``on_recover`` tells the router that invalidations were lost while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from strata.codec import peek_version
+from strata.config import hide_password
+from strata.errors import LifecycleError, TierError, TierUnavailableError
+
+__all__ = ["RedisTier"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
+
+_BACKOFF_MIN = 0.5
+_BACKOFF_MAX = 5.0
+_ERROR_LOG_INTERVAL = 30.0
+_SCAN_BATCH = 500
+_POOL_HEADROOM = 8
+
+# Errors that mean "Redis is not there" (as opposed to Redis answering with an error).
+_OUTAGE: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,  # also AuthenticationError, BusyLoadingError
+    rexc.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+# KEYS = keys. Returns payload, pttl, payload, pttl, ... (false, -2 for a miss; a key that
+# holds another type is a miss too).
+_GET_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'string' then
+    out[2 * i - 1] = value
+    out[2 * i] = redis.call('PTTL', key)
+  else
+    out[2 * i - 1] = false
+    out[2 * i] = -2
+  end
+end
+return out
+"""
+
+# KEYS = keys [+ a generation counter to INCR], ARGV = payload, ttl ms (0 = no expiry), ...
+# Returns 1 (written) or 0 (kept: the key holds a newer envelope) per key. Versions are
+# compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
+# server's collation locale the way string comparison does.
+_SET_LUA = """
+local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
+local function newer(current, new)
+  local ch = tonumber(string.sub(current, 3, 10), 16)
+  local nh = tonumber(string.sub(new, 3, 10), 16)
+  if ch ~= nh then return ch > nh end
+  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
+end
+local n = #ARGV / 2
+local applied = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local new = ARGV[2 * i - 1]
+  local ttl = tonumber(ARGV[2 * i])
+  local current = redis.pcall('GET', key)
+  if type(current) == 'string' and string.find(current, ENVELOPE) and newer(current, new) then
+    applied[i] = 0
+  else
+    if ttl > 0 then
+      redis.call('SET', key, new, 'PX', ttl)
+    else
+      redis.call('SET', key, new)
+    end
+    applied[i] = 1
+  end
+end
+if #KEYS > n then
+  redis.call('INCR', KEYS[n + 1])
+end
+return applied
+"""
+
+# KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
+# (as its decimal text, "0" when unset) and the payload at prefix .. generation .. ":" .. digest
+# (the result key is derived here, so it is not declared in KEYS: standalone Redis only).
+_GENERATION_LUA = """
+local gen = redis.pcall('GET', KEYS[1])
+if type(gen) ~= 'string' or not string.find(gen, '^%d+$') then
+  gen = '0'
+end
+local payload = redis.pcall('GET', ARGV[1] .. gen .. ':' .. ARGV[2])
+if type(payload) ~= 'string' then
+  payload = false
+end
+return {gen, payload}
+"""
+
+
+class _Script:
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(
+        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[bytes | int | str]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            # First use, or the server restarted: EVAL runs it and caches it again.
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+_GET = _Script(_GET_LUA)
+_SET = _Script(_SET_LUA)
+_GENERATION = _Script(_GENERATION_LUA)
+
+
+async def _get_one(client: aioredis.Redis, key: str) -> list[Any]:
+    """GET + PTTL pipelined on one pooled connection: the single-key hot path.
+
+    For one key this beats both EVALSHA (no Lua on the server) and redis-py's Pipeline
+    (no per-command bookkeeping); for batches one script reply is cheaper than 2n replies.
+    """
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands((("GET", key), ("PTTL", key))))
+            try:
+                value = await conn.read_response()
+            except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
+                value = None
+            pttl = await conn.read_response()
+            return [value, pttl]
+        except rexc.ConnectionError:
+            # A pooled socket that died with a restarted server: one retry on a fresh one.
+            await conn.disconnect(nowait=True)
+            if attempt == 2:
+                raise
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies may still be in flight
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _where(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        pass
+    return hide_password(url)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _ttl_ms(ttl: float | None) -> int:
+    if ttl is None:
+        return 0
+    return max(1, round(ttl * 1000))
+
+
+class RedisTier:
+    """The L2 tier. ``connect()`` never fails because Redis is down; see the module doc."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.5,
+        max_connections: int = 50,
+        logger: logging.Logger | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_recover: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.where = _where(url)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.on_error = on_error
+        self.on_recover = on_recover
+        self._log = logger or _log
+        self._client: aioredis.Redis | None = None
+        self._closed = False
+        # circuit breaker
+        self._up = False
+        self._epoch = 0  # bumped on every open/close of the circuit
+        self._retry_at = 0.0
+        self._backoff = _BACKOFF_MIN
+        self._probing = False
+        self._down_since = 0.0
+        self._failures = 0  # calls failed during the current outage
+        self._error_logged_at = float("-inf")
+        self._slots = asyncio.Semaphore(max_connections)
+
+    def __repr__(self) -> str:
+        state = "up" if self.available else "down"
+        return f"<RedisTier {hide_password(self.url)} {state}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Create the pool and probe the server; an unreachable server is logged, not raised."""
+        if self._closed:
+            raise LifecycleError("RedisTier is closed")
+        if self._client is not None:
+            return
+        # The tier bounds its own concurrency with a semaphore (cheaper than redis-py's
+        # BlockingConnectionPool); the headroom serves the pub/sub bus and direct client use.
+        pool = aioredis.ConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections + _POOL_HEADROOM,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            decode_responses=False,
+            # One immediate retry on a fresh connection covers a pooled socket that died with
+            # a restarted server; anything longer is the circuit breaker's job.
+            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+        )
+        self._client = aioredis.Redis.from_pool(pool)
+        self._up = True  # so that a failed first ping reports the outage
+        await self.ping()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._up = False
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def available(self) -> bool:
+        """False before connect, after close, and while the circuit is open."""
+        return self._up and self._client is not None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying client (its pool is shared with the pub/sub bus)."""
+        return self._require()
+
+    def _require(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            raise LifecycleError(
+                "RedisTier is closed" if self._closed else "RedisTier used before connect()"
+            )
+        return client
+
+    async def ping(self) -> bool:
+        """Probe the server now (even inside a backoff window) and update the state."""
+        client = self._require()
+        try:
+            await self._run(client.ping, force=True)
+        except TierError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ data
+
+    async def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, float | None]]:
+        """``(payload, remaining ttl in seconds)`` per key; ``(None, None)`` for a miss.
+        The ttl is None for a key without expiry. All misses while Redis is unreachable."""
+        client = self._require()
+        if not keys:
+            return []
+        try:
+            if len(keys) == 1:
+                flat = await self._run(lambda: _get_one(client, keys[0]))
+            else:
+                flat = await self._run(lambda: _GET(client, keys, ()))
+        except TierError as exc:
+            self._report(exc)
+            return [(None, None)] * len(keys)
+        out: list[tuple[bytes | None, float | None]] = []
+        for i in range(0, len(flat), 2):
+            payload = flat[i]
+            pttl = flat[i + 1]
+            # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
+            out.append(
+                (payload, max(pttl, 1) / 1000 if payload is not None and pttl >= 0 else None)
+            )
+        return out
+
+    async def set_many(
+        self, items: Sequence[tuple[str, bytes, float | None]], *, bump: str | None = None
+    ) -> list[bool]:
+        """Write each ``(key, payload, ttl seconds | None)`` unless the key holds a newer
+        envelope. True where written; all False while Redis is unreachable.
+
+        ``bump`` names a counter to INCR in the same round trip (a schema's search-result
+        generation), whether or not any payload was written.
+        """
+        client = self._require()
+        if not items:
+            return []
+        keys: list[str] = []
+        args: list[bytes | int] = []
+        for key, payload, ttl in items:
+            if not isinstance(payload, bytes):
+                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+            if peek_version(payload) is None:
+                raise ValueError(f"payload for {key!r} is not a codec envelope")
+            keys.append(key)
+            args.append(payload)
+            args.append(_ttl_ms(ttl))
+        if bump is not None:
+            keys.append(bump)
+        try:
+            applied = await self._run(lambda: _SET(client, keys, args))
+        except TierError as exc:
+            self._report(exc)
+            return [False] * len(items)
+        return [bool(flag) for flag in applied]
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Unconditional DEL; dropped (and reported) while Redis is unreachable."""
+        client = self._require()
+        if not keys:
+            return
+        try:
+            await self._run(lambda: client.delete(*keys))
+        except TierError as exc:
+            self._report(exc)
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Number of subscribers reached; 0 (and reported) while Redis is unreachable."""
+        client = self._require()
+        try:
+            receivers: int = await self._run(lambda: client.publish(channel, message))
+        except TierError as exc:
+            self._report(exc)
+            return 0
+        return receivers
+
+    async def set_raw(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """An unconditional SET (cached search results, not envelopes); False while Redis is
+        unreachable."""
+        client = self._require()
+        px = _ttl_ms(ttl) or None
+        try:
+            await self._run(lambda: client.set(key, value, px=px))
+        except TierError as exc:
+            self._report(exc)
+            return False
+        return True
+
+    async def get_generation(
+        self, counter: str, prefix: str, digest: str
+    ) -> tuple[int, bytes | None]:
+        """``(generation, payload at f"{prefix}{generation}:{digest}")`` in one round trip;
+        ``(0, None)`` while Redis is unreachable."""
+        client = self._require()
+        try:
+            raw, payload = await self._run(lambda: _GENERATION(client, [counter], [prefix, digest]))
+        except TierError as exc:
+            self._report(exc)
+            return 0, None
+        return int(raw), payload
+
+    async def get_raw(self, key: str) -> bytes | None:
+        """A plain GET (generation counters); None while Redis is unreachable."""
+        client = self._require()
+        try:
+            value = await self._run(lambda: client.get(key))
+        except TierError as exc:
+            self._report(exc)
+            return None
+        return value.encode() if isinstance(value, str) else value
+
+    async def incr(self, key: str) -> int:
+        """INCR. Raises TierUnavailableError / TierError: a counter cannot be faked."""
+        client = self._require()
+        value: int = await self._run(lambda: client.incr(key))
+        return value
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """SCAN + UNLINK every key matching ``pattern``, in batches (admin use, not the hot
+        path). Returns how many keys were removed. Raises TierUnavailableError / TierError,
+        so an admin knows the keys may still be there."""
+        client = self._require()
+
+        async def scan_unlink() -> int:
+            removed = 0
+            cursor: int = 0
+            while True:
+                cursor, batch = await client.scan(cursor, match=pattern, count=_SCAN_BATCH)
+                if batch:
+                    removed += await client.unlink(*batch)
+                if cursor == 0:
+                    return removed
+
+        return await self._run(scan_unlink)
+
+    # ------------------------------------------------------------------ circuit breaker
+
+    async def _run(self, call: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
+        """Run one network operation through the circuit breaker.
+
+        Raises TierUnavailableError when Redis is down (without trying, inside the backoff
+        window) and TierError when Redis answers with an error.
+        """
+        probe = not self._up and self._gate(force)
+        try:
+            async with self._slots:
+                if not probe and not self._up:
+                    probe = self._gate(force)  # the circuit opened while this call waited
+                epoch = self._epoch
+                try:
+                    result = await call()
+                except rexc.MaxConnectionsError as exc:  # pool drained by other users
+                    self._log_error(exc)
+                    raise TierError(f"L2 Redis pool exhausted: {exc}", tier="l2") from exc
+                except _OUTAGE as exc:
+                    await self._failed(exc, epoch, probe)
+                    raise TierUnavailableError(
+                        f"L2 Redis unavailable at {self.where}: {_describe(exc)}", tier="l2"
+                    ) from exc
+                except rexc.DataError as exc:  # a value redis-py cannot send: the caller's bug
+                    raise TypeError(str(exc)) from exc
+                except rexc.RedisError as exc:
+                    # Redis answered, so it is there; the command was refused (OOM, ...).
+                    if probe:
+                        self._recovered()
+                    self._log_error(exc)
+                    raise TierError(f"L2 Redis error at {self.where}: {exc}", tier="l2") from exc
+        finally:
+            if probe:
+                self._probing = False
+        if probe:
+            self._recovered()
+        return result
+
+    def _gate(self, force: bool) -> bool:
+        """While the circuit is open: True if this call may probe, else fail fast."""
+        now = time.monotonic()
+        if not force and (self._probing or now < self._retry_at):
+            self._failures += 1
+            raise TierUnavailableError(
+                f"L2 Redis unavailable at {self.where} (next probe in "
+                f"{max(0.0, self._retry_at - now):.2f} s)",
+                tier="l2",
+            )
+        self._probing = True
+        return True
+
+    async def _failed(self, exc: BaseException, epoch: int, probe: bool) -> None:
+        if self._closed:
+            return  # calls cut short by close(): not an outage
+        now = time.monotonic()
+        self._failures += 1
+        if self._up:
+            if epoch != self._epoch:
+                return  # began before the last recovery: not evidence of a new outage
+            self._up = False
+            self._epoch += 1
+            self._down_since = now
+            self._failures = 1
+            self._backoff = _BACKOFF_MIN
+            self._retry_at = now + self._backoff
+            self._log.warning("L2 Redis unavailable at %s: %s", self.where, _describe(exc))
+            # Idle sockets may be half-dead: let the probes open fresh ones.
+            client = self._client
+            if client is not None:
+                try:
+                    await client.connection_pool.disconnect(inuse_connections=False)
+                except Exception:  # best effort on a pool that is failing anyway
+                    self._log.debug("disconnecting idle Redis connections failed", exc_info=True)
+        elif probe:
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            self._retry_at = now + self._backoff
+
+    def _recovered(self) -> None:
+        if self._up or self._closed:
+            return
+        self._up = True
+        self._epoch += 1
+        self._backoff = _BACKOFF_MIN
+        self._log.info(
+            "L2 Redis available again at %s after %.1f s (%d calls failed meanwhile)",
+            self.where,
+            time.monotonic() - self._down_since,
+            self._failures,
+        )
+        if self.on_recover is not None:
+            try:
+                self.on_recover()
+            except Exception:
+                self._log.exception("on_recover callback failed")
+
+    def _report(self, exc: TierError) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                self._log.exception("on_error callback failed")
+
+    def _log_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._error_logged_at >= _ERROR_LOG_INTERVAL:
+            self._error_logged_at = now
+            self._log.warning(
+                "L2 Redis error at %s: %s (more within %.0f s are counted, not logged)",
+                self.where,
+                exc,
+                _ERROR_LOG_INTERVAL,
+            )

@@ -1,0 +1,394 @@
+"""L3 embedded: SQLite through the standard library, on one worker thread.
+
+Every call hops once to a single dedicated thread that owns the connection, so the event loop
+never blocks and a whole write (version bump, upsert, commit) costs one hop. A library such
+as aiosqlite would hop once per statement. Row versions come from the one-row table
+``_strata_seq`` (SQLite has no sequences), bumped in the same transaction as the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sa_sqlite
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from strata.config import Config
+from strata.errors import IntegrityError, SerializationError, TierError, TierUnavailableError
+from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
+
+__all__ = ["SqliteTier", "from_sqlite", "to_sqlite"]
+
+_DIALECT = sa_sqlite.dialect(paramstyle="qmark")
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+def _dt_out(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _json_out(value: Any) -> str:
+    return orjson.dumps(value, default=json_default).decode()
+
+
+_TO: dict[ColumnKind, Callable[[Any], Any]] = {
+    ColumnKind.DATETIME: _dt_out,
+    ColumnKind.DATE: date.isoformat,
+    ColumnKind.TIME: time.isoformat,
+    ColumnKind.UUID: str,
+    ColumnKind.DECIMAL: str,
+    ColumnKind.BOOL: int,
+    ColumnKind.JSON: _json_out,
+}
+_FROM: dict[ColumnKind, Callable[[Any], Any]] = {
+    ColumnKind.DATETIME: datetime.fromisoformat,
+    ColumnKind.DATE: date.fromisoformat,
+    ColumnKind.TIME: time.fromisoformat,
+    ColumnKind.UUID: uuid.UUID,
+    ColumnKind.DECIMAL: Decimal,
+    ColumnKind.BOOL: bool,
+    ColumnKind.JSON: orjson.loads,
+}
+
+
+def to_sqlite(kind: ColumnKind, value: Any) -> Any:
+    """A canonical value as SQLite stores it (also used for query arguments)."""
+    if value is None:
+        return None
+    conv = _TO.get(kind)
+    return conv(value) if conv else value
+
+
+def from_sqlite(kind: ColumnKind, value: Any) -> Any:
+    if value is None:
+        return None
+    conv = _FROM.get(kind)
+    return conv(value) if conv else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    columns: tuple[str, ...]
+    to_db: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    from_db: tuple[tuple[str, Callable[[Any], Any]], ...]
+    get_one: str
+    upsert: str
+    upsert_if_newer: str
+    delete: str
+    exists: str
+    iterate_first: str
+    iterate_next: str
+    returning: tuple[str, ...]
+
+
+def _compile(stmt: Any) -> str:
+    return str(stmt.compile(dialect=_DIALECT))
+
+
+def _build(cs: CompiledSchema) -> _Statements:
+    table = cs.table.to_metadata(sa.MetaData(), schema=None)  # type: ignore[arg-type]
+    pk = table.c[cs.pk.name]
+    data_cols = [c.name for c in cs.columns]
+    selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
+    returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
+    returning.append(table.c[VERSION_COLUMN])
+    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name}
+
+    def upsert(if_newer: bool) -> str:
+        values: dict[str, Any] = {n: sa.bindparam(n) for n in [*data_cols, VERSION_COLUMN]}
+        stmt = sqlite_insert(table).values(values)
+        update = {n: stmt.excluded[n] for n in data_cols if n not in keep}
+        update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
+        where = table.c[VERSION_COLUMN] < stmt.excluded[VERSION_COLUMN] if if_newer else None
+        stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
+        return _compile(stmt.returning(*returning))
+
+    one: sa.BindParameter[Any] = sa.bindparam("id")
+    page = sa.select(*selected).order_by(pk).limit(sa.bindparam("n"))
+    return _Statements(
+        columns=tuple(data_cols),
+        to_db=tuple((c.name, _TO.get(c.kind)) for c in cs.columns),
+        from_db=tuple((c.name, _FROM[c.kind]) for c in cs.columns if c.kind in _FROM),
+        get_one=_compile(sa.select(*selected).where(pk == one)),
+        upsert=upsert(False),
+        upsert_if_newer=upsert(True),
+        delete=_compile(sa.delete(table).where(pk == one)),
+        exists=_compile(sa.select(pk).where(pk == one)),
+        iterate_first=_compile(page),
+        iterate_next=_compile(page.where(pk > sa.bindparam("after"))),
+        returning=tuple(c.name for c in returning),
+    )
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc}", tier="l3") from exc
+    except sqlite3.OperationalError as exc:
+        msg = str(exc)
+        if "no such table" in msg:
+            raise TierError(
+                f"{what}: {msg}; create the tables first with `await ds.migrate()`", tier="l3"
+            ) from exc
+        if "no such column" in msg or "has no column" in msg:
+            raise TierError(
+                f"{what}: {msg}; the table is older than the model: run `await ds.migrate()`",
+                tier="l3",
+            ) from exc
+        if "locked" in msg or "busy" in msg:
+            raise SerializationError(f"{what}: {msg} (retry)") from exc
+        if "unable to open" in msg:
+            raise TierUnavailableError(f"{what}: {msg}", tier="l3") from exc
+        raise TierError(f"{what}: {msg}", tier="l3") from exc
+    except sqlite3.Error as exc:
+        raise TierError(f"{what}: {exc}", tier="l3") from exc
+
+
+class SqliteTier:
+    dialect = "sqlite"
+
+    def __init__(self, config: Config, *, logger: logging.Logger):
+        self._path = config.sqlite_path
+        self._log = logger
+        self._stmts: dict[str, _Statements] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self.write_lock = asyncio.Lock()  # one writer transaction at a time (Tx holds it)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def register(self, schema: CompiledSchema) -> None:
+        self._stmts[schema.name] = _build(schema)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise TierUnavailableError("SQLite tier is not connected", tier="l3")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def connect(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-sqlite")
+        with translate_errors("connect"):
+            self._db = await self._run(self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        if self._path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise TierUnavailableError("SQLite tier is not connected", tier="l3")
+        return self._db
+
+    # -- conversions -------------------------------------------------------------------
+
+    @staticmethod
+    def _row_out(st: _Statements, cols: Sequence[str], values: Sequence[Any]) -> Row:
+        row = dict(zip(cols, values, strict=True))
+        for name, conv in st.from_db:
+            v = row.get(name)
+            if v is not None:
+                row[name] = conv(v)
+        return row
+
+    @staticmethod
+    def _args_in(st: _Statements, row: Row, version: int) -> list[Any]:
+        args = []
+        for name, conv in st.to_db:
+            v = row[name]
+            args.append(conv(v) if conv is not None and v is not None else v)
+        args.append(version)
+        return args
+
+    # -- operations --------------------------------------------------------------------
+
+    async def get_many(
+        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+    ) -> list[Row]:
+        st = self._stmts[schema.name]
+        pk_to = _TO.get(schema.pk.kind)
+        keys = [pk_to(i) if pk_to else i for i in ids]
+
+        def work() -> list[Row]:
+            names = [*st.columns, VERSION_COLUMN]
+            out = []
+            for key in keys:
+                found = self.db.execute(st.get_one, (key,)).fetchone()
+                if found is not None:
+                    out.append(self._row_out(st, names, found))
+            return out
+
+        with translate_errors(f"{schema.name}: get"):
+            return await self._run(work)
+
+    async def upsert_many(
+        self,
+        schema: CompiledSchema,
+        rows: Sequence[Row],
+        *,
+        tx: Any = None,
+        versioned: bool = False,
+    ) -> dict[Any, Row]:
+        st = self._stmts[schema.name]
+        sql = st.upsert_if_newer if versioned else st.upsert
+
+        def work() -> dict[Any, Row]:
+            db = self.db
+            if tx is None:
+                db.execute("BEGIN IMMEDIATE")
+            try:
+                if versioned:
+                    versions = [row[VERSION_COLUMN] for row in rows]
+                else:
+                    top = db.execute(
+                        "UPDATE _strata_seq SET v = v + ? WHERE id = 1 RETURNING v", (len(rows),)
+                    ).fetchone()
+                    if top is None:
+                        raise sqlite3.OperationalError("no such table: _strata_seq (row missing)")
+                    first = top[0] - len(rows) + 1
+                    versions = list(range(first, first + len(rows)))
+                out: dict[Any, Row] = {}
+                for row, version in zip(rows, versions, strict=True):
+                    found = db.execute(sql, self._args_in(st, row, version)).fetchone()
+                    if found is not None:
+                        ret = self._row_out(st, st.returning, found)
+                        out[ret[schema.pk.name]] = ret
+                if tx is None:
+                    db.execute("COMMIT")
+                return out
+            except BaseException:
+                if tx is None and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        with translate_errors(f"{schema.name}: set"):
+            return await self._run(work)
+
+    async def delete_many(
+        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+    ) -> int:
+        st = self._stmts[schema.name]
+        pk_to = _TO.get(schema.pk.kind)
+        keys = [pk_to(i) if pk_to else i for i in ids]
+
+        def work() -> int:
+            db = self.db
+            if tx is None:
+                db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in keys:
+                    db.execute(st.delete, (key,))
+                top = db.execute("UPDATE _strata_seq SET v = v + 1 WHERE id = 1 RETURNING v")
+                version = top.fetchone()
+                if tx is None:
+                    db.execute("COMMIT")
+                return int(version[0]) if version else 0
+            except BaseException:
+                if tx is None and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        with translate_errors(f"{schema.name}: delete"):
+            return await self._run(work)
+
+    async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
+        st = self._stmts[schema.name]
+        pk_to = _TO.get(schema.pk.kind)
+
+        def work() -> set[Any]:
+            found = set()
+            for i in ids:
+                key = pk_to(i) if pk_to else i
+                if self.db.execute(st.exists, (key,)).fetchone() is not None:
+                    found.add(i)
+            return found
+
+        with translate_errors(f"{schema.name}: exists"):
+            return await self._run(work)
+
+    async def fetch(
+        self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
+    ) -> list[Row]:
+        """Rows of a compiled query; with ``schema``, its columns are made canonical."""
+
+        def work() -> tuple[list[str], list[tuple[Any, ...]]]:
+            cur = self.db.execute(sql, list(args))
+            return [d[0] for d in cur.description], cur.fetchall()
+
+        with translate_errors("query"):
+            names, rows = await self._run(work)
+        out = [dict(zip(names, r, strict=True)) for r in rows]
+        if schema is not None:
+            st = self._stmts[schema.name]
+            for row in out:
+                for name, conv in st.from_db:
+                    v = row.get(name)
+                    if v is not None:
+                        row[name] = conv(v)
+        return out
+
+    async def fetchval(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> Any:
+        def work() -> Any:
+            found = self.db.execute(sql, list(args)).fetchone()
+            return found[0] if found else None
+
+        with translate_errors("query"):
+            return await self._run(work)
+
+    async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
+        st = self._stmts[schema.name]
+        names = [*st.columns, VERSION_COLUMN]
+        pk_to = _TO.get(schema.pk.kind)
+        last: Any = None
+        while True:
+            args: tuple[Any, ...]
+            if last is None:
+                sql, args = st.iterate_first, (batch,)
+            else:
+                sql, args = st.iterate_next, (pk_to(last) if pk_to else last, batch)
+
+            def work(sql: str = sql, args: tuple[Any, ...] = args) -> list[Row]:
+                cur = self.db.execute(sql, args)
+                return [self._row_out(st, names, r) for r in cur.fetchall()]
+
+            with translate_errors(f"{schema.name}: scan"):
+                rows = await self._run(work)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][schema.pk.name]
+            if len(rows) < batch:
+                return
