@@ -74,7 +74,9 @@ class Config:
     default_write_mode: WriteMode = WriteMode.WRITE_THROUGH
     write_behind_flush_interval: Seconds = 0.5
     write_behind_flush_threshold: int = 500
-    write_behind_max_retry: int = 5
+    write_behind_max_retry: int = 8
+    write_behind_retry_base: Seconds = 0.2
+    write_behind_retry_max: Seconds = 10.0
     write_behind_max_pending: int = 100_000
     invalidation_channel: str = "strata:invalidation"
     heartbeat_interval: Seconds = 2.0
@@ -94,6 +96,8 @@ class Config:
             "default_l2_ttl",
             "negative_ttl",
             "write_behind_flush_interval",
+            "write_behind_retry_base",
+            "write_behind_retry_max",
             "heartbeat_interval",
             "sweep_interval",
         ):

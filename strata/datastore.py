@@ -37,14 +37,12 @@ from pydantic import BaseModel
 
 from strata import migrations
 from strata.codec import ModelCodec, Tombstone
-from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.config import Config, WriteMode, hide_password, seconds
 from strata.crypto import FieldCipher
 from strata.errors import (
     CacheMissError,
     CodecError,
     InvalidQueryError,
-    TierUnavailableError,
     InvalidValueError,
     LifecycleError,
     MissingPrimaryKeyError,
@@ -52,10 +50,13 @@ from strata.errors import (
     SchemaDuplicateError,
     SchemaNotRegisteredError,
     StrataError,
+    TierError,
+    TierUnavailableError,
     UnsupportedOperationError,
 )
 from strata.invalidation import Invalidation, InvalidationBus
 from strata.observability import Counters, Stats, default_logger
+from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.schema import (
     VERSION_COLUMN,
     ColumnKind,
@@ -98,9 +99,6 @@ class _Runtime:
 
     __slots__ = (
         "aad_table",
-        "gen_key",
-        "query_prefix",
-        "replica_url",
         "codec",
         "coerce",
         "column_fields",
@@ -108,6 +106,7 @@ class _Runtime:
         "encrypted",
         "enum_by_name",
         "epoch",
+        "gen_key",
         "hooks",
         "json_fields",
         "key_prefix",
@@ -124,7 +123,9 @@ class _Runtime:
         "negative",
         "pk_column",
         "pk_field",
+        "query_prefix",
         "renames",
+        "replica_url",
         "simple_rows",
     )
 
@@ -268,8 +269,11 @@ class DataStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._l2_missed: set[str] = set()  # keys written while L2 was down: dropped on recovery
         self._l2_missed_overflow = False
+        self._l2_dirty_schemas: set[str] = set()  # L2 must be cleared for these on recovery
         self._last_version = 0
         self._replicas: dict[str, PostgresTier] = {}
+        # Write-behind writes not yet in L3, so this instance reads its own writes.
+        self._wb_shadow: dict[tuple[str, Any], tuple[BaseModel | None, int]] = {}
         self._replica_retry_at: dict[str, float] = {}
         self.instance_id = config.instance_id
         self._negative_ttl = _secs(config.negative_ttl)
@@ -319,6 +323,8 @@ class DataStore:
                 flush_interval=_secs(cfg.write_behind_flush_interval),
                 flush_threshold=cfg.write_behind_flush_threshold,
                 max_retry=cfg.write_behind_max_retry,
+                retry_base_delay=_secs(cfg.write_behind_retry_base),
+                retry_max_delay=_secs(cfg.write_behind_retry_max),
                 max_pending=cfg.write_behind_max_pending,
                 on_dead_letter=self._on_dead_letter,
                 on_error=self._count_error,
@@ -370,7 +376,7 @@ class DataStore:
             now = time.monotonic()
             for rt in list(self._schemas.values()):
                 if rt.l1 is not None:
-                    while rt.l1.sweep(limit=1000) >= 1000:
+                    while rt.l1.sweep(limit=1000) >= 1000:  # noqa: ASYNC110 - yields, not polls
                         await asyncio.sleep(0)
                 if rt.negative:
                     rt.negative = {k: v for k, v in rt.negative.items() if v > now}
@@ -565,11 +571,14 @@ class DataStore:
                         raise NotFoundError(rt.name, id)
                     del rt.negative[id]
             if rt.l2_on:
-                found = await self._l2_get(rt, [id])
+                found, gone = await self._l2_get(rt, [id])
                 got = found.get(id)
                 if got is not None:
                     c.l2_hits += 1
                     return await self._deliver(rt, got)
+                if gone:  # a versioned tombstone: deleted more recently than any row we may load
+                    c.misses += 1
+                    raise NotFoundError(rt.name, id)
         loaded = await self._load(rt, id, force_l3)
         if loaded is None:
             c.misses += 1
@@ -584,11 +593,15 @@ class DataStore:
                 return cast(BaseModel, replaced)
         return value
 
-    async def _l2_get(self, rt: _Runtime, ids: Sequence[Any]) -> dict[Any, BaseModel]:
-        """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies."""
+    async def _l2_get(
+        self, rt: _Runtime, ids: Sequence[Any]
+    ) -> tuple[dict[Any, BaseModel], set[Any]]:
+        """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies, and the
+        ids L2 holds a tombstone for (recently deleted: not to be loaded from L3)."""
         assert self._l2 is not None and rt.codec is not None
         answers = await self._l2.get_many([rt.key(i) for i in ids])
         out: dict[Any, BaseModel] = {}
+        gone: set[Any] = set()
         for id, (payload, remaining) in zip(ids, answers, strict=True):
             if payload is None:
                 continue
@@ -601,18 +614,23 @@ class DataStore:
                 )
                 continue
             if isinstance(decoded, Tombstone):
+                gone.add(id)
                 continue
             value, version = decoded
             if rt.l1 is not None:
                 rt.l1.set(id, rt.l1_copy(value), version, ttl=ttl_min(remaining, rt.l1_ttl))
             out[id] = value  # freshly decoded: owned by nobody else
-        return out
+        return out, gone
 
     async def _load(self, rt: _Runtime, id: Any, force_l3: bool) -> BaseModel | None:
         """One L3 load per key per process at a time (single flight); fills the caches."""
         if not rt.l3_on:
             return None
         key = (rt.name, id)
+        if rt.mode is WriteMode.WRITE_BEHIND:
+            queued = self._wb_shadow.get(key)
+            if queued is not None:  # not in L3 yet: the queued write is the truth
+                return None if queued[0] is None else rt.out(queued[0])
         if not force_l3:
             pending = self._inflight.get(key)
             if pending is not None:
@@ -630,12 +648,15 @@ class DataStore:
         try:
             self._c.l3_queries += 1
             rows = await self._l3.get_many(rt.cs, [id])
-            result = self._from_row(rt, rows[0]) if rows else None
+            result = None
+            if rows:
+                sealed = _sealed(rt, rows[0])
+                result = self._from_row(rt, rows[0])
             if result is None:
                 if rt.epoch == epoch and not force_l3:
                     rt.negative[id] = time.monotonic() + self._negative_ttl
             elif not force_l3:
-                await self._fill(rt, [(id, result[0], result[1])])
+                await self._fill(rt, [(id, result[0], result[1])], {id: sealed})
             fut.set_result(result)
         except asyncio.CancelledError:
             fut.cancel()
@@ -649,12 +670,19 @@ class DataStore:
                 del self._inflight[key]
         return None if result is None else rt.out(result[0])
 
-    async def _fill(self, rt: _Runtime, items: Sequence[tuple[Any, BaseModel, int]]) -> None:
-        """Promote L3 values into L2 and L1; both refuse to replace a newer version."""
+    async def _fill(
+        self,
+        rt: _Runtime,
+        items: Sequence[tuple[Any, BaseModel, int]],
+        sealed: Mapping[Any, dict[str, bytes]] | None = None,
+    ) -> None:
+        """Promote L3 values into L2 and L1; both refuse to replace a newer version.
+        ``sealed`` holds the ciphertexts L3 returned, reused in L2 rather than re-encrypted."""
         if rt.l2_on and self._l2 is not None and rt.codec is not None:
             codec = rt.codec
+            cts = sealed or {}
             await self._l2.set_many(
-                [(rt.key(i), codec.encode(v, ver), rt.l2_ttl) for i, v, ver in items]
+                [(rt.key(i), codec.encode(v, ver, cts.get(i)), rt.l2_ttl) for i, v, ver in items]
             )
         l1 = rt.l1
         if l1 is not None:
@@ -678,16 +706,23 @@ class DataStore:
             c.l1_hits += len(hits)
             missing = [i for i in missing if i not in hits]
         if missing and rt.l2_on:
-            hits2 = await self._l2_get(rt, missing)
+            hits2, gone = await self._l2_get(rt, missing)
             found.update(hits2)
             c.l2_hits += len(hits2)
-            missing = [i for i in missing if i not in hits2]
+            missing = [i for i in missing if i not in hits2 and i not in gone]
+        if missing and rt.l3_on and rt.mode is WriteMode.WRITE_BEHIND:
+            for i in missing:
+                queued = self._wb_shadow.get((rt.name, i))
+                if queued is not None and queued[0] is not None:
+                    found[i] = rt.out(queued[0])
+            missing = [i for i in missing if (rt.name, i) not in self._wb_shadow]
         if missing and rt.l3_on:
             c.l3_queries += 1
             rows = await self._l3.get_many(rt.cs, missing)
+            sealed = {r[rt.pk_column]: _sealed(rt, r) for r in rows} if rt.encrypted else None
             loaded = [self._from_row(rt, r) for r in rows]
             items = [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded]
-            await self._fill(rt, items)
+            await self._fill(rt, items, sealed)
             for i, v, _ in items:
                 found[i] = v
             c.l3_hits += len(items)
@@ -713,10 +748,9 @@ class DataStore:
                 except (CodecError, StrataError) as exc:
                     self._count_error(exc)
                 else:
-                    if not isinstance(decoded, Tombstone):
-                        return True
-                    if not rt.l3_on:
-                        return False
+                    return not isinstance(decoded, Tombstone)
+        if rt.mode is WriteMode.WRITE_BEHIND and (rt.name, id) in self._wb_shadow:
+            return self._wb_shadow[(rt.name, id)][0] is not None
         if not rt.l3_on:
             return False
         self._c.l3_queries += 1
@@ -766,12 +800,18 @@ class DataStore:
             id = self._id(rt, id)
             prepared[id] = self._stamp(rt, value)
         ids = list(prepared)
+        if cs.auto_now_add and (rt.mode is WriteMode.WRITE_BEHIND or not rt.l3_on):
+            await self._carry_created(rt, prepared)
+        rows = {i: self._to_row(rt, v, i) for i, v in prepared.items()} if rt.l3_on else {}
+        sealed = {i: _sealed(rt, row) for i, row in rows.items()} if rt.encrypted else None
         if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
-            items = await self._write_behind(rt, prepared)
+            items = await self._write_behind(rt, prepared, rows)
+        elif rt.l3_on:
+            items = await self._write_through(rt, prepared, rows)
         else:
-            items = await self._write_through(rt, prepared)
+            items = [(i, v, self._next_version()) for i, v in prepared.items()]
         self._after_write(rt, ids)
-        await self._cache_writes(rt, items)
+        await self._cache_writes(rt, items, sealed)
         await self._publish(rt, "set", items)
         if rt.hooks.after_set is not None:
             for _, v, _ in items:
@@ -779,18 +819,15 @@ class DataStore:
         return [rt.out(v) for _, v, _ in items]
 
     async def _write_through(
-        self, rt: _Runtime, prepared: dict[Any, BaseModel]
+        self, rt: _Runtime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
     ) -> list[tuple[Any, BaseModel, int]]:
-        if not rt.l3_on:
-            return [(i, v, self._next_version()) for i, v in prepared.items()]
-        rows = [self._to_row(rt, v, i) for i, v in prepared.items()]
         self._c.l3_queries += 1
-        returned = await self._l3.upsert_many(rt.cs, rows)
+        returned = await self._l3.upsert_many(rt.cs, list(rows.values()))
         items = []
         keep = rt.cs.auto_now_add
         for i, v in prepared.items():
             ret = returned[i]
-            if keep:
+            if keep:  # an existing row keeps its own auto_now_add values
                 kept = {f: ret[rt.cs.by_field[f].name] for f in keep}
                 if any(getattr(v, f) != kv for f, kv in kept.items()):
                     v = v.model_copy(update=kept)
@@ -798,29 +835,39 @@ class DataStore:
         return items
 
     async def _write_behind(
-        self, rt: _Runtime, prepared: dict[Any, BaseModel]
+        self, rt: _Runtime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
     ) -> list[tuple[Any, BaseModel, int]]:
         assert self._wb is not None
         items = []
         for i, v in prepared.items():
-            if rt.cs.auto_now_add:
-                v = self._keep_created(rt, i, v)
             version = self._next_version()
-            row = self._to_row(rt, v, i)
+            row = rows[i]
             row[VERSION_COLUMN] = version
+            self._wb_shadow[(rt.name, i)] = (v, version)
             await self._wb.put(
                 PendingWrite(schema=rt.name, id=i, op="set", row=row, version=version)
             )
             items.append((i, v, version))
         return items
 
-    def _keep_created(self, rt: _Runtime, id: Any, value: BaseModel) -> BaseModel:
-        """Write-behind cannot ask L3 for the stored ``auto_now_add`` values; an L1 copy
-        of the row, when there is one, supplies them."""
-        cached = rt.l1.get(id) if rt.l1 is not None else None
-        if cached is None:
-            return value
-        return value.model_copy(update={f: getattr(cached, f) for f in rt.cs.auto_now_add})
+    async def _carry_created(self, rt: _Runtime, prepared: dict[Any, BaseModel]) -> None:
+        """Write-behind and L3-less schemas cannot ask L3 for stored ``auto_now_add``
+        values: the cached copy of the row (L1, the write-behind queue, then L2) has them."""
+        fields = rt.cs.auto_now_add
+        known: dict[Any, BaseModel] = {}
+        for i in prepared:
+            cached = rt.l1.get(i) if rt.l1 is not None else None
+            if cached is None:
+                queued = self._wb_shadow.get((rt.name, i))
+                cached = queued[0] if queued is not None else None
+            if cached is not None:
+                known[i] = cached
+        rest = [i for i in prepared if i not in known]
+        if rest and rt.l2_on:
+            found, _ = await self._l2_get(rt, rest)
+            known.update(found)
+        for i, cached in known.items():
+            prepared[i] = prepared[i].model_copy(update={f: getattr(cached, f) for f in fields})
 
     def _after_write(self, rt: _Runtime, ids: Iterable[Any]) -> None:
         """Forget what a concurrent reader may have learnt before this write."""
@@ -830,13 +877,19 @@ class DataStore:
             self._inflight.pop((rt.name, i), None)
 
     async def _cache_writes(
-        self, rt: _Runtime, items: Sequence[tuple[Any, BaseModel, int]]
+        self,
+        rt: _Runtime,
+        items: Sequence[tuple[Any, BaseModel, int]],
+        sealed: Mapping[Any, dict[str, bytes]] | None = None,
     ) -> None:
         if rt.l2_on:
             assert self._l2 is not None and rt.codec is not None
             codec = rt.codec
-            payloads = [(rt.key(i), codec.encode(v, ver), rt.l2_ttl) for i, v, ver in items]
-            await self._l2.set_many(payloads)
+            cts = sealed or {}
+            payloads = [
+                (rt.key(i), codec.encode(v, ver, cts.get(i)), rt.l2_ttl) for i, v, ver in items
+            ]
+            await self._l2.set_many(payloads, bump=rt.gen_key)
             if not self._l2.available:
                 self._remember_l2_missed(k for k, _, _ in payloads)
         l1 = rt.l1
@@ -868,6 +921,7 @@ class DataStore:
             assert self._wb is not None
             version = self._next_version()
             for i in ids:
+                self._wb_shadow[(rt.name, i)] = (None, version)
                 await self._wb.put(
                     PendingWrite(schema=rt.name, id=i, op="delete", row=None, version=version)
                 )
@@ -881,7 +935,7 @@ class DataStore:
             assert self._l2 is not None and rt.codec is not None
             tomb = rt.codec.tombstone(version)
             keys = [rt.key(i) for i in ids]
-            await self._l2.set_many([(k, tomb, _TOMBSTONE_TTL) for k in keys])
+            await self._l2.set_many([(k, tomb, _TOMBSTONE_TTL) for k in keys], bump=rt.gen_key)
             if not self._l2.available:
                 self._remember_l2_missed(keys)
         if rt.l1 is not None:
@@ -921,7 +975,9 @@ class DataStore:
                 self._replica_down(rt, exc)
         return await self._l3.fetch(cq.sql, cq.args, schema=rt.cs)
 
-    def _projection(self, rt: _Runtime, cq: CompiledQuery, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _projection(
+        self, rt: _Runtime, cq: CompiledQuery, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """Projected rows as dicts keyed by field name (encrypted fields decrypted)."""
         by_column = rt.cs.by_column
         enc = [by_column[c] for c in cq.columns if by_column[c].meta.encrypted]
@@ -985,7 +1041,9 @@ class DataStore:
                 return self._decode_result(rt, cq, payload)
             except (CodecError, StrataError, ValueError) as exc:
                 self._count_error(exc)
-                self._log.warning("%s: unreadable cached search result, refetching: %s", rt.name, exc)
+                self._log.warning(
+                    "%s: unreadable cached search result, refetching: %s", rt.name, exc
+                )
         if query.tier == "l2":
             raise CacheMissError(f"{rt.name}: no cached result for this query (force_l2)")
         rows = await self._query_rows(rt, cq)
@@ -1052,14 +1110,20 @@ class DataStore:
         """Drop one id from L1 and L2 on every instance (L3 is untouched)."""
         rt = self._rt(schema)
         self._check_open()
-        id = self._id(rt, id)
-        self._after_write(rt, [id])
+        await self._forget_cached(rt, [self._id(rt, id)])
+
+    async def _forget_cached(self, rt: _Runtime, ids: list[Any]) -> None:
+        self._after_write(rt, ids)
         if rt.l1 is not None:
-            rt.l1.delete(id)
+            rt.l1.delete_many(ids)
         if rt.l2_on:
             assert self._l2 is not None
-            await self._l2.delete_many([rt.key(id)])
-        await self._publish(rt, "set", [(id, None, None)])
+            keys = [rt.key(i) for i in ids]
+            await self._l2.delete_many(keys)
+            await self._bump_generation(rt)
+            if not self._l2.available:
+                self._remember_l2_missed(keys)
+        await self._publish(rt, "set", [(i, None, None) for i in ids])
 
     async def invalidate_all(self, schema: SchemaRef) -> None:
         """Drop every cached value of the schema from L1 and L2 on every instance."""
@@ -1070,11 +1134,32 @@ class DataStore:
         if rt.l1 is not None:
             rt.l1.clear()
         if rt.l2_on:
-            assert self._l2 is not None
-            await self._l2.delete_pattern(f"{rt.key_prefix.rsplit(':', 2)[0]}:*")
+            await self._drop_l2_schema(rt)
         await self._publish_raw(
             Invalidation(schema=rt.name, op="invalidate_all", origin=self.instance_id)
         )
+
+    async def _drop_l2_schema(self, rt: _Runtime) -> None:
+        """Every L2 key of the schema, and its cached search results (new generation).
+        If Redis is unreachable this is redone when it comes back."""
+        assert self._l2 is not None
+        try:
+            await self._l2.delete_pattern(f"{rt.key_prefix}*")
+            await self._l2.incr(rt.gen_key)
+        except TierError as exc:
+            self._count_error(exc)
+            self._log.warning(
+                "%s: could not clear L2 now, will when Redis is back: %s", rt.name, exc
+            )
+            self._l2_dirty_schemas.add(rt.name)
+
+    async def _bump_generation(self, rt: _Runtime) -> None:
+        assert self._l2 is not None
+        try:
+            await self._l2.incr(rt.gen_key)
+        except TierError as exc:
+            self._count_error(exc)
+            self._l2_dirty_schemas.add(rt.name)
 
     async def warm_cache(self, schema: SchemaRef, limit: int = 0) -> int:
         """Load rows from L3 into L2 and L1 in batches; ``limit=0`` loads every row.
@@ -1123,9 +1208,20 @@ class DataStore:
         if deletes:
             self._c.l3_queries += 1
             await self._l3.delete_many(rt.cs, deletes)
+        self._forget_shadow(writes)
+
+    def _forget_shadow(self, writes: Iterable[PendingWrite]) -> None:
+        """These writes reached L3 (or were given up): reads may go to L3 for them again,
+        unless a newer write of the same key is still queued."""
+        for w in writes:
+            key = (w.schema, w.id)
+            queued = self._wb_shadow.get(key)
+            if queued is not None and queued[1] <= w.version:
+                del self._wb_shadow[key]
 
     async def _on_dead_letter(self, letter: DeadLetter) -> None:
         self._c.dead_letters += 1
+        self._forget_shadow([letter.write])
         rt = self._schemas.get(letter.write.schema)
         self._log.error(
             "write-behind gave up on %s %r after %d attempts: %s",
@@ -1134,6 +1230,9 @@ class DataStore:
             letter.write.attempts,
             letter.error,
         )
+        if rt is not None:
+            # The caches hold a value L3 never got: drop it so reads show what is durable.
+            await self._forget_cached(rt, [letter.write.id])
         if rt is not None and rt.hooks.on_write_error is not None:
             await _call_hook(
                 rt.hooks.on_write_error, letter.write.id, letter.write.row, letter.error
@@ -1200,8 +1299,7 @@ class DataStore:
 
     def _on_l2_recover(self) -> None:
         self._clear_l1()
-        if self._l2_missed or self._l2_missed_overflow:
-            self._spawn(self._drop_l2_missed())
+        self._spawn(self._drop_l2_missed())
 
     def _remember_l2_missed(self, keys: Iterable[str]) -> None:
         for k in keys:
@@ -1211,16 +1309,26 @@ class DataStore:
             self._l2_missed.add(k)
 
     async def _drop_l2_missed(self) -> None:
-        """Keys written while Redis was unreachable may hold older values there: drop them."""
+        """Keys written while Redis was unreachable may hold older values there: drop them,
+        and start a new search-result generation for every schema (bumps were lost too)."""
         assert self._l2 is not None
         keys, self._l2_missed = list(self._l2_missed), set()
-        for start in range(0, len(keys), 1000):
-            await self._l2.delete_many(keys[start : start + 1000])
-        if self._l2_missed_overflow:
-            self._l2_missed_overflow = False
+        overflow, self._l2_missed_overflow = self._l2_missed_overflow, False
+        dirty, self._l2_dirty_schemas = self._l2_dirty_schemas, set()
+        try:
+            for start in range(0, len(keys), 1000):
+                await self._l2.delete_many(keys[start : start + 1000])
             for rt in self._schemas.values():
-                if rt.l2_on:
-                    await self._l2.delete_pattern(f"{rt.key_prefix.rsplit(':', 2)[0]}:*")
+                if not rt.l2_on:
+                    continue
+                if overflow or rt.name in dirty:
+                    await self._l2.delete_pattern(f"{rt.key_prefix}*")
+                await self._l2.incr(rt.gen_key)
+        except TierError as exc:  # down again: the next recovery redoes all of it
+            self._count_error(exc)
+            self._l2_missed.update(keys)
+            self._l2_missed_overflow = overflow
+            self._l2_dirty_schemas |= dirty | {rt.name for rt in self._schemas.values()}
 
     def _count_error(self, exc: BaseException) -> None:
         """Errors a component has already logged (it logs outages once, not per call)."""
@@ -1262,6 +1370,13 @@ class DataStore:
         return (
             f"<DataStore {self._state} l3={hide_password(str(l3))} schemas={list(self._schemas)}>"
         )
+
+
+def _sealed(rt: _Runtime, row: Mapping[str, Any]) -> dict[str, bytes]:
+    """The encrypted columns of an L3 row, by field, before decryption (L2 reuses them)."""
+    if not rt.encrypted:
+        return {}
+    return {s.field: row[s.name] for s in rt.encrypted if row.get(s.name) is not None}
 
 
 def _sqlite_arg(spec: ColumnSpec, value: Any) -> Any:

@@ -44,22 +44,22 @@ class Counters:
     """Mutable counters the router bumps; ``snapshot`` freezes them into ``Stats``."""
 
     __slots__ = (
-        "gets",
-        "sets",
+        "dead_letters",
         "deletes",
+        "dirty_count",
         "errors",
+        "gets",
+        "invalidations_received",
+        "invalidations_sent",
+        "l1_entries",
+        "l1_evictions",
         "l1_hits",
         "l2_hits",
         "l3_hits",
-        "misses",
         "l3_queries",
-        "l1_entries",
-        "dirty_count",
-        "invalidations_sent",
-        "invalidations_received",
-        "l1_evictions",
+        "misses",
         "negative_hits",
-        "dead_letters",
+        "sets",
     )
 
     def __init__(self) -> None:

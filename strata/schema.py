@@ -464,6 +464,13 @@ def compile_schema(
                     model=mname,
                     field=fname,
                 )
+        if meta.encrypted and value_kind is ColumnKind.BYTES:
+            raise ConflictingFieldOptionsError(
+                f"{mname}.{fname}: encrypted bytes fields are not supported (the plaintext is "
+                "JSON); keep the bytes base64-encoded in an encrypted str field",
+                model=mname,
+                field=fname,
+            )
         colname = check_identifier(meta.column or fname, "column name", mname, fname)
         if colname == VERSION_COLUMN:
             raise InvalidModelError(

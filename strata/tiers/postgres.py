@@ -66,7 +66,7 @@ def _quote(name: str) -> str:
 def _build(cs: CompiledSchema) -> _Statements:
     table = cs.table
     pk = table.c[cs.pk.name]
-    seq = f"{table.schema}._strata_version_seq" if table.schema else "_strata_version_seq"
+    seq = f"{_quote(table.schema)}._strata_version_seq" if table.schema else "_strata_version_seq"
     nextval: sa.ColumnClause[Any] = sa.literal_column(f"nextval('{seq}')")
     data_cols = [c.name for c in cs.columns]
     selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
