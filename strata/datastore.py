@@ -438,6 +438,11 @@ class DataStore:
         return cs
 
     @property
+    def metadata(self) -> sa.MetaData:
+        """The SQLAlchemy tables of every registered schema with an L3 tier (for Alembic)."""
+        return self._metadata
+
+    @property
     def schemas(self) -> Mapping[str, CompiledSchema]:
         return {name: rt.cs for name, rt in self._schemas.items()}
 
