@@ -11,6 +11,7 @@ from strata.observability import Observer, Stats
 from strata.query import Q, Query
 from strata.schema import Index, MemPolicy, PostgresPolicy, RedisPolicy, Schema, SchemaHooks
 from strata.tiers.memory import Eviction
+from strata.tx import Tx
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "Schema",
     "SchemaHooks",
     "Stats",
+    "Tx",
     "WriteMode",
     "__version__",
     "errors",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from strata.errors import (
     NotFoundError,
     SchemaDuplicateError,
     SchemaNotRegisteredError,
+    SerializationError,
     StrataError,
     TierError,
     TierUnavailableError,
@@ -72,11 +74,13 @@ from strata.tiers.memory import MemoryTier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier, to_sqlite
+from strata.tx import Tx, TxContext
 from strata.writebehind import DeadLetter, PendingWrite, WriteBehindQueue
 
 __all__ = ["DataStore"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 SchemaRef = str | type[BaseModel]
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
@@ -318,6 +322,10 @@ class DataStore:
                     on_error=self._count_error,
                 )
                 await self._bus.start()
+                if self._l2.available:
+                    # Until the subscription is confirmed other instances' messages cannot
+                    # arrive: start coherent rather than fill L1 and then drop it.
+                    await self._bus.wait_connected(max(1.0, 4 * cfg.redis_timeout))
             self._wb = WriteBehindQueue(
                 self._apply_write_behind,
                 flush_interval=_secs(cfg.write_behind_flush_interval),
@@ -787,7 +795,9 @@ class DataStore:
             return []
         return await self._write(rt, values)
 
-    async def _write(self, rt: _Runtime, values: Sequence[Any]) -> list[BaseModel]:
+    async def _prepare(self, rt: _Runtime, values: Sequence[Any]) -> dict[Any, BaseModel]:
+        """Validate, run before_set, check the key and stamp timestamps: a private copy of
+        each value by id (a repeated id keeps its last value)."""
         cs = rt.cs
         prepared: dict[Any, BaseModel] = {}
         for raw in values:
@@ -804,6 +814,11 @@ class DataStore:
                 )
             id = self._id(rt, id)
             prepared[id] = self._stamp(rt, value)
+        return prepared
+
+    async def _write(self, rt: _Runtime, values: Sequence[Any]) -> list[BaseModel]:
+        cs = rt.cs
+        prepared = await self._prepare(rt, values)
         ids = list(prepared)
         if cs.auto_now_add and (rt.mode is WriteMode.WRITE_BEHIND or not rt.l3_on):
             await self._carry_created(rt, prepared)
@@ -824,14 +839,26 @@ class DataStore:
         return [rt.out(v) for _, v, _ in items]
 
     async def _write_through(
-        self, rt: _Runtime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
+        self,
+        rt: _Runtime,
+        prepared: dict[Any, BaseModel],
+        rows: dict[Any, dict[str, Any]],
+        *,
+        tx: Any = None,
+        versioned: bool = False,
     ) -> list[tuple[Any, BaseModel, int]]:
+        """The L3 upsert; returns (id, value as stored, row version). With ``versioned``
+        the rows carry their own version and a newer stored row wins (it is left out)."""
         self._c.l3_queries += 1
-        returned = await self._l3.upsert_many(rt.cs, list(rows.values()))
+        returned = await self._l3.upsert_many(
+            rt.cs, list(rows.values()), tx=tx, versioned=versioned
+        )
         items = []
         keep = rt.cs.auto_now_add
         for i, v in prepared.items():
-            ret = returned[i]
+            ret = returned.get(i)
+            if ret is None:  # versioned: L3 already holds a newer write of this row
+                continue
             if keep:  # an existing row keeps its own auto_now_add values
                 kept = {f: ret[rt.cs.by_field[f].name] for f in keep}
                 if any(getattr(v, f) != kv for f, kv in kept.items()):
@@ -935,6 +962,10 @@ class DataStore:
             version = await self._l3.delete_many(rt.cs, ids)
         else:
             version = self._next_version()
+        await self._cache_deletes(rt, ids, version)
+
+    async def _cache_deletes(self, rt: _Runtime, ids: list[Any], version: int) -> None:
+        """Versioned tombstones in L2 and L1, then tell the other instances."""
         self._after_write(rt, ids)
         if rt.l2_on:
             assert self._l2 is not None and rt.codec is not None
@@ -1108,6 +1139,38 @@ class DataStore:
             )
         self._count_error(exc)
         self._replica_retry_at[url] = time.monotonic() + _REPLICA_RETRY
+
+    # -- transactions ------------------------------------------------------------------
+
+    def tx(self, *, isolation: str | None = None, timeout: float | None = None) -> TxContext:
+        """``async with ds.tx() as tx:``: one L3 transaction; caches and other instances
+        see its writes only after it commits. ``isolation``: ``"read_committed"``
+        (PostgreSQL's default), ``"repeatable_read"`` or ``"serializable"``; ``timeout``
+        (seconds) bounds the whole block (``TxTimeoutError``). Nested, it is a savepoint."""
+        return TxContext(self, isolation=isolation, timeout=timeout)
+
+    async def retry_tx(
+        self,
+        fn: Callable[[Tx], Awaitable[T]],
+        *,
+        attempts: int = 3,
+        isolation: str | None = None,
+        timeout: float | None = None,
+        backoff: float = 0.01,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction, again (up to ``attempts`` times in all) when it
+        fails with a retryable ``SerializationError``; the last one is raised."""
+        if attempts < 1:
+            raise InvalidValueError("retry_tx needs attempts >= 1")
+        for attempt in range(attempts):
+            try:
+                async with self.tx(isolation=isolation, timeout=timeout) as tx:
+                    return await fn(tx)
+            except SerializationError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- cache control -----------------------------------------------------------------
 

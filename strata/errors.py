@@ -33,8 +33,8 @@
     ├── MigrationError                   migrate refused or failed (.diffs)
     ├── TxError
     │   ├── TxFailedError                commit failed; caches untouched
+    │   │   └── SerializationError       retryable conflict (serialization / deadlock)
     │   ├── TxTimeoutError               the transaction outlived its timeout
-    │   ├── SerializationError           retryable conflict (serialization / deadlock)
     │   └── TxClosedError                a Tx used after its block ended
     └── WriteBehindError                 write-behind queue problem (.dead_letters)
 
@@ -200,8 +200,9 @@ class TxTimeoutError(TxError):
     pass
 
 
-class SerializationError(TxError):
-    """A retryable conflict: run the whole transaction again (see ``strata.retry_tx``)."""
+class SerializationError(TxFailedError):
+    """A retryable conflict (serialization failure, deadlock): run the whole transaction
+    again, e.g. with ``DataStore.retry_tx``."""
 
 
 class TxClosedError(TxError):

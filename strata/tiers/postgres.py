@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from strata.config import Config, hide_password
 from strata.errors import (
+    ConfigError,
     IntegrityError,
     SerializationError,
     TierError,
@@ -42,6 +43,7 @@ Row = dict[str, Any]
 class _Statements:
     columns: tuple[str, ...]  # data columns, in upsert parameter order
     get_many: str
+    get_for_update: str
     upsert: str
     upsert_if_newer: str
     copy_upsert: str
@@ -76,6 +78,9 @@ def _build(cs: CompiledSchema) -> _Statements:
 
     ids = sa.bindparam("ids", type_=sa.ARRAY(pk.type))
     get_many, _ = _compile(sa.select(*selected).where(pk == sa.any_(ids)))
+    get_for_update, _ = _compile(
+        sa.select(*selected).where(pk == sa.any_(ids)).order_by(pk).with_for_update()
+    )
 
     def upsert(if_newer: bool, source: Any = None) -> str:
         if source is None:
@@ -126,6 +131,7 @@ def _build(cs: CompiledSchema) -> _Statements:
     return _Statements(
         columns=tuple(data_cols),
         get_many=get_many,
+        get_for_update=get_for_update,
         upsert=upsert(False),
         upsert_if_newer=upsert(True),
         copy_upsert=upsert(False, src_new),
@@ -200,6 +206,71 @@ def _decode_jsonb(data: bytes) -> Any:
     return orjson.loads(data[1:])
 
 
+_ISOLATION = {
+    "read_committed": "read_committed",
+    "read committed": "read_committed",
+    "repeatable_read": "repeatable_read",
+    "repeatable read": "repeatable_read",
+    "serializable": "serializable",
+}
+
+
+def isolation_level(name: str | None) -> str | None:
+    """asyncpg's name for an isolation level given as ``"serializable"``, ``"repeatable
+    read"``, ``"read_committed"``..."""
+    if name is None:
+        return None
+    try:
+        return _ISOLATION[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"isolation must be one of read_committed, repeatable_read, serializable; got {name!r}"
+        ) from None
+
+
+class PgTransaction:
+    """One L3 transaction (or a savepoint inside one) on one pooled connection."""
+
+    def __init__(
+        self,
+        tier: PostgresTier,
+        conn: asyncpg.Connection,
+        tr: Any,
+        *,
+        release: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.tier = tier
+        self.conn = conn
+        self._tr = tr
+        self._release = release
+
+    async def savepoint(self) -> PgTransaction:
+        tr = self.conn.transaction()
+        with translate_errors("savepoint", self.tier.url):
+            await tr.start()
+        return PgTransaction(self.tier, self.conn, tr, release=None)
+
+    async def commit(self) -> None:
+        try:
+            with translate_errors("commit", self.tier.url):
+                await self._tr.commit()
+        finally:
+            await self._done()
+
+    async def rollback(self) -> None:
+        try:
+            if not self.conn.is_closed():
+                with translate_errors("rollback", self.tier.url):
+                    await self._tr.rollback()
+        finally:
+            await self._done()
+
+    async def _done(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            await release()
+
+
 class PostgresTier:
     dialect = "postgresql"
 
@@ -239,24 +310,39 @@ class PostgresTier:
             raise TierUnavailableError("PostgreSQL tier is not connected", tier="l3")
         return self._pool
 
-    @asynccontextmanager
-    async def _conn(self, tx: Any) -> AsyncIterator[asyncpg.Connection]:
-        if tx is not None:
-            yield tx
-            return
-        async with self.pool.acquire() as conn:
-            yield conn
-
     async def get_many(
-        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+        self,
+        schema: CompiledSchema,
+        ids: Sequence[Any],
+        *,
+        tx: Any = None,
+        for_update: bool = False,
     ) -> list[Row]:
         st = self._stmts[schema.name]
         with translate_errors(f"{schema.name}: get", self._url):
             if tx is None:
                 records = await self.pool.fetch(st.get_many, list(ids))
             else:
-                records = await tx.fetch(st.get_many, list(ids))
+                sql = st.get_for_update if for_update else st.get_many
+                records = await tx.conn.fetch(sql, list(ids))
         return [dict(r) for r in records]
+
+    async def begin(self, isolation: str | None = None) -> PgTransaction:
+        """Start a transaction on a connection of its own (returned to the pool at the end)."""
+        level = isolation_level(isolation)
+        with translate_errors("begin", self._url):
+            conn = await self.pool.acquire()
+            try:
+                tr = conn.transaction(isolation=level) if level else conn.transaction()
+                await tr.start()
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+
+        async def release() -> None:
+            await self.pool.release(conn)
+
+        return PgTransaction(self, conn, tr, release=release)
 
     async def get_one(self, schema: CompiledSchema, id: Any) -> Row | None:
         st = self._stmts[schema.name]
@@ -286,7 +372,7 @@ class PostgresTier:
                 if tx is None:
                     records = await self.pool.fetch(sql, *args)
                 else:
-                    records = await tx.fetch(sql, *args)
+                    records = await tx.conn.fetch(sql, *args)
             else:
                 records = await self._copy_upsert(st, rows, tx, versioned)
         pk = schema.pk.name
@@ -312,8 +398,8 @@ class PostgresTier:
             return out
 
         if tx is not None:
-            async with tx.transaction():  # a savepoint inside the caller's transaction
-                return await run(tx)
+            async with tx.conn.transaction():  # a savepoint inside the caller's transaction
+                return await run(tx.conn)
         async with self.pool.acquire() as conn, conn.transaction():
             return await run(conn)
 
@@ -325,7 +411,7 @@ class PostgresTier:
             if tx is None:
                 row = await self.pool.fetchrow(st.delete_many, list(ids))
             else:
-                row = await tx.fetchrow(st.delete_many, list(ids))
+                row = await tx.conn.fetchrow(st.delete_many, list(ids))
         assert row is not None
         return int(row["v"])
 
@@ -343,14 +429,14 @@ class PostgresTier:
             if tx is None:
                 records = await self.pool.fetch(sql, *args)
             else:
-                records = await tx.fetch(sql, *args)
+                records = await tx.conn.fetch(sql, *args)
         return [dict(r) for r in records]
 
     async def fetchval(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> Any:
         with translate_errors("query", self._url):
             if tx is None:
                 return await self.pool.fetchval(sql, *args)
-            return await tx.fetchval(sql, *args)
+            return await tx.conn.fetchval(sql, *args)
 
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         """Every row in primary-key order, ``batch`` rows at a time (keyset paging)."""

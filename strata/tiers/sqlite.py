@@ -162,6 +162,60 @@ def translate_errors(what: str) -> Iterator[None]:
         raise TierError(f"{what}: {exc}", tier="l3") from exc
 
 
+class SqliteTransaction:
+    """The open SQLite transaction, or a savepoint inside it."""
+
+    def __init__(self, tier: SqliteTier, savepoint: str | None) -> None:
+        self.tier = tier
+        self._savepoint = savepoint
+
+    async def savepoint(self) -> SqliteTransaction:
+        self.tier._savepoints += 1
+        name = f"strata_sp_{self.tier._savepoints}"
+        with translate_errors("savepoint"):
+            await self.tier._run(self.tier.db.execute, f"SAVEPOINT {name}")
+        return SqliteTransaction(self.tier, name)
+
+    async def commit(self) -> None:
+        sql = "COMMIT" if self._savepoint is None else f"RELEASE {self._savepoint}"
+        try:
+            with translate_errors("commit"):
+                await self.tier._run(self.tier.db.execute, sql)
+        except BaseException:
+            if self._savepoint is None:
+                await self._rollback_quietly()
+            raise
+        finally:
+            if self._savepoint is None:
+                self.tier._end()
+
+    async def rollback(self) -> None:
+        try:
+            if self._savepoint is None:
+                await self._rollback_quietly()
+            else:
+                sp = self._savepoint
+                db = self.tier.db
+
+                def work() -> None:  # not executescript: it would COMMIT first
+                    db.execute(f"ROLLBACK TO {sp}")
+                    db.execute(f"RELEASE {sp}")
+
+                with translate_errors("rollback"):
+                    await self.tier._run(work)
+        finally:
+            if self._savepoint is None:
+                self.tier._end()
+
+    async def _rollback_quietly(self) -> None:
+        def work() -> None:
+            if self.tier.db.in_transaction:
+                self.tier.db.execute("ROLLBACK")
+
+        with translate_errors("rollback"):
+            await self.tier._run(work)
+
+
 class SqliteTier:
     dialect = "sqlite"
 
@@ -171,7 +225,11 @@ class SqliteTier:
         self._stmts: dict[str, _Statements] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
-        self.write_lock = asyncio.Lock()  # one writer transaction at a time (Tx holds it)
+        # One connection, so one transaction at a time: a Tx holds the lock from BEGIN to
+        # COMMIT; calls from the task that owns it run inside that transaction.
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._savepoints = 0
 
     @property
     def path(self) -> str:
@@ -183,7 +241,28 @@ class SqliteTier:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise TierUnavailableError("SQLite tier is not connected", tier="l3")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        loop = asyncio.get_running_loop()
+        if self._owner is not None and self._owner is asyncio.current_task():
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+        async with self._lock:
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    async def begin(self, isolation: str | None = None) -> SqliteTransaction:
+        """BEGIN IMMEDIATE: SQLite transactions are serializable and one writer at a time."""
+        await self._lock.acquire()
+        self._owner = asyncio.current_task()
+        try:
+            with translate_errors("begin"):
+                await self._run(self.db.execute, "BEGIN IMMEDIATE")
+        except BaseException:
+            self._owner = None
+            self._lock.release()
+            raise
+        return SqliteTransaction(self, None)
+
+    def _end(self) -> None:
+        self._owner = None
+        self._lock.release()
 
     async def connect(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-sqlite")
@@ -236,7 +315,12 @@ class SqliteTier:
     # -- operations --------------------------------------------------------------------
 
     async def get_many(
-        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+        self,
+        schema: CompiledSchema,
+        ids: Sequence[Any],
+        *,
+        tx: Any = None,
+        for_update: bool = False,  # BEGIN IMMEDIATE already holds the write lock
     ) -> list[Row]:
         st = self._stmts[schema.name]
         pk_to = _TO.get(schema.pk.kind)

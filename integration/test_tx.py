@@ -1,0 +1,367 @@
+"""Transactions: all or nothing across PostgreSQL, Redis and every instance's L1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from strata import Config, DataStore, Field, Q, Schema, SchemaHooks, WriteMode, errors
+
+
+class Account(BaseModel):
+    id: str = Field(primary_key=True)
+    owner: str = ""
+    balance: int = 0
+
+
+class Session(BaseModel):
+    id: str = Field(primary_key=True)
+    user: str = ""
+
+
+class InsufficientFunds(Exception):
+    pass
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def config(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> Config:
+    return Config(
+        database_url=pg_url,
+        database_schema=pg_schema,
+        redis_url=redis_url,
+        key_prefix=redis_prefix,
+        invalidation_channel=f"{redis_prefix}:inv",
+        pool_max_size=20,
+    )
+
+
+def schemas(**kw: Any) -> list[Schema]:
+    return [Schema(name="accounts", model=Account, **kw), Schema(name="sessions", model=Session)]
+
+
+@pytest.fixture
+async def pair(config: Config) -> AsyncIterator[tuple[DataStore, DataStore]]:
+    a, b = DataStore(config), DataStore(config.with_(instance_id="b-" + uuid.uuid4().hex[:6]))
+    for ds in (a, b):
+        for s in schemas():
+            ds.register(s)
+    async with a, b:
+        await a.migrate()
+        yield a, b
+
+
+async def balance_in_pg(pg_conn: asyncpg.Connection, id: str) -> int | None:
+    value: int | None = await pg_conn.fetchval("SELECT balance FROM accounts WHERE id = $1", id)
+    return value
+
+
+async def transfer(ds: DataStore, src: str, dst: str, amount: int) -> None:
+    async with ds.tx() as tx:
+        accounts = await tx.get_many(Account, [src, dst], for_update=True)
+        a, b = accounts[src], accounts[dst]
+        if a.balance < amount:
+            raise InsufficientFunds(src)
+        await tx.set(Account, a.model_copy(update={"balance": a.balance - amount}))
+        await tx.set(Account, b.model_copy(update={"balance": b.balance + amount}))
+
+
+async def test_commit_updates_every_tier(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection, redis_client: Any
+) -> None:
+    a, b = pair
+    await a.set_many(Account, [Account(id="x", balance=10), Account(id="y", balance=0)])
+    assert (await b.get(Account, "x")).balance == 10  # B's L1 holds the old value
+    await transfer(a, "x", "y", 4)
+    assert await balance_in_pg(pg_conn, "x") == 6
+    assert (await a.get(Account, "x")).balance == 6
+    await eventually(lambda: _balance_is(b, "x", 6))
+    assert (await b.get(Account, "y")).balance == 4
+
+
+async def _balance_is(ds: DataStore, id: str, expected: int) -> bool:
+    return (await ds.get(Account, id)).balance == expected
+
+
+async def test_rollback_on_exception_leaves_no_trace(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection, redis_client: Any
+) -> None:
+    a, b = pair
+    await a.set_many(Account, [Account(id="x", balance=10), Account(id="y", balance=0)])
+    await b.get(Account, "x")
+    key = f"{a.config.key_prefix}:accounts:{a.schemas['accounts'].shape}:x"
+    redis_before = await redis_client.get(key)
+    received_before = b.stats().invalidations_received
+    boom = RuntimeError("user code failed")
+    with pytest.raises(RuntimeError) as info:
+        async with a.tx() as tx:
+            await tx.set(Account, Account(id="x", balance=999))
+            await tx.set(Session, Session(id="s", user="u"))
+            await tx.delete(Account, "y")
+            raise boom
+    assert info.value is boom  # the caller's exception, unchanged
+    assert await balance_in_pg(pg_conn, "x") == 10
+    assert await balance_in_pg(pg_conn, "y") == 0
+    assert await pg_conn.fetchval("SELECT count(*) FROM sessions") == 0
+    assert await redis_client.get(key) == redis_before
+    assert (await a.get(Account, "x")).balance == 10
+    assert (await b.get(Account, "x")).balance == 10
+    assert not await a.exists(Session, "s")
+    await asyncio.sleep(0.1)
+    assert b.stats().invalidations_received == received_before
+
+
+async def test_insufficient_funds_aborts_the_transfer(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection
+) -> None:
+    a, _ = pair
+    await a.set_many(Account, [Account(id="x", balance=3), Account(id="y", balance=0)])
+    with pytest.raises(InsufficientFunds):
+        await transfer(a, "x", "y", 5)
+    assert await balance_in_pg(pg_conn, "x") == 3
+    assert await balance_in_pg(pg_conn, "y") == 0
+
+
+async def test_reads_inside_see_own_writes(pair: tuple[DataStore, DataStore]) -> None:
+    a, _ = pair
+    await a.set(Account, Account(id="x", owner="ann", balance=1))
+    async with a.tx() as tx:
+        await tx.set(Account, Account(id="x", owner="ann", balance=2))
+        await tx.set(Account, Account(id="z", owner="ann", balance=7))
+        assert (await tx.get(Account, "x")).balance == 2
+        found = await tx.search(Account, Q().filter(owner="ann").order_by("id"))
+        assert [(r.id, r.balance) for r in found] == [("x", 2), ("z", 7)]
+        await tx.delete(Account, "z")
+        with pytest.raises(errors.NotFoundError):
+            await tx.get(Account, "z")
+        # outside the transaction nothing is visible yet
+        assert (await a.get(Account, "x", force_l3=True)).balance == 1
+
+
+async def test_commit_is_visible_to_another_process(
+    config: Config, pair: tuple[DataStore, DataStore]
+) -> None:
+    a, _ = pair
+    await a.set(Account, Account(id="x", balance=1))
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from strata import Config, DataStore, Schema
+        from integration.test_tx import Account
+        async def main():
+            cfg = Config(database_url={config.database_url!r},
+                         database_schema={config.database_schema!r},
+                         redis_url={config.redis_url!r}, key_prefix={config.key_prefix!r},
+                         invalidation_channel={config.invalidation_channel!r})
+            ds = DataStore(cfg)
+            ds.register(Schema(name="accounts", model=Account))
+            async with ds:
+                print((await ds.get(Account, "x")).balance, flush=True)  # warm L1
+                sys.stdin.readline()
+                for _ in range(250):
+                    level = (await ds.get(Account, "x")).balance
+                    if level == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                print(level, ds.stats().invalidations_received, flush=True)
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"1"
+        async with a.tx() as tx:
+            await tx.set(Account, Account(id="x", balance=2))
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        level, received = (await asyncio.wait_for(proc.stdout.readline(), 30)).split()
+        assert level == b"2"
+        assert int(received) >= 1  # it learnt through the invalidation, not by expiry
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_for_update_keeps_200_concurrent_transfers_consistent(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection
+) -> None:
+    a, b = pair
+    ids = [f"acc{i}" for i in range(10)]
+    await a.set_many(Account, [Account(id=i, balance=1000) for i in ids])
+    rng = random.Random(7)
+    moves = [tuple(rng.sample(ids, 2)) for _ in range(200)]
+
+    async def one(k: int, src: str, dst: str) -> None:
+        ds = a if k % 2 else b
+        with contextlib.suppress(InsufficientFunds):
+            await transfer(ds, src, dst, rng.randint(1, 300))
+
+    await asyncio.gather(*(one(k, s, d) for k, (s, d) in enumerate(moves)))
+    assert await pg_conn.fetchval("SELECT sum(balance) FROM accounts") == 10_000
+    assert await pg_conn.fetchval("SELECT min(balance) FROM accounts") >= 0
+    cached = await a.get_many(Account, ids)
+    assert sum(acc.balance for acc in cached.values()) == 10_000
+
+
+async def test_timeout_rolls_back_and_raises(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection
+) -> None:
+    a, _ = pair
+    await a.set(Account, Account(id="x", balance=1))
+    with pytest.raises(errors.TxTimeoutError):
+        async with a.tx(timeout=0.2) as tx:
+            await tx.set(Account, Account(id="x", balance=2))
+            await asyncio.sleep(5)
+    assert await balance_in_pg(pg_conn, "x") == 1
+    assert (await a.get(Account, "x")).balance == 1
+
+
+async def test_serialization_failure_is_typed_and_retryable(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection
+) -> None:
+    a, b = pair
+    await a.set(Account, Account(id="x", balance=0))
+    first_read = asyncio.Event()
+    second_read = asyncio.Event()
+
+    async def increment(ds: DataStore, mine: asyncio.Event, other: asyncio.Event) -> None:
+        async with ds.tx(isolation="serializable") as tx:
+            acc = await tx.get(Account, "x")
+            mine.set()
+            await other.wait()
+            await tx.set(Account, acc.model_copy(update={"balance": acc.balance + 1}))
+
+    results = await asyncio.gather(
+        increment(a, first_read, second_read),
+        increment(b, second_read, first_read),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], errors.SerializationError)
+    assert isinstance(failures[0], errors.TxFailedError)
+    assert await balance_in_pg(pg_conn, "x") == 1
+
+    attempts = 0
+
+    async def bump(tx: Any) -> int:
+        nonlocal attempts
+        attempts += 1
+        acc = await tx.get(Account, "x")
+        if attempts == 1:  # a concurrent committed change makes this attempt fail
+            await b.set(Account, acc.model_copy(update={"balance": acc.balance + 10}))
+        await tx.set(Account, acc.model_copy(update={"balance": acc.balance + 1}))
+        return attempts
+
+    assert await a.retry_tx(bump, isolation="serializable", attempts=3) == 2
+    assert await balance_in_pg(pg_conn, "x") == 12
+
+
+async def test_savepoint_rollback_keeps_the_outer_work(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection
+) -> None:
+    a, _ = pair
+    async with a.tx() as tx:
+        await tx.set(Account, Account(id="outer", balance=1))
+        with pytest.raises(ValueError, match="inner"):
+            async with a.tx() as inner:
+                await inner.set(Account, Account(id="inner", balance=2))
+                raise ValueError("inner")
+        async with a.tx() as kept:
+            await kept.set(Account, Account(id="kept", balance=3))
+    rows = await pg_conn.fetch("SELECT id, balance FROM accounts ORDER BY id")
+    assert [(r["id"], r["balance"]) for r in rows] == [("kept", 3), ("outer", 1)]
+    assert (await a.get(Account, "kept")).balance == 3
+    assert not await a.exists(Account, "inner")
+
+
+async def test_commit_failure_raises_tx_failed_and_leaves_caches_untouched(
+    pair: tuple[DataStore, DataStore], pg_conn: asyncpg.Connection, redis_client: Any
+) -> None:
+    a, _ = pair
+    await pg_conn.execute(
+        "ALTER TABLE accounts ADD CONSTRAINT owner_once UNIQUE (owner) "
+        "DEFERRABLE INITIALLY DEFERRED"
+    )
+    with pytest.raises(errors.TxFailedError) as info:
+        async with a.tx() as tx:
+            await tx.set(Account, Account(id="p", owner="same"))
+            await tx.set(Account, Account(id="q", owner="same"))  # checked only at COMMIT
+    assert info.value.__cause__ is not None
+    assert await pg_conn.fetchval("SELECT count(*) FROM accounts") == 0
+    key = f"{a.config.key_prefix}:accounts:{a.schemas['accounts'].shape}:p"
+    assert await redis_client.get(key) is None
+    assert not await a.exists(Account, "p")
+
+
+async def test_before_set_hook_that_raises_aborts_the_whole_transaction(
+    config: Config, pg_conn: asyncpg.Connection
+) -> None:
+    def no_negative(value: Account) -> None:
+        if value.balance < 0:
+            raise ValueError("negative balance")
+
+    ds = DataStore(config)
+    ds.register(Schema(name="accounts", model=Account, hooks=SchemaHooks(before_set=no_negative)))
+    async with ds:
+        await ds.migrate()
+        with pytest.raises(ValueError, match="negative"):
+            async with ds.tx() as tx:
+                await tx.set(Account, Account(id="ok", balance=5))
+                await tx.set(Account, Account(id="bad", balance=-1))
+        assert await pg_conn.fetchval("SELECT count(*) FROM accounts") == 0
+
+
+async def test_write_behind_schema_is_written_synchronously_and_supersedes_the_queue(
+    config: Config, pg_conn: asyncpg.Connection
+) -> None:
+    ds = DataStore(config.with_(write_behind_flush_interval=60))
+    ds.register(Schema(name="accounts", model=Account, write_mode=WriteMode.WRITE_BEHIND))
+    async with ds:
+        await ds.migrate()
+        await ds.set(Account, Account(id="x", balance=1))  # queued, not in L3
+        assert await balance_in_pg(pg_conn, "x") is None
+        async with ds.tx() as tx:
+            await tx.set(Account, Account(id="x", balance=2))
+        assert await balance_in_pg(pg_conn, "x") == 2  # in L3 at commit, no flush needed
+        assert (await ds.get(Account, "x")).balance == 2
+        await ds.flush_dirty()
+        assert await balance_in_pg(pg_conn, "x") == 2  # the queued balance=1 never lands
+
+
+async def test_a_tx_used_after_its_block_raises(pair: tuple[DataStore, DataStore]) -> None:
+    a, _ = pair
+    async with a.tx() as tx:
+        await tx.set(Account, Account(id="x"))
+    with pytest.raises(errors.TxClosedError):
+        await tx.get(Account, "x")
+    with pytest.raises(errors.TxClosedError):
+        await tx.set(Account, Account(id="y"))
+
+
+async def test_bad_isolation_is_a_config_error(pair: tuple[DataStore, DataStore]) -> None:
+    a, _ = pair
+    with pytest.raises(errors.ConfigError, match="isolation"):
+        async with a.tx(isolation="chaos"):
+            pass

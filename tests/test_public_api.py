@@ -1,0 +1,73 @@
+"""The public face: a sorted, complete __all__, and examples that run as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import strata
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert strata.__all__ == sorted(strata.__all__)
+    public = {n for n in vars(strata) if not n.startswith("_")} - {"annotations"}
+    modules = {
+        "config",
+        "crypto",
+        "datastore",
+        "errors",
+        "fields",
+        "observability",
+        "query",
+        "schema",
+        "tiers",
+        "tx",
+        "codec",
+        "invalidation",
+        "writebehind",
+        "migrations",
+    }
+    assert public - modules - set(strata.__all__) == set()
+    for name in strata.__all__:
+        assert hasattr(strata, name), name
+
+
+def test_design_names_are_exported() -> None:
+    for name in (
+        "DataStore",
+        "Config",
+        "Schema",
+        "MemPolicy",
+        "RedisPolicy",
+        "PostgresPolicy",
+        "WriteMode",
+        "Eviction",
+        "Index",
+        "SchemaHooks",
+        "Field",
+        "Q",
+        "Query",
+        "Stats",
+    ):
+        assert name in strata.__all__
+
+
+@pytest.mark.parametrize("example", ["quickstart.py", "transfer.py"])
+def test_example_runs_on_the_embedded_default(example: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
