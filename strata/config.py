@@ -155,11 +155,15 @@ class Config:
 
     @property
     def sqlite_path(self) -> str:
-        """The file path of a ``sqlite:///path`` URL (``:memory:`` allowed)."""
+        """The file path of a ``sqlite:///path`` URL. ``sqlite:///:memory:`` becomes a
+        shared in-memory database URI (``file:...``, open it with ``uri=True``) private to
+        this Config, so the data tier and the migration engine see the same database."""
         url = self.resolved_database_url
         rest = url.split("://", 1)[1]
         path = rest[1:] if rest.startswith("/") else rest
-        return path or ":memory:"
+        if path in ("", ":memory:"):
+            return f"file:strata-{self.instance_id}?mode=memory&cache=shared"
+        return path
 
     @property
     def asyncpg_dsn(self) -> str:

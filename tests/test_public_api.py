@@ -71,3 +71,28 @@ def test_example_runs_on_the_embedded_default(example: str, tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def readme_programs() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    return [b.split("\n```", 1)[0] for b in blocks]
+
+
+def test_readme_has_runnable_examples() -> None:
+    assert len(readme_programs()) >= 3
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_readme_example_runs(index: int, tmp_path: Path) -> None:
+    program = readme_programs()[index]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

@@ -108,7 +108,9 @@ async def pg_lock(conn: AsyncConnection, config: Config) -> None:
 
 
 def _sqlite_creator(path: str, *, write: bool) -> Any:
-    if not write and path != ":memory:" and not os.path.exists(path):
+    if path.startswith("file:"):  # a shared in-memory database (see Config.sqlite_path)
+        target, uri = path, True
+    elif not write and path != ":memory:" and not os.path.exists(path):
         target, uri = ":memory:", False  # nothing there yet: compare against an empty database
     elif not write and path != ":memory:":
         target, uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro", True

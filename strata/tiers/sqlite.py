@@ -270,8 +270,14 @@ class SqliteTier:
             self._db = await self._run(self._open)
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
-        if self._path != ":memory:":
+        db = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+            uri=self._path.startswith("file:"),
+        )
+        if not self._path.startswith("file:"):
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
