@@ -1321,6 +1321,7 @@ class DataStore:
                 origin=self.instance_id,
                 id=_wire_id(i),
                 version=ver,
+                shape=rt.cs.shape,
             )
         else:
             msg = Invalidation(
@@ -1329,6 +1330,7 @@ class DataStore:
                 origin=self.instance_id,
                 ids=tuple(_wire_id(i) for i, _, _ in items),
                 versions=tuple(ver for _, _, ver in items),
+                shape=rt.cs.shape,
             )
         await self._publish_raw(msg)
 
@@ -1347,6 +1349,7 @@ class DataStore:
             if rt.l1 is not None:
                 rt.l1.clear()
             return
+        foreign: list[tuple[Any, int | None]] = []
         for raw_id, version in msg.keys():  # noqa: SIM118 - a method, not dict.keys
             try:
                 id = rt.coerce(raw_id)
@@ -1356,6 +1359,22 @@ class DataStore:
             self._inflight.pop((rt.name, id), None)
             if rt.l1 is not None:
                 rt.l1.delete(id, version)
+            foreign.append((id, version))
+        if rt.l2_on and msg.shape is not None and msg.shape != rt.cs.shape and foreign:
+            # The writer caches this schema under another shape (other code, or a rolling
+            # deploy): our own L2 copies of these rows are stale now.
+            self._spawn(self._drop_foreign_l2(rt, foreign, deleted=msg.op == "delete"))
+
+    async def _drop_foreign_l2(
+        self, rt: _Runtime, keys: list[tuple[Any, int | None]], *, deleted: bool
+    ) -> None:
+        """A delete leaves our versioned tombstone (a tombstone means "deleted"); a set
+        just removes our copy so the next read takes the row from L3."""
+        assert self._l2 is not None and rt.codec is not None
+        if deleted:
+            tombs = [(rt.key(i), rt.codec.tombstone(v), _TOMBSTONE_TTL) for i, v in keys if v]
+            await self._l2.set_many(tombs)
+        await self._l2.delete_many([rt.key(i) for i, v in keys if not (deleted and v)])
 
     def _clear_l1(self) -> None:
         """Messages may have been lost: nothing in L1 can be trusted any more."""

@@ -109,6 +109,7 @@ class Invalidation:
     version: int | None = None
     ids: tuple[str | int, ...] = ()
     versions: tuple[int | None, ...] = ()
+    shape: str | None = None  # the writer's cache shape: other shapes drop their own L2 copy
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -153,6 +154,8 @@ class Invalidation:
         if self.ids:
             body["ids"] = list(self.ids)
             body["versions"] = list(self.versions)
+        if self.shape is not None:
+            body["shape"] = self.shape
         try:
             return orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -223,6 +226,9 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> Invalidation | 
     versions = body.get("versions", [])
     if not isinstance(versions, list) or not all(_is_version(v) for v in versions):
         raise _field_error("versions", "a list of integers or nulls")
+    shape = body.get("shape")
+    if shape is not None and not isinstance(shape, str):
+        raise _field_error("shape", "a string or null")
     try:
         return Invalidation(
             schema=schema,
@@ -232,6 +238,7 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> Invalidation | 
             version=version,
             ids=tuple(ids),
             versions=tuple(versions),
+            shape=shape,
         )
     except ValueError as exc:
         raise CodecError(f"invalidation message: {exc}") from exc

@@ -357,11 +357,24 @@ def _has_default(info: Any) -> bool:
 
 
 def _shape_hash(model: type[BaseModel], cached: Sequence[ColumnSpec]) -> str:
-    parts = [f"{model.__module__}.{model.__qualname__}"]
-    parts += [
-        f"{c.field}:{c.name}:{c.value_kind.value}:{c.annotation!r}:{c.meta.encrypted}"
+    """A short hash of what a cached payload holds: each cached field's name, column, kind
+    and JSON schema. Structural on purpose: the same model declared in two services (or
+    moved between modules) shares its cache entries; a changed field type does not."""
+    try:
+        full = model.model_json_schema(mode="serialization")
+    except Exception:  # an exotic type without a JSON schema: fall back to its annotation
+        full = {}
+    props = full.get("properties", {})
+    parts = [
+        orjson.dumps(
+            [c.field, c.name, c.value_kind.value, c.meta.encrypted, props.get(c.field)],
+            option=orjson.OPT_SORT_KEYS,
+        ).decode()
+        if c.field in props
+        else f"{c.field}:{c.name}:{c.value_kind.value}:{c.meta.encrypted}:{c.annotation!r}"
         for c in cached
     ]
+    parts.append(orjson.dumps(full.get("$defs", {}), option=orjson.OPT_SORT_KEYS).decode())
     return hashlib.blake2b("|".join(parts).encode(), digest_size=4).hexdigest()
 
 
