@@ -8,26 +8,27 @@ The application: ``MODULE:ATTR`` names a DataStore with its schemas registered, 
 zero-argument function (sync or async) returning one. ``strata revision`` hands over its
 store directly (``config.attributes["strata_datastore"]``).
 
-The database is the store's own: ``Config.database_url`` (``postgresql://`` runs on asyncpg
-through an async engine and ``connection.run_sync``; ``sqlite:///`` on a sync engine) and
-``Config.database_schema``, which becomes the connection's ``search_path``. Revisions
-therefore name no schema: one file applies to any schema (staging, a test schema, ...).
-``alembic_version`` lives in that schema too.
+Target metadata: the store's tables (``ds.metadata``, copied per dialect the way
+``strata migrate`` compares them). The database: the store's own ``Config.database_url``
+(``postgresql://`` runs on asyncpg through an async engine and ``connection.run_sync``;
+``sqlite:///`` on a sync engine). On PostgreSQL the tables, and ``alembic_version``, live in
+``Config.database_schema`` (created when missing), and revisions name it.
 
 Autogenerate is additive only, like ``strata migrate``: Alembic's comparison goes through
 Strata's additive filter (``strata.migrations.rewrite.AdditiveFilter``), so a revision
 creates tables (with their hash partitions), columns, indexes and unique constraints, and
 never drops, retypes or renames anything; those differences are printed as drift and left
 out. A revision that creates tables also creates the row-version sequence Strata's data
-tier draws from. An autogenerate run with nothing to add writes no file.
+tier draws from. An autogenerate run with nothing to add writes no file. Only the models'
+tables are compared: Strata's ledger and other tables in the database are never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from logging.config import fileConfig
 from typing import Any
 
@@ -41,7 +42,12 @@ from sqlalchemy.pool import NullPool
 from strata import DataStore
 from strata.cli import load_datastore
 from strata.errors import MigrationError, StrataError
-from strata.migrations.compare import Target, build_targets, compare_server_default
+from strata.migrations.compare import (
+    Target,
+    build_targets,
+    compare_server_default,
+    normalize_schema,
+)
 from strata.migrations.connect import unavailable
 from strata.migrations.ledger import SQLITE_SEQ_TABLE, VERSION_SEQUENCE
 from strata.migrations.operations import CreatePartitionsOp, RebuildTableOp
@@ -49,13 +55,13 @@ from strata.migrations.render import render
 from strata.migrations.rewrite import AdditiveFilter
 
 config = context.config
-if config.config_file_name is not None:
+HANDED_OVER = "strata_datastore" in config.attributes  # run by `strata revision`
+if config.config_file_name is not None and not HANDED_OVER:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def datastore() -> DataStore:
-    """The application's DataStore: handed over by ``strata revision``, or ``-x app=...``,
-    or ``STRATA_APP``."""
+    """The application's DataStore: from ``strata revision``, ``-x app=...`` or STRATA_APP."""
     store = config.attributes.get("strata_datastore")
     if isinstance(store, DataStore):
         return store
@@ -68,34 +74,18 @@ def datastore() -> DataStore:
     return load_datastore(spec)
 
 
-def schema_free(store: DataStore) -> tuple[sa.MetaData, list[Target]]:
-    """The store's tables (``store.metadata``) as targets, without ``Config.database_schema``
-    (it is the search_path), so the revision is valid in any schema. A table placed in
-    another schema by ``PostgresPolicy(db_schema=...)`` keeps it."""
-    cfg = store.config
-    compiled = [cs for cs in store.schemas.values() if cs.has_l3]
-    _, targets = build_targets(compiled, cfg.dialect)
-    metadata = sa.MetaData()
-    out = []
-    for target in targets:
-        schema = target.table.schema
-        keep: Any = None if schema == cfg.database_schema else schema
-        out.append(dataclasses.replace(target, table=target.table.to_metadata(metadata, schema=keep)))
-    return metadata, out
-
-
-STORE = datastore()
-TARGET_METADATA, TARGETS = schema_free(STORE)
-WANTED = {(t.table.schema, t.table.name) for t in TARGETS}
-
-
-def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Only the models' tables: the ledger, alembic_version and other tables are not ours."""
-    if type_ == "schema":
-        return name in {schema for schema, _ in WANTED}
-    if type_ == "table":
-        return (parent_names.get("schema_name"), name) in WANTED
-    return True
+def targets_of(store: DataStore) -> tuple[sa.MetaData, list[Target]]:
+    """The store's L3 tables as the migration engine compares them."""
+    dialect = store.config.dialect
+    metadata, targets = build_targets([cs for cs in store.schemas.values() if cs.has_l3], dialect)
+    if dialect == "sqlite":
+        # A SQLite revision names SQLite's types: Alembic cannot render the PostgreSQL half
+        # of a type variant (JSONB's astext_type) outside PostgreSQL.
+        for table in metadata.tables.values():
+            for column in table.columns:
+                variants = getattr(column.type, "_variant_mapping", {})
+                column.type = variants.get("sqlite", column.type)
+    return metadata, targets
 
 
 def _quote(dialect: sa.Dialect, schema: str | None, name: str) -> str:
@@ -104,8 +94,8 @@ def _quote(dialect: sa.Dialect, schema: str | None, name: str) -> str:
 
 
 def bookkeeping(dialect: sa.Dialect, created: list[ops.CreateTableOp]) -> list[ops.ExecuteSQLOp]:
-    """What the data tier needs beside new tables: its row-version sequence (as
-    ``strata.migrations.ledger.ensure_bookkeeping`` creates it)."""
+    """What the data tier needs beside new tables: its row-version sequence, as
+    ``strata.migrations.ledger.ensure_bookkeeping`` creates it."""
     if not created:
         return []
     if dialect.name == "postgresql":
@@ -127,7 +117,7 @@ def bookkeeping(dialect: sa.Dialect, created: list[ops.CreateTableOp]) -> list[o
 
 
 def as_alembic(dialect: sa.Dialect, operation: ops.MigrateOperation) -> list[ops.MigrateOperation]:
-    """A filter step as operations Alembic can render into a revision file."""
+    """A step of the additive filter as operations Alembic can render into a revision."""
     if isinstance(operation, CreatePartitionsOp):
         (statements,) = render(dialect, [operation])
         return [ops.ExecuteSQLOp(sql) for sql in statements]
@@ -136,100 +126,134 @@ def as_alembic(dialect: sa.Dialect, operation: ops.MigrateOperation) -> list[ops
     return [operation]
 
 
-def additive_only(migration_context: Any, revision: Any, directives: list[Any]) -> None:
-    """Alembic's autogenerate result through Strata's additive filter."""
-    script = directives[0]
-    conn = migration_context.connection
-    rewritten = AdditiveFilter(conn, TARGETS).rewrite(script.upgrade_ops)
-    config.attributes["strata_rewritten"] = rewritten
-    blocking = [r for r in rewritten.refused if r.fatal]
-    if blocking:
-        reasons = "\n".join(f"  - {r}" for r in blocking)
-        raise MigrationError(f"revision refused, no file written:\n{reasons}", diffs=blocking)
-    steps: list[ops.MigrateOperation] = []
-    for step in rewritten.steps:
-        steps.extend(as_alembic(conn.dialect, step.operation))
-    created = [op for op in steps if isinstance(op, ops.CreateTableOp)]
-    for finding in [*rewritten.drift, *rewritten.refused]:
-        print(f"  left out: {finding}", file=sys.stderr)
-    if not steps:
-        directives[:] = []  # nothing to add: no empty revision file
-        return
-    script.upgrade_ops.ops = [*bookkeeping(conn.dialect, created), *steps]
-    # Drop what the upgrade created, newest first; the shared sequence and the partitions
-    # (dropped with their table) are left alone.
-    reversible = [op for op in steps if not isinstance(op, ops.ExecuteSQLOp)]
-    script.downgrade_ops = ops.UpgradeOps(ops=reversible).reverse()
+def additive_only(targets: list[Target]) -> Callable[..., None]:
+    """Alembic's ``process_revision_directives``: its autogenerate result through Strata's
+    additive filter."""
+
+    def process(migration_context: Any, revision: Any, directives: list[Any]) -> None:
+        script = directives[0]
+        conn = migration_context.connection
+        rewritten = AdditiveFilter(conn, targets).rewrite(script.upgrade_ops)
+        config.attributes["strata_rewritten"] = rewritten
+        blocking = [r for r in rewritten.refused if r.fatal]
+        if blocking:
+            reasons = "\n".join(f"  - {r}" for r in blocking)
+            raise MigrationError(f"revision refused, no file written:\n{reasons}", diffs=blocking)
+        steps: list[ops.MigrateOperation] = []
+        for step in rewritten.steps:
+            steps.extend(as_alembic(conn.dialect, step.operation))
+        if not HANDED_OVER:  # `strata revision` reports these itself
+            for finding in [*rewritten.drift, *rewritten.refused]:
+                print(f"left out (Strata never applies it): {finding}", file=sys.stderr)
+        if not steps:
+            directives[:] = []  # nothing to add: no empty revision file
+            if not HANDED_OVER:
+                print("nothing to add: no revision written", file=sys.stderr)
+            return
+        created = [op for op in steps if isinstance(op, ops.CreateTableOp)]
+        script.upgrade_ops.ops = [*bookkeeping(conn.dialect, created), *steps]
+        # The downgrade drops what the upgrade created, newest first; the shared sequence
+        # and the partitions (dropped with their table) are left alone.
+        reversible = [op for op in steps if not isinstance(op, ops.ExecuteSQLOp)]
+        script.downgrade_ops = ops.UpgradeOps(ops=reversible).reverse()
+
+    return process
 
 
-def configure(**kw: Any) -> None:
-    context.configure(
-        target_metadata=TARGET_METADATA,
-        include_name=include_name,
-        include_schemas=any(schema is not None for schema, _ in WANTED),
-        compare_type=True,
-        compare_server_default=compare_server_default,
-        process_revision_directives=additive_only,
-        render_as_batch=STORE.config.dialect == "sqlite",
-        **kw,
-    )
+class Environment:
+    """One Alembic run against the application's store."""
 
+    def __init__(self, store: DataStore) -> None:
+        self.config = store.config
+        self.metadata, self.targets = targets_of(store)
+        self.schema = self.config.database_schema if self.config.dialect == "postgresql" else None
 
-def run_offline() -> None:
-    """``alembic upgrade --sql``: the SQL for the store's dialect, on stdout."""
-    cfg = STORE.config
-    url = "sqlite://" if cfg.dialect == "sqlite" else "postgresql://"
-    configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
-    with context.begin_transaction():
-        if cfg.dialect == "postgresql" and cfg.database_schema:
-            context.execute(f"SET search_path TO {_quote(sa.dialects.postgresql.dialect(), None, cfg.database_schema)}")
-        context.run_migrations()
+    def configure(self, connection: sa.Connection | None = None, **kw: Any) -> None:
+        def normal(schema: str | None) -> str | None:
+            return normalize_schema(connection, schema) if connection is not None else schema
 
+        wanted = {(normal(t.table.schema), t.table.name) for t in self.targets}
+        schemas = {schema for schema, _ in wanted}
 
-def run(connection: sa.Connection) -> None:
-    configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
+        def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+            """Only the models' tables: the ledger and other tables are never compared."""
+            if type_ == "schema":
+                return name in schemas
+            if type_ == "table":
+                return (normal(parent_names.get("schema_name")), name) in wanted
+            return True
 
+        context.configure(
+            connection=connection,
+            target_metadata=self.metadata,
+            version_table_schema=self.schema,
+            include_name=include_name,
+            include_schemas=any(schema is not None for schema in schemas),
+            compare_type=True,
+            compare_server_default=compare_server_default,
+            process_revision_directives=additive_only(self.targets),
+            render_as_batch=self.config.dialect == "sqlite",
+            **kw,
+        )
 
-async def run_postgres() -> None:
-    cfg = STORE.config
-    url = "postgresql+asyncpg://" + cfg.asyncpg_dsn.split("://", 1)[1]
-    connect_args: dict[str, Any] = {"timeout": cfg.pool_timeout}
-    if cfg.database_schema:
-        connect_args["server_settings"] = {"search_path": cfg.database_schema}
-    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
-    try:
+    def run_offline(self) -> None:
+        """``alembic upgrade head --sql``: the SQL for the store's dialect, on stdout."""
+        url = "postgresql://" if self.config.dialect == "postgresql" else "sqlite://"
+        self.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+        with context.begin_transaction():
+            if self.schema:
+                dialect = sa.dialects.postgresql.dialect()
+                context.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(dialect, None, self.schema)}")
+            context.run_migrations()
+
+    def run(self, connection: sa.Connection) -> None:
+        if self.schema:
+            schema = _quote(connection.dialect, None, self.schema)
+            connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        self.configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run_postgres(self) -> None:
+        cfg = self.config
+        url = "postgresql+asyncpg://" + cfg.asyncpg_dsn.split("://", 1)[1]
+        engine = create_async_engine(
+            url, poolclass=NullPool, connect_args={"timeout": cfg.pool_timeout}
+        )
         try:
-            connection = await engine.connect()
-        except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
-            raise unavailable(cfg, exc) from exc
-        async with connection:
-            if cfg.database_schema:
-                quoted = _quote(connection.dialect, None, cfg.database_schema)
-                await connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            connection = engine.connect()
+            try:
+                await connection.start()
+            except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+                raise unavailable(cfg, exc) from exc
+            try:
+                await connection.run_sync(self.run)
                 await connection.commit()
-            await connection.run_sync(run)
-    finally:
-        await engine.dispose()
+            finally:
+                await connection.close()
+        finally:
+            await engine.dispose()
 
+    def run_sqlite(self) -> None:
+        engine = sa.create_engine(f"sqlite:///{self.config.sqlite_path}", poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                self.run(connection)
+                connection.commit()
+        finally:
+            engine.dispose()
 
-def run_sqlite() -> None:
-    engine = sa.create_engine(f"sqlite:///{STORE.config.sqlite_path}", poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            run(connection)
-    finally:
-        engine.dispose()
+    def __call__(self) -> None:
+        if context.is_offline_mode():
+            self.run_offline()
+        elif self.config.dialect == "postgresql":
+            asyncio.run(self.run_postgres())
+        else:
+            self.run_sqlite()
 
 
 try:
-    if context.is_offline_mode():
-        run_offline()
-    elif STORE.config.dialect == "postgresql":
-        asyncio.run(run_postgres())
-    else:
-        run_sqlite()
+    Environment(datastore())()
 except StrataError as exc:
     # Alembic's command line prints a CommandError as one line; `strata` unwraps it.
     raise CommandError(str(exc)) from exc

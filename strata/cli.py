@@ -321,13 +321,9 @@ async def cmd_warm(args: argparse.Namespace) -> int:
         total = await store.count(args.schema)
         target = min(total, args.limit) if args.limit else total
         progress = _Progress(sys.stderr, f"warming {args.schema}", target)
-        batch = _warm_batch()
-        before = store.stats().l3_queries
-        task = asyncio.ensure_future(store.warm_cache(args.schema, limit=args.limit))
-        while not task.done():
-            progress.update(min(target, (store.stats().l3_queries - before) * batch))
-            await asyncio.wait([task], timeout=0.1)
-        loaded = task.result()
+        loaded = await store.warm_cache(
+            args.schema, limit=args.limit, progress=lambda n: progress.update(min(target, n))
+        )
         progress.finish(loaded)
     into = " and ".join(tiers) if tiers else "no cache tier (the schema has none configured)"
     print(f"warmed {loaded} row(s) of {args.schema} into {into}")
@@ -336,13 +332,6 @@ async def cmd_warm(args: argparse.Namespace) -> int:
 
 def _has_l2(store: DataStore, compiled: CompiledSchema) -> bool:
     return compiled.has_l2 and store.config.redis_url is not None
-
-
-def _warm_batch() -> int:
-    # rows per L3 query in DataStore.warm_cache: progress is counted in its batches
-    from strata import datastore
-
-    return int(getattr(datastore, "_WARM_BATCH", 1000))
 
 
 class _Progress:

@@ -306,6 +306,7 @@ class DataStore:
                     hide_password(url),
                     exc,
                 )
+                self._count_error(exc)
                 self._replica_retry_at[url] = time.monotonic() + _REPLICA_RETRY
         cfg = self.config
         try:
@@ -1229,9 +1230,15 @@ class DataStore:
             self._count_error(exc)
             self._l2_dirty_schemas.add(rt.name)
 
-    async def warm_cache(self, schema: SchemaRef, limit: int = 0) -> int:
+    async def warm_cache(
+        self,
+        schema: SchemaRef,
+        limit: int = 0,
+        *,
+        progress: Callable[[int], Any] | None = None,
+    ) -> int:
         """Load rows from L3 into L2 and L1 in batches; ``limit=0`` loads every row.
-        Returns how many rows were loaded."""
+        ``progress(loaded_so_far)`` is called after each batch. Returns the count."""
         rt = self._rt(schema)
         self._check_open()
         if not rt.l3_on:
@@ -1250,6 +1257,8 @@ class DataStore:
                 items.append((getattr(v, rt.pk_field), v, ver))
             await self._fill(rt, items)
             loaded += len(items)
+            if progress is not None:
+                progress(loaded)
             if limit and loaded >= limit:
                 break
         return loaded
@@ -1277,6 +1286,8 @@ class DataStore:
             self._c.l3_queries += 1
             await self._l3.delete_many(rt.cs, deletes)
         self._forget_shadow(writes)
+        if rt.l2_on:  # a search cached before the flush did not see these rows
+            await self._bump_generation(rt)
 
     def _forget_shadow(self, writes: Iterable[PendingWrite]) -> None:
         """These writes reached L3 (or were given up): reads may go to L3 for them again,

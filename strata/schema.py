@@ -500,7 +500,7 @@ def compile_schema(
             primary_key=meta.primary_key,
             nullable=nullable,
             unique=meta.unique or None,
-            index=(meta.index and not meta.unique and not meta.primary_key) or None,
+            index=None,  # named explicitly below, without the database schema in the name
             server_default=server_default,
         )
         spec = ColumnSpec(
@@ -561,6 +561,9 @@ def compile_schema(
         sa.Column(VERSION_COLUMN, sa.BigInteger(), nullable=False, server_default=sa.text("0"))
     )
     table = sa.Table(table_name, metadata, *sa_columns, schema=db_schema)
+    for c in columns:
+        if c.meta.index and not c.meta.unique and not c.meta.primary_key:
+            sa.Index(f"ix_{table_name}_{c.name}"[:63], table.c[c.name])
     for idx in schema.indexes:
         if not isinstance(idx, Index) or not idx.fields:
             raise UnknownIndexFieldError(

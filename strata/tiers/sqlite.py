@@ -120,7 +120,8 @@ def _build(cs: CompiledSchema) -> _Statements:
         return _compile(stmt.returning(*returning))
 
     one: sa.BindParameter[Any] = sa.bindparam("id")
-    page = sa.select(*selected).order_by(pk).limit(sa.bindparam("n"))
+    # LIMIT written by hand: SQLAlchemy's SQLite LIMIT ? also binds an OFFSET parameter.
+    page = sa.select(*selected).order_by(pk)
     return _Statements(
         columns=tuple(data_cols),
         to_db=tuple((c.name, _TO.get(c.kind)) for c in cs.columns),
@@ -130,8 +131,8 @@ def _build(cs: CompiledSchema) -> _Statements:
         upsert_if_newer=upsert(True),
         delete=_compile(sa.delete(table).where(pk == one)),
         exists=_compile(sa.select(pk).where(pk == one)),
-        iterate_first=_compile(page),
-        iterate_next=_compile(page.where(pk > sa.bindparam("after"))),
+        iterate_first=_compile(page) + " LIMIT ?",
+        iterate_next=_compile(page.where(pk > sa.bindparam("after"))) + " LIMIT ?",
         returning=tuple(c.name for c in returning),
     )
 
@@ -280,6 +281,7 @@ class SqliteTier:
         if not self._path.startswith("file:"):
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA case_sensitive_like=ON")  # LIKE as on PostgreSQL; ilike lowers
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
