@@ -23,21 +23,17 @@ encryption, TTLs, hooks, stats and error mapping are done here once, not in each
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import msgpack
 import orjson
-import pydantic
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from strata import migrations
-from strata.codec import ModelCodec, Tombstone
+from strata.codec import Tombstone
 from strata.config import Config, WriteMode, hide_password, seconds
 from strata.crypto import FieldCipher
 from strata.errors import (
@@ -59,23 +55,24 @@ from strata.errors import (
 from strata.invalidation import Invalidation, InvalidationBus
 from strata.observability import Counters, Stats, default_logger
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
+from strata.runtime import TOMBSTONE_TTL, SchemaRuntime, call_hook
 from strata.schema import (
     VERSION_COLUMN,
-    ColumnKind,
     ColumnSpec,
     CompiledSchema,
     Schema,
     compile_schema,
-    enum_to_text,
     json_default,
     ttl_min,
 )
-from strata.tiers.memory import MemoryTier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier, to_sqlite
 from strata.tx import Tx, TxContext
 from strata.writebehind import DeadLetter, PendingWrite, WriteBehindQueue
+
+if TYPE_CHECKING:
+    from strata import migrations
 
 __all__ = ["DataStore"]
 
@@ -84,157 +81,10 @@ T = TypeVar("T")
 SchemaRef = str | type[BaseModel]
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-_TOMBSTONE_TTL = 5.0
 _REPLICA_RETRY = 5.0
 _RESULT_MODELS = b"SQm"  # cached search result: msgpack list of codec envelopes
 _RESULT_DICTS = b"SQd"  # cached projection: JSON list of dicts
 _WARM_BATCH = 1000
-
-
-async def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
-    result = hook(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-class _Runtime:
-    """Everything the router needs per registered schema, resolved once."""
-
-    __slots__ = (
-        "aad_table",
-        "codec",
-        "coerce",
-        "column_fields",
-        "cs",
-        "encrypted",
-        "enum_by_name",
-        "epoch",
-        "gen_key",
-        "hooks",
-        "json_fields",
-        "key_prefix",
-        "l1",
-        "l1_reset",
-        "l1_ttl",
-        "l2_on",
-        "l2_ttl",
-        "l3_on",
-        "mode",
-        "model",
-        "mutable",
-        "name",
-        "negative",
-        "pk_column",
-        "pk_field",
-        "query_prefix",
-        "renames",
-        "replica_url",
-        "simple_rows",
-    )
-
-    def __init__(
-        self,
-        cs: CompiledSchema,
-        config: Config,
-        cipher: FieldCipher | None,
-        on_error: Callable[[BaseException], None],
-    ) -> None:
-        self.cs = cs
-        self.name = cs.name
-        self.model = cs.model
-        self.hooks = cs.hooks
-        self.mode = cs.write_mode
-        self.mutable = cs.mutable
-        self.coerce = cs.coerce_id
-        self.l1_ttl = cs.l1_ttl
-        self.l2_ttl = cs.l2_ttl
-        self.l2_on = cs.has_l2 and config.redis_url is not None
-        self.l3_on = cs.has_l3
-        self.negative: dict[Any, float] = {}
-        self.epoch = 0
-        self.pk_field = cs.pk.field
-        self.pk_column = cs.pk.name
-        self.aad_table = cs.table.name
-        policy = cs.source.l1
-        self.l1: MemoryTier[Any, BaseModel] | None = None
-        if policy is not None:
-            on_evict = cs.hooks.on_evict
-            self.l1 = MemoryTier(
-                ttl=cs.l1_ttl,
-                max_entries=policy.max_entries,
-                max_bytes=policy.max_bytes,
-                eviction=policy.eviction,
-                on_evict=(lambda k, v: _fire_and_forget(on_evict, k, v)) if on_evict else None,
-                on_error=on_error,
-                tombstone_ttl=_TOMBSTONE_TTL,
-            )
-        self.codec: ModelCodec | None = None
-        self.key_prefix = ""
-        self.gen_key = ""
-        self.query_prefix = ""
-        l3 = cs.source.l3
-        self.replica_url = l3.read_replica if l3 is not None else None
-        if self.l2_on:
-            self.codec = ModelCodec(cs, cipher, "msgpack" if config.codec == "msgpack" else "json")
-            l2 = cs.source.l2
-            prefix = (l2.key_prefix if l2 is not None else None) or config.key_prefix
-            self.key_prefix = f"{prefix}:{cs.name}:{cs.shape}:"
-            # Cached search results: {prefix}:{schema}:{shape}:q:{generation}:{digest}. Every
-            # write bumps the generation (in the same round trip as its L2 write).
-            self.gen_key = f"{prefix}:{cs.name}:gen"
-            self.query_prefix = f"{prefix}:{cs.name}:{cs.shape}:q:"
-        # Fields a cached copy must not carry: reset to their defaults in L1.
-        reset: dict[str, Any] = {}
-        for f in cs.omit_cache_fields | cs.omit_l1_fields | cs.transient_fields:
-            reset[f] = _default_of(cs.model, f)
-        self.l1_reset = reset
-        self.column_fields = {c.field for c in cs.columns}
-        self.json_fields = {
-            c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
-        }
-        self.encrypted = cs.encrypted
-        self.renames = [(c.name, c.field) for c in cs.columns if c.name != c.field]
-        self.enum_by_name = [
-            c
-            for c in cs.columns
-            if c.enum_type is not None
-            and not c.meta.encrypted
-            and not all(isinstance(m.value, str) for m in c.enum_type)
-        ]
-        self.simple_rows = not (self.renames or self.encrypted or self.enum_by_name)
-
-    def key(self, id: Any) -> str:
-        return f"{self.key_prefix}{id}"
-
-    def l1_copy(self, value: BaseModel) -> BaseModel:
-        """The private copy L1 keeps: omitted fields at their defaults, nothing shared."""
-        if self.l1_reset:
-            return value.model_copy(update=self.l1_reset, deep=True)
-        return value.model_copy(deep=self.mutable)
-
-    def out(self, value: BaseModel) -> BaseModel:
-        return value.model_copy(deep=self.mutable)
-
-
-def _default_of(model: type[BaseModel], field: str) -> Any:
-    info = model.model_fields[field]
-    if info.default_factory is not None:
-        return info.default_factory()  # type: ignore[call-arg]
-    return info.default
-
-
-_HOOK_TASKS: set[asyncio.Future[Any]] = set()
-
-
-def _fire_and_forget(hook: Callable[..., Any], *args: Any) -> None:
-    """on_evict runs inside a synchronous L1 call: an async hook is scheduled, and kept
-    referenced until done."""
-    result = hook(*args)
-    if inspect.isawaitable(result):
-        task = asyncio.ensure_future(result)
-        _HOOK_TASKS.add(task)
-        task.add_done_callback(_HOOK_TASKS.discard)
 
 
 class DataStore:
@@ -248,8 +98,8 @@ class DataStore:
         if config.encryption_key is not None:
             self._cipher = FieldCipher(config.encryption_key, config.encryption_key_id)
         self._metadata = sa.MetaData()
-        self._schemas: dict[str, _Runtime] = {}
-        self._by_model: dict[type[BaseModel], _Runtime] = {}
+        self._schemas: dict[str, SchemaRuntime] = {}
+        self._by_model: dict[type[BaseModel], SchemaRuntime] = {}
         self._l3: PostgresTier | SqliteTier
         if config.dialect == "postgresql":
             self._l3 = PostgresTier(config, logger=self._log)
@@ -441,7 +291,7 @@ class DataStore:
                         self.config, url=replica, logger=self._log
                     )
                 tier.register(cs)
-        rt = _Runtime(cs, self.config, self._cipher, self._on_hook_error)
+        rt = SchemaRuntime(cs, self.config, self._cipher, self._on_hook_error)
         self._schemas[cs.name] = rt
         self._by_model[cs.model] = rt
         return cs
@@ -455,7 +305,7 @@ class DataStore:
     def schemas(self) -> Mapping[str, CompiledSchema]:
         return {name: rt.cs for name, rt in self._schemas.items()}
 
-    def _rt(self, schema: SchemaRef) -> _Runtime:
+    def _rt(self, schema: SchemaRef) -> SchemaRuntime:
         try:
             if isinstance(schema, str):
                 return self._schemas[schema]
@@ -465,85 +315,6 @@ class DataStore:
             raise SchemaNotRegisteredError(
                 f"schema {name!r} is not registered (registered: {', '.join(self._schemas)})"
             ) from None
-
-    def _id(self, rt: _Runtime, id: Any) -> Any:
-        try:
-            return rt.coerce(id)
-        except (TypeError, ValueError) as exc:
-            raise InvalidValueError(f"{rt.name}: bad id {id!r}: {exc}", schema=rt.name) from exc
-
-    # -- conversions -------------------------------------------------------------------
-
-    def _value(self, rt: _Runtime, value: Any) -> BaseModel:
-        if type(value) is rt.model or isinstance(value, rt.model):
-            return value
-        if isinstance(value, Mapping):
-            try:
-                return rt.model.model_validate(value)
-            except pydantic.ValidationError as exc:
-                raise InvalidValueError(f"{rt.name}: {exc}", schema=rt.name) from exc
-        raise InvalidValueError(
-            f"{rt.name} takes {rt.model.__name__} values (or dicts), got {type(value).__name__}",
-            schema=rt.name,
-        )
-
-    def _stamp(self, rt: _Runtime, value: BaseModel) -> BaseModel:
-        """A private copy of the value with auto timestamps set; the caller's object is
-        never stored by reference."""
-        cs = rt.cs
-        if cs.auto_now or cs.auto_now_add:
-            now = datetime.now(UTC)
-            update = dict.fromkeys(cs.auto_now, now)
-            for f in cs.auto_now_add:
-                current = getattr(value, f)
-                update[f] = current if isinstance(current, datetime) else now
-            return value.model_copy(update=update, deep=True)
-        return value.model_copy(deep=True)
-
-    def _to_row(self, rt: _Runtime, value: BaseModel, id: Any) -> dict[str, Any]:
-        """Canonical L3 row (column -> value); encrypted columns sealed here."""
-        data = value.model_dump(include=rt.column_fields)
-        if rt.json_fields:
-            data.update(value.model_dump(mode="json", include=rt.json_fields))
-        row: dict[str, Any] = {}
-        for spec in rt.cs.columns:
-            v = data[spec.field]
-            if v is not None:
-                kind = spec.kind
-                if kind is ColumnKind.ENCRYPTED:
-                    assert self._cipher is not None
-                    v = self._cipher.encrypt(
-                        orjson.dumps(v), FieldCipher.aad(rt.aad_table, id, spec.name)
-                    )
-                elif kind is ColumnKind.ENUM:
-                    v = enum_to_text(v) if not isinstance(v, str) else v
-                elif kind is ColumnKind.DATETIME and v.tzinfo is None:
-                    v = v.replace(tzinfo=UTC)
-            row[spec.name] = v
-        return row
-
-    def _from_row(self, rt: _Runtime, row: dict[str, Any]) -> tuple[BaseModel, int]:
-        version = row.pop(VERSION_COLUMN, 0) or 0
-        if not rt.simple_rows:
-            pk = row[rt.pk_column]
-            for spec in rt.encrypted:
-                blob = row.get(spec.name)
-                if blob is not None:
-                    assert self._cipher is not None
-                    plain = self._cipher.decrypt(blob, FieldCipher.aad(rt.aad_table, pk, spec.name))
-                    row[spec.name] = orjson.loads(plain)
-            for spec in rt.enum_by_name:
-                v = row.get(spec.name)
-                if v is not None and spec.enum_type is not None:
-                    row[spec.name] = spec.enum_type[v]
-            for column, field in rt.renames:
-                row[field] = row.pop(column)
-        try:
-            return rt.model.model_validate(row), int(version)
-        except pydantic.ValidationError as exc:
-            raise InvalidValueError(
-                f"{rt.name}: a stored row does not fit the model: {exc}", schema=rt.name
-            ) from exc
 
     def _next_version(self) -> int:
         """Versions for writes that do not go through L3 first (write-behind, l3=None):
@@ -565,10 +336,10 @@ class DataStore:
             self._check_open()
         c = self._c
         c.gets += 1
-        id = self._id(rt, id)
+        id = rt.check_id(id)
         hooks = rt.hooks
         if hooks.before_get is not None:
-            await _call_hook(hooks.before_get, id)
+            await call_hook(hooks.before_get, id)
         if not force_l3:
             l1 = rt.l1
             if l1 is not None:
@@ -600,15 +371,15 @@ class DataStore:
         c.l3_hits += 1
         return await self._deliver(rt, loaded)
 
-    async def _deliver(self, rt: _Runtime, value: BaseModel) -> BaseModel:
+    async def _deliver(self, rt: SchemaRuntime, value: BaseModel) -> BaseModel:
         if rt.hooks.after_get is not None:
-            replaced = await _call_hook(rt.hooks.after_get, value)
+            replaced = await call_hook(rt.hooks.after_get, value)
             if replaced is not None:
                 return cast(BaseModel, replaced)
         return value
 
     async def _l2_get(
-        self, rt: _Runtime, ids: Sequence[Any]
+        self, rt: SchemaRuntime, ids: Sequence[Any]
     ) -> tuple[dict[Any, BaseModel], set[Any]]:
         """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies, and the
         ids L2 holds a tombstone for (recently deleted: not to be loaded from L3)."""
@@ -636,7 +407,7 @@ class DataStore:
             out[id] = value  # freshly decoded: owned by nobody else
         return out, gone
 
-    async def _load(self, rt: _Runtime, id: Any, force_l3: bool) -> BaseModel | None:
+    async def _load(self, rt: SchemaRuntime, id: Any, force_l3: bool) -> BaseModel | None:
         """One L3 load per key per process at a time (single flight); fills the caches."""
         if not rt.l3_on:
             return None
@@ -664,8 +435,8 @@ class DataStore:
             rows = await self._l3.get_many(rt.cs, [id])
             result = None
             if rows:
-                sealed = _sealed(rt, rows[0])
-                result = self._from_row(rt, rows[0])
+                sealed = rt.sealed(rows[0])
+                result = rt.from_row(rows[0])
             if result is None:
                 if rt.epoch == epoch and not force_l3:
                     rt.negative[id] = time.monotonic() + self._negative_ttl
@@ -686,7 +457,7 @@ class DataStore:
 
     async def _fill(
         self,
-        rt: _Runtime,
+        rt: SchemaRuntime,
         items: Sequence[tuple[Any, BaseModel, int]],
         sealed: Mapping[Any, dict[str, bytes]] | None = None,
     ) -> None:
@@ -709,7 +480,7 @@ class DataStore:
         rt = self._rt(schema)
         self._check_open()
         c = self._c
-        wanted = list(dict.fromkeys(self._id(rt, i) for i in ids))
+        wanted = list(dict.fromkeys(rt.check_id(i) for i in ids))
         c.gets += len(wanted)
         found: dict[Any, BaseModel] = {}
         missing = wanted
@@ -733,8 +504,8 @@ class DataStore:
         if missing and rt.l3_on:
             c.l3_queries += 1
             rows = await self._l3.get_many(rt.cs, missing)
-            sealed = {r[rt.pk_column]: _sealed(rt, r) for r in rows} if rt.encrypted else None
-            loaded = [self._from_row(rt, r) for r in rows]
+            sealed = {r[rt.pk_column]: rt.sealed(r) for r in rows} if rt.encrypted else None
+            loaded = [rt.from_row(r) for r in rows]
             items = [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded]
             await self._fill(rt, items, sealed)
             for i, v, _ in items:
@@ -750,7 +521,7 @@ class DataStore:
         """Whether a row with this id exists (L1, then L2, then L3; fills nothing)."""
         rt = self._rt(schema)
         self._check_open()
-        id = self._id(rt, id)
+        id = rt.check_id(id)
         if rt.l1 is not None and id in rt.l1:
             return True
         if rt.l2_on:
@@ -796,35 +567,35 @@ class DataStore:
             return []
         return await self._write(rt, values)
 
-    async def _prepare(self, rt: _Runtime, values: Sequence[Any]) -> dict[Any, BaseModel]:
+    async def _prepare(self, rt: SchemaRuntime, values: Sequence[Any]) -> dict[Any, BaseModel]:
         """Validate, run before_set, check the key and stamp timestamps: a private copy of
         each value by id (a repeated id keeps its last value)."""
         cs = rt.cs
         prepared: dict[Any, BaseModel] = {}
         for raw in values:
-            value = self._value(rt, raw)
+            value = rt.check_value(raw)
             if rt.hooks.before_set is not None:
-                replaced = await _call_hook(rt.hooks.before_set, value)
+                replaced = await call_hook(rt.hooks.before_set, value)
                 if replaced is not None:
-                    value = self._value(rt, replaced)
+                    value = rt.check_value(replaced)
             id = getattr(value, rt.pk_field, None)
             if id is None:
                 raise MissingPrimaryKeyError(
                     f"{rt.name}: {cs.model.__name__}.{rt.pk_field} (the primary key) is not set",
                     schema=rt.name,
                 )
-            id = self._id(rt, id)
-            prepared[id] = self._stamp(rt, value)
+            id = rt.check_id(id)
+            prepared[id] = rt.stamp(value)
         return prepared
 
-    async def _write(self, rt: _Runtime, values: Sequence[Any]) -> list[BaseModel]:
+    async def _write(self, rt: SchemaRuntime, values: Sequence[Any]) -> list[BaseModel]:
         cs = rt.cs
         prepared = await self._prepare(rt, values)
         ids = list(prepared)
         if cs.auto_now_add and (rt.mode is WriteMode.WRITE_BEHIND or not rt.l3_on):
             await self._carry_created(rt, prepared)
-        rows = {i: self._to_row(rt, v, i) for i, v in prepared.items()} if rt.l3_on else {}
-        sealed = {i: _sealed(rt, row) for i, row in rows.items()} if rt.encrypted else None
+        rows = {i: rt.to_row(v, i) for i, v in prepared.items()} if rt.l3_on else {}
+        sealed = {i: rt.sealed(row) for i, row in rows.items()} if rt.encrypted else None
         if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
             items = await self._write_behind(rt, prepared, rows)
         elif rt.l3_on:
@@ -836,12 +607,12 @@ class DataStore:
         await self._publish(rt, "set", items)
         if rt.hooks.after_set is not None:
             for _, v, _ in items:
-                await _call_hook(rt.hooks.after_set, rt.out(v))
+                await call_hook(rt.hooks.after_set, rt.out(v))
         return [rt.out(v) for _, v, _ in items]
 
     async def _write_through(
         self,
-        rt: _Runtime,
+        rt: SchemaRuntime,
         prepared: dict[Any, BaseModel],
         rows: dict[Any, dict[str, Any]],
         *,
@@ -868,7 +639,7 @@ class DataStore:
         return items
 
     async def _write_behind(
-        self, rt: _Runtime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
+        self, rt: SchemaRuntime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
     ) -> list[tuple[Any, BaseModel, int]]:
         assert self._wb is not None
         items = []
@@ -883,7 +654,7 @@ class DataStore:
             items.append((i, v, version))
         return items
 
-    async def _carry_created(self, rt: _Runtime, prepared: dict[Any, BaseModel]) -> None:
+    async def _carry_created(self, rt: SchemaRuntime, prepared: dict[Any, BaseModel]) -> None:
         """Write-behind and L3-less schemas cannot ask L3 for stored ``auto_now_add``
         values: the cached copy of the row (L1, the write-behind queue, then L2) has them."""
         fields = rt.cs.auto_now_add
@@ -902,7 +673,7 @@ class DataStore:
         for i, cached in known.items():
             prepared[i] = prepared[i].model_copy(update={f: getattr(cached, f) for f in fields})
 
-    def _after_write(self, rt: _Runtime, ids: Iterable[Any]) -> None:
+    def _after_write(self, rt: SchemaRuntime, ids: Iterable[Any]) -> None:
         """Forget what a concurrent reader may have learnt before this write."""
         rt.epoch += 1
         for i in ids:
@@ -911,7 +682,7 @@ class DataStore:
 
     async def _cache_writes(
         self,
-        rt: _Runtime,
+        rt: SchemaRuntime,
         items: Sequence[tuple[Any, BaseModel, int]],
         sealed: Mapping[Any, dict[str, bytes]] | None = None,
     ) -> None:
@@ -939,17 +710,17 @@ class DataStore:
         rt = self._rt(schema)
         self._check_open()
         self._c.deletes += 1
-        await self._delete(rt, [self._id(rt, id)])
+        await self._delete(rt, [rt.check_id(id)])
 
     async def delete_many(self, schema: SchemaRef, ids: Iterable[Any]) -> None:
         rt = self._rt(schema)
         self._check_open()
-        wanted = list(dict.fromkeys(self._id(rt, i) for i in ids))
+        wanted = list(dict.fromkeys(rt.check_id(i) for i in ids))
         self._c.deletes += len(wanted)
         if wanted:
             await self._delete(rt, wanted)
 
-    async def _delete(self, rt: _Runtime, ids: list[Any]) -> None:
+    async def _delete(self, rt: SchemaRuntime, ids: list[Any]) -> None:
         if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
             assert self._wb is not None
             version = self._next_version()
@@ -965,14 +736,14 @@ class DataStore:
             version = self._next_version()
         await self._cache_deletes(rt, ids, version)
 
-    async def _cache_deletes(self, rt: _Runtime, ids: list[Any], version: int) -> None:
+    async def _cache_deletes(self, rt: SchemaRuntime, ids: list[Any], version: int) -> None:
         """Versioned tombstones in L2 and L1, then tell the other instances."""
         self._after_write(rt, ids)
         if rt.l2_on:
             assert self._l2 is not None and rt.codec is not None
             tomb = rt.codec.tombstone(version)
             keys = [rt.key(i) for i in ids]
-            await self._l2.set_many([(k, tomb, _TOMBSTONE_TTL) for k in keys], bump=rt.gen_key)
+            await self._l2.set_many([(k, tomb, TOMBSTONE_TTL) for k in keys], bump=rt.gen_key)
             if not self._l2.available:
                 self._remember_l2_missed(keys)
         if rt.l1 is not None:
@@ -982,7 +753,9 @@ class DataStore:
 
     # -- queries -----------------------------------------------------------------------
 
-    def _compile(self, rt: _Runtime, q: Q | Query | None, *, count: bool = False) -> CompiledQuery:
+    def _compile(
+        self, rt: SchemaRuntime, q: Q | Query | None, *, count: bool = False
+    ) -> CompiledQuery:
         if not rt.l3_on:
             raise UnsupportedOperationError(
                 f"{rt.name} has no L3 tier (l3=None): search and count need a database; "
@@ -1001,19 +774,20 @@ class DataStore:
         )
 
     async def _query_rows(
-        self, rt: _Runtime, cq: CompiledQuery, *, replica: bool = True
+        self, rt: SchemaRuntime, cq: CompiledQuery, *, replica: bool = True
     ) -> list[dict[str, Any]]:
         self._c.l3_queries += 1
         tier = self._replica_for(rt) if replica else None
         if tier is not None:
             try:
+                await tier.ensure_connected()  # down at connect(): retried once it is due
                 return await tier.fetch(cq.sql, cq.args, schema=rt.cs)
             except TierUnavailableError as exc:
                 self._replica_down(rt, exc)
         return await self._l3.fetch(cq.sql, cq.args, schema=rt.cs)
 
     def _projection(
-        self, rt: _Runtime, cq: CompiledQuery, rows: list[dict[str, Any]]
+        self, rt: SchemaRuntime, cq: CompiledQuery, rows: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Projected rows as dicts keyed by field name (encrypted fields decrypted)."""
         by_column = rt.cs.by_column
@@ -1053,7 +827,7 @@ class DataStore:
         rows = await self._query_rows(rt, cq)
         if cq.projection:
             return self._projection(rt, cq, rows)
-        loaded = [self._from_row(rt, r) for r in rows]
+        loaded = [rt.from_row(r) for r in rows]
         if query.tier != "l3" and loaded:
             await self._fill(rt, [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded])
         return [v for v, _ in loaded]
@@ -1090,7 +864,7 @@ class DataStore:
             if any(rt.cs.by_column[c].meta.encrypted for c in cq.columns):
                 return result  # plaintext of an encrypted field never goes to Redis
         else:
-            loaded = [self._from_row(rt, r) for r in rows]
+            loaded = [rt.from_row(r) for r in rows]
             if loaded:
                 await self._fill(rt, [(getattr(v, rt.pk_field), v, ver) for v, ver in loaded])
             result = [v for v, _ in loaded]
@@ -1100,7 +874,7 @@ class DataStore:
         await self._l2.set_raw(key, encoded, rt.l2_ttl)
         return result
 
-    def _decode_result(self, rt: _Runtime, cq: CompiledQuery, payload: bytes) -> list[Any]:
+    def _decode_result(self, rt: SchemaRuntime, cq: CompiledQuery, payload: bytes) -> list[Any]:
         assert rt.codec is not None
         if payload.startswith(_RESULT_DICTS):
             return cast(list[Any], orjson.loads(payload[len(_RESULT_DICTS) :]))
@@ -1122,7 +896,7 @@ class DataStore:
         rows = await self._query_rows(rt, cq)
         return int(next(iter(rows[0].values()))) if rows else 0
 
-    def _replica_for(self, rt: _Runtime) -> PostgresTier | None:
+    def _replica_for(self, rt: SchemaRuntime) -> PostgresTier | None:
         url = rt.replica_url
         if url is None:
             return None
@@ -1131,7 +905,7 @@ class DataStore:
             return None
         return tier
 
-    def _replica_down(self, rt: _Runtime, exc: BaseException) -> None:
+    def _replica_down(self, rt: SchemaRuntime, exc: BaseException) -> None:
         url = rt.replica_url
         assert url is not None
         if self._replica_retry_at.get(url, 0.0) == 0.0:
@@ -1179,9 +953,9 @@ class DataStore:
         """Drop one id from L1 and L2 on every instance (L3 is untouched)."""
         rt = self._rt(schema)
         self._check_open()
-        await self._forget_cached(rt, [self._id(rt, id)])
+        await self._forget_cached(rt, [rt.check_id(id)])
 
-    async def _forget_cached(self, rt: _Runtime, ids: list[Any]) -> None:
+    async def _forget_cached(self, rt: SchemaRuntime, ids: list[Any]) -> None:
         self._after_write(rt, ids)
         if rt.l1 is not None:
             rt.l1.delete_many(ids)
@@ -1208,7 +982,7 @@ class DataStore:
             Invalidation(schema=rt.name, op="invalidate_all", origin=self.instance_id)
         )
 
-    async def _drop_l2_schema(self, rt: _Runtime) -> None:
+    async def _drop_l2_schema(self, rt: SchemaRuntime) -> None:
         """Every L2 key of the schema, and its cached search results (new generation).
         If Redis is unreachable this is redone when it comes back."""
         assert self._l2 is not None
@@ -1222,7 +996,7 @@ class DataStore:
             )
             self._l2_dirty_schemas.add(rt.name)
 
-    async def _bump_generation(self, rt: _Runtime) -> None:
+    async def _bump_generation(self, rt: SchemaRuntime) -> None:
         assert self._l2 is not None
         try:
             await self._l2.incr(rt.gen_key)
@@ -1253,7 +1027,7 @@ class DataStore:
             self._c.l3_queries += 1
             items = []
             for row in rows:
-                v, ver = self._from_row(rt, row)
+                v, ver = rt.from_row(row)
                 items.append((getattr(v, rt.pk_field), v, ver))
             await self._fill(rt, items)
             loaded += len(items)
@@ -1313,14 +1087,14 @@ class DataStore:
             # The caches hold a value L3 never got: drop it so reads show what is durable.
             await self._forget_cached(rt, [letter.write.id])
         if rt is not None and rt.hooks.on_write_error is not None:
-            await _call_hook(
+            await call_hook(
                 rt.hooks.on_write_error, letter.write.id, letter.write.row, letter.error
             )
 
     # -- invalidation ------------------------------------------------------------------
 
     async def _publish(
-        self, rt: _Runtime, op: str, items: Sequence[tuple[Any, Any, int | None]]
+        self, rt: SchemaRuntime, op: str, items: Sequence[tuple[Any, Any, int | None]]
     ) -> None:
         if self._bus is None or (not rt.l2_on and rt.l1 is None):
             return
@@ -1377,13 +1151,13 @@ class DataStore:
             self._spawn(self._drop_foreign_l2(rt, foreign, deleted=msg.op == "delete"))
 
     async def _drop_foreign_l2(
-        self, rt: _Runtime, keys: list[tuple[Any, int | None]], *, deleted: bool
+        self, rt: SchemaRuntime, keys: list[tuple[Any, int | None]], *, deleted: bool
     ) -> None:
         """A delete leaves our versioned tombstone (a tombstone means "deleted"); a set
         just removes our copy so the next read takes the row from L3."""
         assert self._l2 is not None and rt.codec is not None
         if deleted:
-            tombs = [(rt.key(i), rt.codec.tombstone(v), _TOMBSTONE_TTL) for i, v in keys if v]
+            tombs = [(rt.key(i), rt.codec.tombstone(v), TOMBSTONE_TTL) for i, v in keys if v]
             await self._l2.set_many(tombs)
         await self._l2.delete_many([rt.key(i) for i, v in keys if not (deleted and v)])
 
@@ -1443,14 +1217,20 @@ class DataStore:
         several instances start at once). Drift is reported, never applied."""
         self._check_open()
         l3 = [rt.cs for rt in self._schemas.values() if rt.l3_on]
+        from strata import migrations  # Alembic is heavy: imported when needed
+
         return await migrations.migrate(self.config, l3, dry_run=dry_run)
 
     async def migrate_from(self, directory: str) -> list[migrations.MigrationRecord]:
         self._check_open()
+        from strata import migrations
+
         return await migrations.migrate_from(self.config, directory)
 
     async def migration_status(self) -> list[migrations.MigrationRecord]:
         self._check_open()
+        from strata import migrations
+
         return await migrations.migration_status(self.config)
 
     def stats(self) -> Stats:
@@ -1468,13 +1248,6 @@ class DataStore:
         return (
             f"<DataStore {self._state} l3={hide_password(str(l3))} schemas={list(self._schemas)}>"
         )
-
-
-def _sealed(rt: _Runtime, row: Mapping[str, Any]) -> dict[str, bytes]:
-    """The encrypted columns of an L3 row, by field, before decryption (L2 reuses them)."""
-    if not rt.encrypted:
-        return {}
-    return {s.field: row[s.name] for s in rt.encrypted if row.get(s.name) is not None}
 
 
 def _sqlite_arg(spec: ColumnSpec, value: Any) -> Any:

@@ -33,10 +33,11 @@ from strata.errors import (
     TxTimeoutError,
     UnsupportedOperationError,
 )
+from strata.runtime import SchemaRuntime, call_hook
 from strata.schema import VERSION_COLUMN
 
 if TYPE_CHECKING:
-    from strata.datastore import DataStore, SchemaRef, _Runtime
+    from strata.datastore import DataStore, SchemaRef
     from strata.query import Q, Query
 
 __all__ = ["Tx", "TxContext"]
@@ -57,7 +58,7 @@ class Tx:
         self._sets: dict[str, dict[Any, tuple[BaseModel, int, dict[str, bytes]]]] = {}
         self._deletes: dict[str, dict[Any, int]] = {}
 
-    def _runtime(self, schema: SchemaRef) -> _Runtime:
+    def _runtime(self, schema: SchemaRef) -> SchemaRuntime:
         if not self._open:
             raise TxClosedError("this transaction has ended; open a new one with ds.tx()")
         rt = self._ds._rt(schema)
@@ -77,11 +78,9 @@ class Tx:
         """Read from L3 inside the transaction; ``for_update`` locks the row until the end."""
         rt = self._runtime(schema)
         ds = self._ds
-        id = ds._id(rt, id)
+        id = rt.check_id(id)
         if rt.hooks.before_get is not None:
-            from strata.datastore import _call_hook
-
-            await _call_hook(rt.hooks.before_get, id)
+            await call_hook(rt.hooks.before_get, id)
         found = await self._load(rt, [id], for_update)
         if id not in found:
             ds._c.misses += 1
@@ -94,18 +93,20 @@ class Tx:
         """``{id: value}`` for the ids found; ``for_update`` locks them in key order (so two
         transactions locking the same rows cannot deadlock)."""
         rt = self._runtime(schema)
-        wanted = list(dict.fromkeys(self._ds._id(rt, i) for i in ids))
+        wanted = list(dict.fromkeys(rt.check_id(i) for i in ids))
         found = await self._load(rt, wanted, for_update)
         return {i: await self._ds._deliver(rt, found[i]) for i in wanted if i in found}
 
-    async def _load(self, rt: _Runtime, ids: list[Any], for_update: bool) -> dict[Any, BaseModel]:
+    async def _load(
+        self, rt: SchemaRuntime, ids: list[Any], for_update: bool
+    ) -> dict[Any, BaseModel]:
         ds = self._ds
         ds._c.gets += len(ids)
         ds._c.l3_queries += 1
         rows = await ds._l3.get_many(rt.cs, ids, tx=self._handle, for_update=for_update)
         out = {}
         for row in rows:
-            value, _ = ds._from_row(rt, row)
+            value, _ = rt.from_row(row)
             out[getattr(value, rt.pk_field)] = value
         ds._c.l3_hits += len(out)
         return out
@@ -119,7 +120,7 @@ class Tx:
         rows = await ds._l3.fetch(cq.sql, cq.args, schema=rt.cs, tx=self._handle)
         if cq.projection:
             return ds._projection(rt, cq, rows)
-        return [ds._from_row(rt, r)[0] for r in rows]
+        return [rt.from_row(r)[0] for r in rows]
 
     # -- writes --------------------------------------------------------------------------
 
@@ -138,28 +139,26 @@ class Tx:
         self._ds._c.sets += len(values)
         return await self._write(rt, values) if values else []
 
-    async def _write(self, rt: _Runtime, values: list[Any]) -> list[BaseModel]:
+    async def _write(self, rt: SchemaRuntime, values: list[Any]) -> list[BaseModel]:
         ds = self._ds
         prepared = await ds._prepare(rt, values)
-        rows = {i: ds._to_row(rt, v, i) for i, v in prepared.items()}
+        rows = {i: rt.to_row(v, i) for i, v in prepared.items()}
         behind = rt.mode is WriteMode.WRITE_BEHIND
         if behind:  # the schema's versions are write-behind clock values: keep them so
             for row in rows.values():
                 row[VERSION_COLUMN] = ds._next_version()
         items = await ds._write_through(rt, prepared, rows, tx=self._handle, versioned=behind)
-        from strata.datastore import _sealed
-
         sets = self._sets.setdefault(rt.name, {})
         deletes = self._deletes.setdefault(rt.name, {})
         for i, v, version in items:
-            sets[i] = (v, version, _sealed(rt, rows[i]))
+            sets[i] = (v, version, rt.sealed(rows[i]))
             deletes.pop(i, None)
         return [rt.out(v) for _, v, _ in items]
 
     async def delete(self, schema: SchemaRef, id: Any) -> None:
         rt = self._runtime(schema)
         ds = self._ds
-        id = ds._id(rt, id)
+        id = rt.check_id(id)
         ds._c.deletes += 1
         ds._c.l3_queries += 1
         version = await ds._l3.delete_many(rt.cs, [id], tx=self._handle)
@@ -182,8 +181,6 @@ class Tx:
 
     async def _apply_effects(self) -> None:
         """The commit happened: make every cache and every instance agree with it."""
-        from strata.datastore import _call_hook
-
         ds = self._ds
         for name in self._sets.keys() | self._deletes.keys():
             rt = ds._schemas[name]
@@ -208,7 +205,7 @@ class Tx:
                     await ds._cache_deletes(rt, ids, version)
             if rt.hooks.after_set is not None:
                 for v, _, _ in sets.values():
-                    await _call_hook(rt.hooks.after_set, rt.out(v))
+                    await call_hook(rt.hooks.after_set, rt.out(v))
 
 
 class TxContext:

@@ -279,6 +279,7 @@ class PostgresTier:
         self._url = url or config.asyncpg_dsn
         self._log = logger
         self._pool: asyncpg.Pool | None = None
+        self._connect_lock = asyncio.Lock()
         self._stmts: dict[str, _Statements] = {}
 
     @property
@@ -298,6 +299,12 @@ class PostgresTier:
                 timeout=cfg.pool_timeout,
                 init=_init_connection,
             )
+
+    async def ensure_connected(self) -> None:
+        """Connect unless connected (one attempt at a time: never two pools)."""
+        async with self._connect_lock:
+            if self._pool is None:
+                await self.connect()
 
     async def close(self) -> None:
         if self._pool is not None:
