@@ -77,7 +77,7 @@ class Target:
     op: Literal["<=", ">="]
     value: float
     kind: Literal["ratio", "absolute"] = "ratio"
-    label: str = ""  # how the report shows it, e.g. "≤ 1.25×"
+    label: str = ""  # how the report shows it, e.g. "<= 1.25x" (typeset)
 
     def met(self, ratio: float | None, value: float) -> bool | None:
         x = ratio if self.kind == "ratio" else value
@@ -164,25 +164,44 @@ class Impl:
     setup: Callable[[], Awaitable[None]] | None = None
 
 
-async def alternate(impls: dict[str, Impl], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+async def alternate(
+    impls: dict[str, Impl],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    cpu: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per operation of each implementation, one sample per round (see module doc).
 
-    A full collection runs before each timed batch so that garbage left by one
-    implementation is not collected on another's clock (each pays for its own)."""
+    A collection runs before each timed batch so that garbage left by one implementation is
+    not collected on another's clock (each pays for its own). What exists before the rounds
+    is frozen out of the collector, so those collections stay cheap.
+
+    ``cpu``, when given, receives this process's CPU seconds per operation likewise: the
+    client-side cost alone, which a busy machine disturbs far less than wall time."""
     names = list(impls)
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            impl = impls[name]
-            if impl.setup is not None:
-                await impl.setup()
-            gc.collect()
-            t0 = time.perf_counter_ns()
-            ops = await impl.run()
-            elapsed = time.perf_counter_ns() - t0
-            if r >= warmup:
-                samples[name].append(elapsed / 1e9 / max(ops, 1))
+    gc.collect()
+    gc.freeze()
+    try:
+        for r in range(warmup + rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                impl = impls[name]
+                if impl.setup is not None:
+                    await impl.setup()
+                gc.collect()
+                c0 = time.process_time_ns()
+                t0 = time.perf_counter_ns()
+                ops = await impl.run()
+                elapsed = time.perf_counter_ns() - t0
+                used = time.process_time_ns() - c0
+                if r >= warmup:
+                    samples[name].append(elapsed / 1e9 / max(ops, 1))
+                    if cpu is not None:
+                        cpu.setdefault(name, []).append(used / 1e9 / max(ops, 1))
+    finally:
+        gc.unfreeze()
     return samples
 
 
@@ -221,11 +240,11 @@ def latency_check(
 
 
 def le(value: float, label: str | None = None) -> Target:
-    return Target("<=", value, "ratio", label or f"≤ {value:g}×")
+    return Target("<=", value, "ratio", label or f"≤ {value:g}×")  # noqa: RUF001
 
 
 def ge(value: float, label: str | None = None) -> Target:
-    return Target(">=", value, "ratio", label or f"≥ {value:g}×")
+    return Target(">=", value, "ratio", label or f"≥ {value:g}×")  # noqa: RUF001
 
 
 # -- the namespace of one scenario run ----------------------------------------------------
@@ -234,25 +253,36 @@ def ge(value: float, label: str | None = None) -> Target:
 @dataclass
 class Env:
     """One scenario's private corner of the shared servers: a PostgreSQL schema and a Redis
-    key prefix, both ``bench_<random>``, removed at the end."""
+    key prefix, both ``bench_<random>``, removed at the end.
+
+    Unless ``durable``, every benchmark session (Strata's pool and the baselines' alike)
+    runs with ``synchronous_commit=off``, a per-session setting: on this kind of machine a
+    commit's WAL flush costs milliseconds, the same for everyone, and would hide what the
+    client side costs, which is what the ratios are about."""
 
     database_url: str
     redis_url: str
     name: str  # schema = key prefix
     quick: bool
+    durable: bool = False
 
     @property
     def dsn(self) -> str:
-        return asyncpg_dsn(self.database_url)
+        """The asyncpg DSN of benchmark sessions (see the class docstring)."""
+        dsn = asyncpg_dsn(self.database_url)
+        if self.durable:
+            return dsn
+        return dsn + ("&" if "?" in dsn else "?") + "synchronous_commit=off"
 
     @property
     def channel(self) -> str:
         return f"{self.name}:inv"
 
     def config(self, **changes: Any) -> Config:
-        """A Config on this run's schema, prefix and invalidation channel."""
+        """A Config on this run's schema, prefix and invalidation channel (benchmark
+        sessions: ``dsn``)."""
         values: dict[str, Any] = {
-            "database_url": self.database_url,
+            "database_url": self.dsn,
             "database_schema": self.name,
             "redis_url": self.redis_url,
             "key_prefix": self.name,
@@ -299,14 +329,17 @@ async def pg_init(conn: asyncpg.Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bench_env(quick: bool, name: str | None = None, *, own: bool = True) -> AsyncIterator[Env]:
+async def bench_env(
+    quick: bool, name: str | None = None, *, own: bool = True, durable: bool = False
+) -> AsyncIterator[Env]:
     """Create the schema (``own``), yield the Env, then drop the schema and delete the keys
     under the prefix. ``own=False`` joins an Env another process owns."""
-    env = Env(database_url(), redis_url(), name or f"bench_{uuid.uuid4().hex[:8]}", quick)
+    name = name or f"bench_{uuid.uuid4().hex[:8]}"
+    env = Env(database_url(), redis_url(), name, quick, durable)
     if not own:
         yield env
         return
-    conn = await asyncpg.connect(env.dsn)
+    conn = await asyncpg.connect(asyncpg_dsn(env.database_url))
     try:
         await conn.execute(f"CREATE SCHEMA {quote(env.name)}")
     finally:
@@ -318,7 +351,7 @@ async def bench_env(quick: bool, name: str | None = None, *, own: bool = True) -
 
 
 async def _drop(env: Env) -> None:
-    conn = await asyncpg.connect(env.dsn)
+    conn = await asyncpg.connect(asyncpg_dsn(env.database_url))
     try:
         await conn.execute("SET lock_timeout = '30s'")
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote(env.name)} CASCADE")
@@ -373,10 +406,11 @@ def run_scenario(run: Run, argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", help="write the checks here (default: stdout)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--durable", action="store_true", help="keep synchronous_commit on")
     args = parser.parse_args(argv)
 
     async def main() -> list[Check]:
-        async with bench_env(args.quick) as env:
+        async with bench_env(args.quick, durable=args.durable) as env:
             return await run(env)
 
     try:
@@ -396,7 +430,9 @@ def run_scenario(run: Run, argv: Sequence[str] | None = None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_store(env: Env, *schemas: Any, **config: Any) -> AsyncIterator[Any]:
+async def open_store(
+    env: Env, *schemas: Any, create: bool = True, **config: Any
+) -> AsyncIterator[Any]:
     """A connected, migrated DataStore on this run's namespace, closed at the end.
 
     When it has an invalidation bus, wait for its subscription: the bus clears L1 once it
@@ -404,12 +440,40 @@ async def open_store(env: Env, *schemas: Any, **config: Any) -> AsyncIterator[An
     filled a moment earlier."""
     from strata import DataStore
 
+    if create:
+        await create_tables(env, *schemas, **config)
     ds = DataStore(env.config(**config))
     for s in schemas:
         ds.register(s)
     async with ds:
-        await ds.migrate()
         bus = getattr(ds, "_bus", None)  # no public readiness signal yet (see the report)
         if bus is not None:
             await bus.wait_connected(10.0)
         yield ds
+
+
+def tier_misses(before: Any, after: Any, tier: str) -> str:
+    """A note when gets during the timed rounds were served by another tier than ``tier``
+    (an empty string when all were served as intended)."""
+    served = {
+        t: getattr(after, f"{t}_hits") - getattr(before, f"{t}_hits") for t in ("l1", "l2", "l3")
+    }
+    misses = after.misses - before.misses
+    other = {t: n for t, n in served.items() if t != tier and n} | (
+        {"miss": misses} if misses else {}
+    )
+    if not other:
+        return ""
+    return "not all from " + tier.upper() + ": " + ", ".join(f"{k}={v}" for k, v in other.items())
+
+
+async def create_tables(env: Env, *schemas: Any, **config: Any) -> None:
+    """``migrate()`` the schemas' tables. Through a store on the plain URL: migrations go
+    through SQLAlchemy, which refuses server settings in the URL (see ``Env.dsn``)."""
+    from strata import DataStore
+
+    plain = DataStore(env.config(**config).with_(database_url=env.database_url, redis_url=None))
+    for s in schemas:
+        plain.register(s)
+    async with plain:
+        await plain.migrate()

@@ -81,6 +81,7 @@ MODELS: dict[str, type[BaseModel]] = {"ref": Ref, "wide": Wide}
 COLUMNS: dict[str, tuple[str, ...]] = {"ref": REF_COLUMNS, "wide": WIDE_COLUMNS}
 
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 def key(i: int) -> str:
@@ -97,7 +98,7 @@ def make_ref(i: int, *, level: int | None = None, rng: random.Random | None = No
         level=level if level is not None else rng.randrange(1, 1000),
         score=round(rng.random() * 1000, 3),
         created_at=at,
-        updated_at=at,
+        updated_at=at + _SECOND,  # its own object, as a loaded row would have
     )
 
 
@@ -117,7 +118,7 @@ def make_wide(i: int, *, level: int | None = None) -> Wide:
         visits=rng.randrange(10_000),
         referrer=None,
         created_at=at,
-        updated_at=at,
+        updated_at=at + _SECOND,
         address=Address(
             street=f"{i} Long Street",
             city="Utrecht",
@@ -127,8 +128,7 @@ def make_wide(i: int, *, level: int | None = None) -> Wide:
         ),
         tags=["pvp", "eu", f"guild-{i % 50}", "premium"],
         history=[
-            Event(at=at + timedelta(hours=h), kind="purchase", amount=float(h))
-            for h in range(8)
+            Event(at=at + timedelta(hours=h), kind="purchase", amount=float(h)) for h in range(8)
         ],
     )
 

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from integration.procs import Peer, PeerError, eventually
-from integration.procs.peer import ITEMS, Item
+from integration.procs.models import ITEMS, Item
 from strata import Config, DataStore
 
 WAIT = 10.0  # generous: a timeout means the message never arrived
@@ -180,9 +180,7 @@ async def test_set_many_invalidates_every_key_in_the_other_process_with_one_mess
     assert {i: v["name"] for i, v in got.items()} == dict.fromkeys(ids, "v2")
 
 
-async def test_other_process_counts_the_invalidations_it_receives(
-    a: DataStore, b: Peer
-) -> None:
+async def test_other_process_counts_the_invalidations_it_receives(a: DataStore, b: Peer) -> None:
     received = (await b.stats())["invalidations_received"]
 
     await a.set(Item, Item(id="k", name="x"))
@@ -191,3 +189,20 @@ async def test_other_process_counts_the_invalidations_it_receives(
 
     await received_by(b, received + 3)
     assert (await b.stats())["invalidations_received"] == received + 3
+
+
+async def test_write_is_seen_by_a_process_that_declares_the_model_in_its_own_module(
+    a: DataStore, settings: dict[str, Any]
+) -> None:
+    # Two applications sharing one database and one Redis each declare the `items` model
+    # (same schema name, fields and types) in a module of their own.
+    async with Peer(settings, module="integration.procs.other_service") as other:
+        await subscribed_both_ways(a, other)
+        await a.set(Item, Item(id="k", name="old"))
+        await load_into_peer_l1(other, "k")
+        received = (await other.stats())["invalidations_received"]
+
+        await a.set(Item, Item(id="k", name="new"))
+        await received_by(other, received + 1)
+
+        assert (await other.get("k"))["name"] == "new"

@@ -53,12 +53,14 @@ class Peer:
     """A DataStore in a child process (``integration/procs/peer.py``).
 
     ``async with Peer(settings) as b:`` starts it and waits until it is connected; leaving
-    closes its DataStore and waits for the process to end (killed if it does not)."""
+    closes its DataStore and waits for the process to end (killed if it does not).
+    ``settings`` are ``Config`` fields; ``module`` declares the ``ITEMS`` schema it registers."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], module: str = "integration.procs.models") -> None:
         self.settings = settings
+        self.module = module  # where the peer's ITEMS schema (and model) is declared
         self._proc: asyncio.subprocess.Process | None = None
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __aexit__
 
     async def __aenter__(self) -> Self:
         self._proc = await asyncio.create_subprocess_exec(
@@ -66,6 +68,7 @@ class Peer:
             "-m",
             "integration.procs.peer",
             json.dumps(self.settings),
+            self.module,
             cwd=REPO,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -122,7 +125,9 @@ class Peer:
         try:
             line = await asyncio.wait_for(self._proc.stdout.readline(), REPLY_TIMEOUT)
         except TimeoutError:
-            raise AssertionError(f"peer did not answer; its stderr:\n{self.stderr_tail()}") from None
+            raise AssertionError(
+                f"peer did not answer; its stderr:\n{self.stderr_tail()}"
+            ) from None
         if not line:
             await self._proc.wait()
             raise AssertionError(

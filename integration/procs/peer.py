@@ -1,10 +1,10 @@
 """A DataStore in its own process, driven one JSON line at a time over stdin/stdout.
 
-    python -m integration.procs.peer '{"database_url": ..., "redis_url": ..., ...}'
+    python -m integration.procs.peer '{"database_url": ..., "redis_url": ..., ...}' [MODULE]
 
-The argument holds the ``Config`` fields (strings and numbers only). The process registers
-``ITEMS`` (the ``Item`` model), connects, prints ``{"ok": true, "ready": true}`` and then
-answers each command line with one line:
+The first argument holds the ``Config`` fields (strings and numbers only). The process
+registers ``MODULE.ITEMS`` (default ``integration.procs.models``), connects, prints
+``{"ok": true, "ready": true}`` and then answers each command line with one line:
 
     {"op": "get", "id": "a"}                  -> {"ok": true, "value": {...}}
     {"op": "get_many", "ids": ["a", "b"]}     -> {"ok": true, "value": {"a": {...}, ...}}
@@ -24,22 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import json
 import sys
 from typing import Any
 
-from pydantic import BaseModel
+from strata import Config, DataStore, Schema
 
-from strata import Config, DataStore, Field, Schema
-
-
-class Item(BaseModel):
-    id: str = Field(primary_key=True)
-    name: str = ""
-    level: int = 0
-
-
-ITEMS = Schema(name="items", model=Item)
+DEFAULT_MODULE = "integration.procs.models"
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -47,7 +39,9 @@ def _reply(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _run(ds: DataStore, command: dict[str, Any]) -> Any:
+async def _run(ds: DataStore, items: Schema, command: dict[str, Any]) -> Any:
+    Item = items.model
+    assert Item is not None
     op = command["op"]
     if op == "get":
         return (await ds.get(Item, command["id"])).model_dump(mode="json")
@@ -73,10 +67,11 @@ async def _run(ds: DataStore, command: dict[str, Any]) -> Any:
     raise ValueError(f"unknown op {op!r}")
 
 
-async def main(settings: dict[str, Any]) -> None:
+async def main(settings: dict[str, Any], module: str = DEFAULT_MODULE) -> None:
     loop = asyncio.get_running_loop()
+    items: Schema = importlib.import_module(module).ITEMS
     ds = DataStore(Config(**settings))
-    ds.register(ITEMS)
+    ds.register(items)
     async with ds:
         _reply({"ok": True, "ready": True})
         while True:
@@ -87,7 +82,7 @@ async def main(settings: dict[str, Any]) -> None:
             if command["op"] == "quit":
                 break
             try:
-                value = await _run(ds, command)
+                value = await _run(ds, items, command)
             except Exception as exc:
                 _reply({"ok": False, "error": type(exc).__name__, "message": str(exc)})
             else:
@@ -96,4 +91,4 @@ async def main(settings: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1])))
+    asyncio.run(main(json.loads(sys.argv[1]), *sys.argv[2:3]))

@@ -8,6 +8,7 @@ uses ``= ANY($1)``. Every driver exception is translated here into the StrataErr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
