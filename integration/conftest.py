@@ -197,4 +197,4 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 # The tier-contract fixtures (``env``, ``l3_env``) live beside the stacks they build.
-from integration.stacks import env, l3_env  # noqa: E402, F401
+from integration.stacks import env, l2_env, l3_env  # noqa: E402, F401

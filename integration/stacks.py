@@ -51,6 +51,7 @@ STACKS = [
 ]
 L3_STACKS = [s for s in STACKS if s.l3 is not None]
 PG_STACKS = [s for s in STACKS if s.l3 == "postgresql"]
+L2_STACKS = [s for s in STACKS if s.l2]
 
 MakeStore = Callable[..., Awaitable[DataStore]]
 
@@ -170,3 +171,16 @@ async def l3_env(
 
 def model_id(model: BaseModel) -> Any:
     return model.model_dump()["id"]
+
+
+@pytest.fixture(params=L2_STACKS, ids=lambda s: s.name)
+async def l2_env(
+    request: pytest.FixtureRequest,
+    pg_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> AsyncIterator[Env]:
+    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
+        yield e

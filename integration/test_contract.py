@@ -7,7 +7,7 @@ import enum
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
@@ -255,3 +255,34 @@ async def test_concurrent_reads_and_writes_end_on_the_last_write(env: Env) -> No
 
     await asyncio.gather(reader(), writer(), reader())
     assert (await ds.get(Player, "p")).level == 20
+
+
+async def test_raw_l3_row_holds_what_each_field_flag_promises(l3_env: Env) -> None:
+    ds = await l3_env.make(Schema(name="players", model=Player))
+    await ds.set(
+        Player,
+        Player(id="p", username="a", password_hash="h", note="n", scratch="s", api_key="sk-1"),
+    )
+    await ds.flush_dirty()
+    row = await l3_env.raw_row("players", "p")
+    assert row is not None
+    assert row["password_hash"] == "h"  # omit_cache: in L3
+    assert row["note"] == "n"  # omit_l1: in L3
+    assert "scratch" not in row  # transient: no column at all
+    assert isinstance(row["api_key"], bytes)  # encrypted: BYTEA / BLOB ciphertext
+    assert b"sk-1" not in row["api_key"]
+    assert row["created_at"] is not None and row["_strata_version"] > 0
+
+
+async def test_cached_copies_never_hold_omit_cache_fields_or_plaintext(
+    l2_env: Env, redis_client: Any
+) -> None:
+    ds = await l2_env.make(Schema(name="players", model=Player))
+    await ds.set(Player, Player(id="p", password_hash="pw-secret", api_key="sk-plain"))
+    keys = [k async for k in redis_client.scan_iter(match=f"{ds.config.key_prefix}:players:*")]
+    values = [await redis_client.get(k) for k in keys]
+    payloads = [v for v in values if v and v.startswith(b"S")]
+    assert payloads
+    for payload in payloads:
+        assert b"pw-secret" not in payload
+        assert b"sk-plain" not in payload
