@@ -424,6 +424,14 @@ class DataStore:
                     shared = pending.result()
                     return None if shared is None else rt.out(shared[0])
                 # the loader was cancelled: load for ourselves
+            else:
+                # A load of this key may have finished while this caller was asking L2: its
+                # result is in L1 (or the negative cache) now; do not load it again.
+                hit = rt.l1.get(id) if rt.l1 is not None else None
+                if hit is not None:
+                    return rt.out(hit)
+                if rt.negative.get(id, 0.0) > time.monotonic():
+                    return None
         fut: asyncio.Future[tuple[BaseModel, int] | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -649,7 +657,7 @@ class DataStore:
             row[VERSION_COLUMN] = version
             self._wb_shadow[(rt.name, i)] = (v, version)
             await self._wb.put(
-                PendingWrite(schema=rt.name, id=i, op="set", row=row, version=version)
+                PendingWrite(schema=rt.name, id=i, op="set", row=(row, v), version=version)
             )
             items.append((i, v, version))
         return items
@@ -1051,7 +1059,7 @@ class DataStore:
 
     async def _apply_write_behind(self, schema: str, writes: list[PendingWrite]) -> None:
         rt = self._schemas[schema]
-        sets = [w.row for w in writes if w.op == "set"]
+        sets = [w.row[0] for w in writes if w.op == "set"]  # row: (L3 row, model)
         deletes = [w.id for w in writes if w.op == "delete"]
         if sets:
             self._c.l3_queries += 1
@@ -1087,9 +1095,8 @@ class DataStore:
             # The caches hold a value L3 never got: drop it so reads show what is durable.
             await self._forget_cached(rt, [letter.write.id])
         if rt is not None and rt.hooks.on_write_error is not None:
-            await call_hook(
-                rt.hooks.on_write_error, letter.write.id, letter.write.row, letter.error
-            )
+            value = letter.write.row[1] if letter.write.row is not None else None
+            await call_hook(rt.hooks.on_write_error, letter.write.id, value, letter.error)
 
     # -- invalidation ------------------------------------------------------------------
 

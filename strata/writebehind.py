@@ -567,10 +567,14 @@ class WriteBehindQueue:
             if task is None or task.cancelling():
                 raise  # the flusher itself is being cancelled (close timed out)
             error = exc  # a cancellation from inside apply is just a failed batch
-        for entry in batch.entries:
-            del self._in_flight[(schema, entry.write.id)]
-        if error is not None:
-            await self._failed(batch, error)
+        try:
+            if error is not None:
+                # Still in flight (pending) until retried or dead-lettered with its hook run,
+                # so a flush() cannot return in between.
+                await self._failed(batch, error)
+        finally:
+            for entry in batch.entries:
+                del self._in_flight[(schema, entry.write.id)]
 
     async def _failed(self, batch: _Batch, error: BaseException) -> None:
         schema = batch.schema

@@ -1,0 +1,371 @@
+"""The read path and cache control against real PostgreSQL and Redis.
+
+Single flight and the negative cache (how often a read reaches PostgreSQL), the
+WRITE_THROUGH_L1_ASYNC write mode (when the writer's L1 holds a value), ``invalidate`` /
+``invalidate_all`` / ``warm_cache`` (what is in Redis and in every instance's L1 afterwards),
+schemas whose source of truth is Redis (``l3=None``), and the TTL a value promoted from L2
+takes in L1.
+
+"Changed behind Strata's back" means an UPDATE through the raw PostgreSQL connection: only
+a cache that was really dropped can show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from integration.procs import eventually
+from strata import (
+    Config,
+    DataStore,
+    Field,
+    MemPolicy,
+    Q,
+    RedisPolicy,
+    Schema,
+    WriteMode,
+    errors,
+)
+
+WAIT = 10.0  # generous: a timeout means the message never arrived
+
+
+class Player(BaseModel):
+    id: str = Field(primary_key=True)
+    name: str = ""
+    level: int = 0
+
+
+class Team(BaseModel):
+    id: str = Field(primary_key=True)
+    name: str = ""
+
+
+class Session(BaseModel):
+    id: str = Field(primary_key=True)
+    user: str = ""
+    data: dict[str, int] = {}
+
+
+PLAYERS = Schema(name="players", model=Player)
+TEAMS = Schema(name="teams", model=Team)
+
+
+@pytest.fixture
+def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
+    return {
+        "database_url": pg_url,
+        "database_schema": pg_schema,
+        "redis_url": redis_url,
+        "key_prefix": redis_prefix,
+        "invalidation_channel": f"{redis_prefix}:invalidation",
+    }
+
+
+@contextlib.asynccontextmanager
+async def store(
+    settings: dict[str, Any], *schemas: Schema, **overrides: Any
+) -> AsyncIterator[DataStore]:
+    ds = DataStore(Config(**{**settings, **overrides}))
+    for schema in schemas or (PLAYERS,):
+        ds.register(schema)
+    async with ds:
+        await ds.migrate()
+        yield ds
+
+
+async def insert_unseen(settings: dict[str, Any], players: list[Player]) -> None:
+    """Rows in PostgreSQL that no cache has seen (written by an instance without Redis)."""
+    async with store(settings, redis_url=None) as other:
+        await other.set_many(Player, players)
+
+
+async def hear_each_other(a: DataStore, b: DataStore) -> None:
+    """Wait until each instance hears the other. A subscription confirmed late clears L1
+    (messages may have been missed), so tests start filling L1 only after this."""
+    for sender, receiver in ((a, b), (b, a)):
+        await _heard(sender, receiver)
+
+
+async def _heard(sender: DataStore, receiver: DataStore) -> None:
+    def received() -> bool:
+        return receiver.stats().invalidations_received > 0
+
+    for _ in range(int(WAIT / 0.5)):
+        await sender.invalidate(Player, "handshake")
+        try:
+            await eventually(received, timeout=0.5)
+            return
+        except AssertionError:
+            continue  # published before the subscription was confirmed: lost
+    raise AssertionError("the instances never heard each other")
+
+
+async def received_more_than(ds: DataStore, count: int) -> None:
+    await eventually(lambda: ds.stats().invalidations_received > count, timeout=WAIT)
+
+
+def l2_key(ds: DataStore, schema: str, id: str) -> str:
+    return f"{ds.config.key_prefix}:{schema}:{ds.schemas[schema].shape}:{id}"
+
+
+async def l2_keys(redis_client: aioredis.Redis, ds: DataStore, schema: str) -> set[str]:
+    pattern = l2_key(ds, schema, "*")
+    return {k.decode() async for k in redis_client.scan_iter(match=pattern, count=500)}
+
+
+# -- single flight and the negative cache -------------------------------------------------
+
+
+async def test_100_concurrent_gets_of_a_cold_key_cause_one_postgresql_query(
+    settings: dict[str, Any],
+) -> None:
+    ids = [f"cold{n}" for n in range(10)]  # ten cold keys, 100 concurrent gets of each
+    await insert_unseen(settings, [Player(id=i, name=i, level=3) for i in ids])
+    async with store(settings) as ds:
+        before = ds.stats().l3_queries
+
+        got = await asyncio.gather(*(ds.get(Player, i) for _ in range(100) for i in ids))
+
+        assert ds.stats().l3_queries == before + len(ids)
+        assert got == [Player(id=i, name=i, level=3) for i in ids] * 100
+
+
+async def test_repeated_gets_of_a_missing_id_reach_postgresql_once_within_negative_ttl(
+    settings: dict[str, Any],
+) -> None:
+    async with store(settings, negative_ttl=60) as ds:
+        before = ds.stats().l3_queries
+        for _ in range(20):
+            with pytest.raises(errors.NotFoundError):
+                await ds.get(Player, "nobody")
+
+        assert ds.stats().l3_queries == before + 1
+
+
+async def test_set_drops_the_negative_cache_entry(settings: dict[str, Any]) -> None:
+    # Without L1 the read after the set cannot be answered by the write's own L1 copy.
+    no_l1 = Schema(name="players", model=Player, l1=None)
+    async with store(settings, no_l1, negative_ttl=60) as ds:
+        with pytest.raises(errors.NotFoundError):
+            await ds.get(Player, "p")
+
+        await ds.set(Player, Player(id="p", name="now here"))
+
+        assert (await ds.get(Player, "p")).name == "now here"
+
+
+async def test_set_in_another_instance_drops_the_negative_cache_entry(
+    settings: dict[str, Any],
+) -> None:
+    async with store(settings, negative_ttl=60) as a, store(settings, negative_ttl=60) as b:
+        await hear_each_other(a, b)
+        with pytest.raises(errors.NotFoundError):
+            await b.get(Player, "p")
+        received = b.stats().invalidations_received
+
+        await a.set(Player, Player(id="p", name="now here"))
+        await received_more_than(b, received)
+
+        assert (await b.get(Player, "p")).name == "now here"
+
+
+# -- WRITE_THROUGH_L1_ASYNC ---------------------------------------------------------------
+
+L1_ASYNC = Schema(name="players", model=Player, write_mode=WriteMode.WRITE_THROUGH_L1_ASYNC)
+
+
+async def test_l1_async_write_fills_the_writers_l1_on_the_next_read(
+    settings: dict[str, Any],
+) -> None:
+    async with store(settings, L1_ASYNC) as ds:
+        await ds.set(Player, Player(id="k", name="old"))
+        await ds.get(Player, "k")
+        assert (await ds.get(Player, "k")).name == "old"  # L1 holds "old"
+
+        await ds.set(Player, Player(id="k", name="new"))
+        s0 = ds.stats()
+        first = await ds.get(Player, "k")
+        s1 = ds.stats()
+        second = await ds.get(Player, "k")
+        s2 = ds.stats()
+
+        assert first.name == second.name == "new"
+        assert (s1.l1_hits - s0.l1_hits, s1.l2_hits - s0.l2_hits) == (0, 1)
+        assert (s2.l1_hits - s1.l1_hits, s2.l2_hits - s1.l2_hits) == (1, 0)
+        assert s2.l3_queries == s0.l3_queries
+
+
+async def test_l1_async_write_is_in_postgresql_and_redis_when_set_returns(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    async with store(settings, L1_ASYNC) as ds:
+        await ds.set(Player, Player(id="k", name="durable", level=4))
+
+        assert tuple(await pg_conn.fetchrow("SELECT name, level FROM players")) == ("durable", 4)
+        cached = await redis_client.get(l2_key(ds, "players", "k"))
+        assert cached is not None and b"durable" in cached
+
+
+async def test_l1_async_never_loses_a_write(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection
+) -> None:
+    async with store(settings, L1_ASYNC) as ds:
+        for n in range(30):
+            await ds.set(Player, Player(id="k", level=n))
+            assert (await ds.get(Player, "k")).level == n
+        await asyncio.gather(
+            *(ds.set(Player, Player(id=f"c{n}", level=n)) for n in range(30)),
+            *(ds.get_many(Player, [f"c{n}" for n in range(30)]) for _ in range(5)),
+        )
+
+        got = await ds.get_many(Player, [f"c{n}" for n in range(30)])
+        assert {k: v.level for k, v in got.items()} == {f"c{n}": n for n in range(30)}
+        rows = await pg_conn.fetch("SELECT id, level FROM players")
+        assert {r["id"]: r["level"] for r in rows} == {"k": 29} | {f"c{n}": n for n in range(30)}
+
+
+# -- invalidate, invalidate_all, warm_cache ------------------------------------------------
+
+
+async def test_invalidate_drops_the_key_from_l1_and_l2_on_every_instance(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    async with store(settings) as a, store(settings) as b:
+        await hear_each_other(a, b)
+        await a.set(Player, Player(id="k", name="cached"))
+        await a.set(Player, Player(id="other", name="cached"))
+        for ds in (a, b):
+            assert (await ds.get(Player, "k")).name == "cached"
+        await pg_conn.execute("UPDATE players SET name = 'in-db'")
+        received = b.stats().invalidations_received
+
+        await a.invalidate(Player, "k")
+
+        assert not await redis_client.exists(l2_key(a, "players", "k"))
+        assert await redis_client.exists(l2_key(a, "players", "other"))
+        assert (await a.get(Player, "k")).name == "in-db"
+        assert (await a.get(Player, "other")).name == "cached"  # only "k" was dropped
+        await received_more_than(b, received)
+        assert (await b.get(Player, "k")).name == "in-db"
+
+
+async def test_invalidate_all_drops_every_key_of_the_schema_on_every_instance(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    ids = ["k1", "k2", "k3"]
+    async with store(settings, PLAYERS, TEAMS) as a, store(settings, PLAYERS, TEAMS) as b:
+        await hear_each_other(a, b)
+        await a.set_many(Player, [Player(id=i, name="cached") for i in ids])
+        await a.set(Team, Team(id="t", name="kept"))
+        for ds in (a, b):
+            assert len(await ds.get_many(Player, ids)) == 3
+        await pg_conn.execute("UPDATE players SET name = 'in-db'")
+        received = b.stats().invalidations_received
+
+        await a.invalidate_all(Player)
+
+        assert await l2_keys(redis_client, a, "players") == set()
+        assert await l2_keys(redis_client, a, "teams") == {l2_key(a, "teams", "t")}
+        await received_more_than(b, received)
+        for ds in (a, b):
+            got = await ds.get_many(Player, ids)
+            assert {k: v.name for k, v in got.items()} == dict.fromkeys(ids, "in-db")
+
+
+async def test_warm_cache_loads_every_row_into_redis_and_l1(
+    settings: dict[str, Any], redis_client: aioredis.Redis
+) -> None:
+    ids = [f"p{n:04}" for n in range(2500)]  # more than one batch
+    await insert_unseen(settings, [Player(id=i, level=n) for n, i in enumerate(ids)])
+    async with store(settings) as ds:
+        assert await ds.warm_cache(Player) == 2500
+
+        assert len(await l2_keys(redis_client, ds, "players")) == 2500
+        assert ds.stats().l1_entries == 2500
+        before = ds.stats()
+        assert (await ds.get(Player, "p1234")).level == 1234
+        after = ds.stats()
+        assert after.l1_hits == before.l1_hits + 1
+        assert after.l3_queries == before.l3_queries
+
+
+async def test_warm_cache_with_a_limit_loads_that_many_rows(
+    settings: dict[str, Any], redis_client: aioredis.Redis
+) -> None:
+    await insert_unseen(settings, [Player(id=f"p{n:04}") for n in range(2500)])
+    async with store(settings) as ds:
+        assert await ds.warm_cache(Player, limit=1500) == 1500
+
+        assert len(await l2_keys(redis_client, ds, "players")) == 1500
+        assert ds.stats().l1_entries == 1500
+
+
+# -- l3=None: Redis is the source of truth --------------------------------------------------
+
+SESSIONS = Schema(name="sessions", model=Session, l3=None)
+
+
+async def test_schema_without_l3_keeps_its_values_in_redis(
+    settings: dict[str, Any], redis_client: aioredis.Redis
+) -> None:
+    async with store(settings, SESSIONS) as ds, store(settings, SESSIONS) as other:
+        await ds.set(Session, Session(id="s1", user="ann", data={"n": 1}))
+        await ds.set_many(Session, [Session(id="s2", user="bob"), Session(id="s3", user="cy")])
+
+        assert (await ds.get(Session, "s1")).data == {"n": 1}
+        assert await redis_client.exists(l2_key(ds, "sessions", "s1"))
+        assert (await other.get(Session, "s1")).user == "ann"  # read from Redis
+        assert await other.exists(Session, "s2")
+        assert not await other.exists(Session, "nope")
+        got = await other.get_many(Session, ["s1", "s2", "s3", "nope"])
+        assert {k: v.user for k, v in got.items()} == {"s1": "ann", "s2": "bob", "s3": "cy"}
+
+        await ds.delete(Session, "s1")
+
+        for instance in (ds, other):
+            with pytest.raises(errors.NotFoundError):
+                await instance.get(Session, "s1")
+            assert not await instance.exists(Session, "s1")
+
+
+async def test_schema_without_l3_refuses_search_count_and_warm_cache(
+    settings: dict[str, Any],
+) -> None:
+    async with store(settings, SESSIONS) as ds:
+        await ds.set(Session, Session(id="s1", user="ann"))
+        with pytest.raises(errors.UnsupportedOperationError):
+            await ds.search(Session, Q().filter(user="ann"))
+        with pytest.raises(errors.UnsupportedOperationError):
+            await ds.search_cached(Session, Q().filter(user="ann"))
+        with pytest.raises(errors.UnsupportedOperationError):
+            await ds.count(Session)
+        with pytest.raises(errors.UnsupportedOperationError):
+            await ds.warm_cache(Session)
+
+
+# -- TTL of a value promoted from L2 -------------------------------------------------------
+
+
+async def test_value_promoted_from_l2_expires_from_l1_with_the_remaining_l2_ttl(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection
+) -> None:
+    short = Schema(name="players", model=Player, l1=MemPolicy(ttl=60), l2=RedisPolicy(ttl=2))
+    async with store(settings, short) as writer, store(settings, short) as reader:
+        await writer.set(Player, Player(id="k", name="cached"))  # L2 copy expires in 2 s
+        await asyncio.sleep(1.0)
+        assert (await reader.get(Player, "k")).name == "cached"  # promoted with ~1 s left
+        assert reader.stats().l2_hits == 1
+        await pg_conn.execute("UPDATE players SET name = 'in-db'")
+
+        await asyncio.sleep(1.5)  # past the L2 copy's expiry, far below the L1 TTL
+
+        assert (await reader.get(Player, "k")).name == "in-db"
