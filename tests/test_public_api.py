@@ -82,10 +82,10 @@ def readme_programs() -> list[str]:
 
 
 def test_readme_has_runnable_examples() -> None:
-    assert len(readme_programs()) >= 3
+    assert len(readme_programs()) == 4
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     program = readme_programs()[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
