@@ -346,7 +346,8 @@ class DataStore:
                 hit = l1.get(id)
                 if hit is not None:
                     c.l1_hits += 1
-                    return await self._deliver(rt, hit.model_copy(deep=rt.mutable))
+                    out = hit.model_copy(deep=rt.mutable)
+                    return out if hooks.after_get is None else await self._deliver(rt, out)
             if rt.negative:
                 expires = rt.negative.get(id)
                 if expires is not None:

@@ -189,8 +189,8 @@ class SchemaRuntime:
             for f in cs.auto_now_add:
                 current = getattr(value, f)
                 update[f] = current if isinstance(current, datetime) else now
-            return value.model_copy(update=update, deep=True)
-        return value.model_copy(deep=True)
+            return value.model_copy(update=update, deep=self.mutable)
+        return value.model_copy(deep=self.mutable)
 
     def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
         """Canonical L3 row (column -> value); encrypted columns sealed here."""

@@ -199,6 +199,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg's default runs a reset query (UNLISTEN, RESET ALL, ...)
+    on every release: a second round trip per call. Strata leaves no session state (its
+    settings and locks are transaction-scoped; the temp table is meant to stay), and asyncpg
+    still rolls back an open transaction before this hook."""
+
+
 def _encode_jsonb(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value, default=json_default)
 
@@ -299,6 +306,7 @@ class PostgresTier:
                 max_size=cfg.pool_max_size,
                 timeout=cfg.pool_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
 
     async def ensure_connected(self) -> None:
@@ -402,7 +410,8 @@ class PostgresTier:
             out: list[asyncpg.Record] = await conn.fetch(
                 st.copy_upsert_if_newer if versioned else st.copy_upsert
             )
-            await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
+            if tx is not None:  # otherwise ON COMMIT DELETE ROWS empties it
+                await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
             return out
 
         if tx is not None:
