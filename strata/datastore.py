@@ -603,10 +603,12 @@ class DataStore:
         ids = list(prepared)
         if cs.auto_now_add and (rt.mode is WriteMode.WRITE_BEHIND or not rt.l3_on):
             await self._carry_created(rt, prepared)
-        rows = {i: rt.to_row(v, i) for i, v in prepared.items()} if rt.l3_on else {}
+        behind = rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on
+        # Write-behind builds its L3 rows at flush time: a coalesced write never pays for one.
+        rows = {i: rt.to_row(v, i) for i, v in prepared.items()} if rt.l3_on and not behind else {}
         sealed = {i: rt.sealed(row) for i, row in rows.items()} if rt.encrypted else None
-        if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
-            items = await self._write_behind(rt, prepared, rows)
+        if behind:
+            items = await self._write_behind(rt, prepared)
         elif rt.l3_on:
             items = await self._write_through(rt, prepared, rows)
         else:
@@ -648,18 +650,14 @@ class DataStore:
         return items
 
     async def _write_behind(
-        self, rt: SchemaRuntime, prepared: dict[Any, BaseModel], rows: dict[Any, dict[str, Any]]
+        self, rt: SchemaRuntime, prepared: dict[Any, BaseModel]
     ) -> list[tuple[Any, BaseModel, int]]:
         assert self._wb is not None
         items = []
         for i, v in prepared.items():
             version = self._next_version()
-            row = rows[i]
-            row[VERSION_COLUMN] = version
             self._wb_shadow[(rt.name, i)] = (v, version)
-            await self._wb.put(
-                PendingWrite(schema=rt.name, id=i, op="set", row=(row, v), version=version)
-            )
+            await self._wb.put(PendingWrite(schema=rt.name, id=i, op="set", row=v, version=version))
             items.append((i, v, version))
         return items
 
@@ -1060,11 +1058,16 @@ class DataStore:
 
     async def _apply_write_behind(self, schema: str, writes: list[PendingWrite]) -> None:
         rt = self._schemas[schema]
-        sets = [w.row[0] for w in writes if w.op == "set"]  # row: (L3 row, model)
+        sets = []
+        for w in writes:
+            if w.op == "set":  # the queued model becomes its L3 row only now
+                row = rt.to_row(w.row, w.id)
+                row[VERSION_COLUMN] = w.version
+                sets.append(row)
         deletes = [w.id for w in writes if w.op == "delete"]
         if sets:
             self._c.l3_queries += 1
-            await self._l3.upsert_many(rt.cs, sets, versioned=True)
+            await self._l3.upsert_many(rt.cs, sets, versioned=True, returning=False)
         if deletes:
             self._c.l3_queries += 1
             await self._l3.delete_many(rt.cs, deletes)
@@ -1096,8 +1099,9 @@ class DataStore:
             # The caches hold a value L3 never got: drop it so reads show what is durable.
             await self._forget_cached(rt, [letter.write.id])
         if rt is not None and rt.hooks.on_write_error is not None:
-            value = letter.write.row[1] if letter.write.row is not None else None
-            await call_hook(rt.hooks.on_write_error, letter.write.id, value, letter.error)
+            await call_hook(
+                rt.hooks.on_write_error, letter.write.id, letter.write.row, letter.error
+            )
 
     # -- invalidation ------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ class _Statements:
     upsert_if_newer: str
     copy_upsert: str
     copy_upsert_if_newer: str
+    upsert_if_newer_quiet: str  # no RETURNING: the write-behind flush reads nothing back
+    copy_upsert_if_newer_quiet: str
     temp_table: str
     create_temp: str
     delete_many: str
@@ -83,7 +85,7 @@ def _build(cs: CompiledSchema) -> _Statements:
         sa.select(*selected).where(pk == sa.any_(ids)).order_by(pk).with_for_update()
     )
 
-    def upsert(if_newer: bool, source: Any = None) -> str:
+    def upsert(if_newer: bool, source: Any = None, *, quiet: bool = False) -> str:
         if source is None:
             values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
             values[VERSION_COLUMN] = (
@@ -96,7 +98,7 @@ def _build(cs: CompiledSchema) -> _Statements:
         update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
         where = table.c[VERSION_COLUMN] < stmt.excluded[VERSION_COLUMN] if if_newer else None
         stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
-        sql, order = _compile(stmt.returning(*returning))
+        sql, order = _compile(stmt if quiet else stmt.returning(*returning))
         if source is None and order != [*data_cols, *([VERSION_COLUMN] if if_newer else [])]:
             raise AssertionError(f"unexpected parameter order {order}")  # pragma: no cover
         return sql
@@ -137,6 +139,8 @@ def _build(cs: CompiledSchema) -> _Statements:
         upsert_if_newer=upsert(True),
         copy_upsert=upsert(False, src_new),
         copy_upsert_if_newer=upsert(True, src_versioned),
+        upsert_if_newer_quiet=upsert(True, quiet=True),
+        copy_upsert_if_newer_quiet=upsert(True, src_versioned, quiet=True),
         temp_table=temp_name,
         create_temp=create_temp,
         delete_many=delete_many,
@@ -373,29 +377,35 @@ class PostgresTier:
         *,
         tx: Any = None,
         versioned: bool = False,
+        returning: bool = True,
     ) -> dict[Any, Row]:
         """``versioned``: rows carry their own ``_strata_version`` (write-behind) and only
-        replace a stored row with an older version."""
+        replace a stored row with an older version. ``returning=False`` (versioned only)
+        skips reading back what was stored and returns ``{}``."""
         st = self._stmts[schema.name]
         cols = st.columns
+        quiet = versioned and not returning
         with translate_errors(f"{schema.name}: set", self._url):
             if len(rows) == 1:
                 row = rows[0]
                 args = [row[c] for c in cols]
                 if versioned:
                     args.append(row[VERSION_COLUMN])
-                sql = st.upsert_if_newer if versioned else st.upsert
+                if quiet:
+                    sql = st.upsert_if_newer_quiet
+                else:
+                    sql = st.upsert_if_newer if versioned else st.upsert
                 if tx is None:
                     records = await self.pool.fetch(sql, *args)
                 else:
                     records = await tx.conn.fetch(sql, *args)
             else:
-                records = await self._copy_upsert(st, rows, tx, versioned)
+                records = await self._copy_upsert(st, rows, tx, versioned, quiet)
         pk = schema.pk.name
         return {r[pk]: dict(r) for r in records}
 
     async def _copy_upsert(
-        self, st: _Statements, rows: Sequence[Row], tx: Any, versioned: bool
+        self, st: _Statements, rows: Sequence[Row], tx: Any, versioned: bool, quiet: bool
     ) -> list[asyncpg.Record]:
         cols = list(st.columns)
         if versioned:
@@ -407,9 +417,11 @@ class PostgresTier:
         async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             await conn.execute(st.create_temp)
             await conn.copy_records_to_table(st.temp_table, records=records, columns=cols)
-            out: list[asyncpg.Record] = await conn.fetch(
-                st.copy_upsert_if_newer if versioned else st.copy_upsert
-            )
+            out: list[asyncpg.Record] = []
+            if quiet:
+                await conn.execute(st.copy_upsert_if_newer_quiet)
+            else:
+                out = await conn.fetch(st.copy_upsert_if_newer if versioned else st.copy_upsert)
             if tx is not None:  # otherwise ON COMMIT DELETE ROWS empties it
                 await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
             return out

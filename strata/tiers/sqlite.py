@@ -353,6 +353,7 @@ class SqliteTier:
         *,
         tx: Any = None,
         versioned: bool = False,
+        returning: bool = True,  # SQLite returns the rows anyway, at no extra cost
     ) -> dict[Any, Row]:
         st = self._stmts[schema.name]
         sql = st.upsert_if_newer if versioned else st.upsert
