@@ -65,6 +65,7 @@ from strata.schema import (
     json_default,
     ttl_min,
 )
+from strata.tiers.base import L3Tier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier, to_sqlite
@@ -100,7 +101,7 @@ class DataStore:
         self._metadata = sa.MetaData()
         self._schemas: dict[str, SchemaRuntime] = {}
         self._by_model: dict[type[BaseModel], SchemaRuntime] = {}
-        self._l3: PostgresTier | SqliteTier
+        self._l3: L3Tier
         if config.dialect == "postgresql":
             self._l3 = PostgresTier(config, logger=self._log)
         else:

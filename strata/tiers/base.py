@@ -1,4 +1,4 @@
-"""The small protocol every L3 tier implements (batch-first).
+"""The protocol every L3 tier implements (batch-first), checked by mypy on both tiers.
 
 Rows cross this seam in *canonical* form: a dict of column name -> value, with datetimes
 aware UTC, UUIDs as ``uuid.UUID``, Decimals as ``Decimal``, enums as text, JSON columns as
@@ -10,16 +10,23 @@ nothing of drivers and the tiers know nothing of models, caches or each other.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from strata.schema import CompiledSchema
 
+__all__ = ["L3Tier", "Row", "TxHandle"]
+
 Row = dict[str, Any]
 
 
-class WriteResult(Protocol):
-    """What an upsert hands back per row: the stored version and server-kept values."""
+class TxHandle(Protocol):
+    """An open L3 transaction, or a savepoint inside one."""
+
+    async def savepoint(self) -> Any: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
 
 
 class L3Tier(Protocol):
@@ -32,8 +39,16 @@ class L3Tier(Protocol):
 
     async def close(self) -> None: ...
 
+    async def begin(self, isolation: str | None = None) -> Any:
+        """Start a transaction; the handle (a ``TxHandle``) goes to the ``tx=`` arguments."""
+
     async def get_many(
-        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+        self,
+        schema: CompiledSchema,
+        ids: Sequence[Any],
+        *,
+        tx: Any = None,
+        for_update: bool = False,
     ) -> list[Row]:
         """Rows for the ids that exist, in no particular order."""
 
@@ -43,10 +58,12 @@ class L3Tier(Protocol):
         rows: Sequence[Row],
         *,
         tx: Any = None,
-        min_version: bool = False,
+        versioned: bool = False,
+        returning: bool = True,
     ) -> dict[Any, Row]:
-        """Insert or update; returns, per primary key, the primary key, every ``auto_now_add``
-        column as stored (an existing row keeps its own) and the new ``_strata_version``."""
+        """Insert or update. Returns, per primary key, the key, every ``auto_now_add``
+        column as stored (an existing row keeps its own) and the new ``_strata_version``.
+        ``versioned``: rows carry their version and only replace older rows."""
 
     async def delete_many(
         self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
@@ -55,9 +72,15 @@ class L3Tier(Protocol):
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]: ...
 
-    async def fetch(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> list[Row]:
-        """Run a compiled SELECT; rows keyed by column name, canonical values."""
+    async def fetch(
+        self,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        schema: CompiledSchema | None = None,
+        tx: Any = None,
+    ) -> list[Row]:
+        """Run a compiled SELECT; rows keyed by column name (canonical with ``schema``)."""
 
-    def transaction(self, *, isolation: str | None = None) -> AbstractAsyncContextManager[Any]: ...
-
-    def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]: ...
+    def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
+        """Every row in primary-key order, ``batch`` rows at a time."""
