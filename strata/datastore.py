@@ -120,7 +120,7 @@ class DataStore:
         self._wb: WriteBehindQueue | None = None
         self._state = _NEW
         self._c = Counters()
-        self._inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel, int] | None]] = {}
+        self._inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel | None, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._l2_missed: set[str] = set()  # keys written while L2 was down: dropped on recovery
         self._l2_missed_overflow = False
@@ -357,20 +357,16 @@ class DataStore:
                         c.misses += 1
                         raise NotFoundError(rt.name, id)
                     del rt.negative[id]
-            if rt.l2_on:
-                found, gone = await self._l2_get(rt, [id])
-                got = found.get(id)
-                if got is not None:
-                    c.l2_hits += 1
-                    return await self._deliver(rt, got)
-                if gone:  # a versioned tombstone: deleted more recently than any row we may load
-                    c.misses += 1
-                    raise NotFoundError(rt.name, id)
-        loaded = await self._load(rt, id, force_l3)
+        loaded, tier = await self._load(rt, id, force_l3)
         if loaded is None:
             c.misses += 1
             raise NotFoundError(rt.name, id)
-        c.l3_hits += 1
+        if tier == "l3":
+            c.l3_hits += 1
+        elif tier == "l2":
+            c.l2_hits += 1
+        else:
+            c.l1_hits += 1
         return await self._deliver(rt, loaded)
 
     async def _deliver(self, rt: SchemaRuntime, value: BaseModel) -> BaseModel:
@@ -409,50 +405,60 @@ class DataStore:
             out[id] = value  # freshly decoded: owned by nobody else
         return out, gone
 
-    async def _load(self, rt: SchemaRuntime, id: Any, force_l3: bool) -> BaseModel | None:
-        """One L3 load per key per process at a time (single flight); fills the caches."""
-        if not rt.l3_on:
-            return None
+    async def _load(
+        self, rt: SchemaRuntime, id: Any, force_l3: bool
+    ) -> tuple[BaseModel | None, str]:
+        """A miss in L1: L2, then L3, once per key per process at a time (single flight):
+        concurrent misses of one key share one L2 lookup and at most one L3 query. Fills
+        the faster tiers. Returns the caller's copy (or None) and the tier that had it."""
         key = (rt.name, id)
-        if rt.mode is WriteMode.WRITE_BEHIND:
+        if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
             queued = self._wb_shadow.get(key)
             if queued is not None:  # not in L3 yet: the queued write is the truth
-                return None if queued[0] is None else rt.out(queued[0])
+                return (None if queued[0] is None else rt.out(queued[0])), "l1"
         if not force_l3:
             pending = self._inflight.get(key)
             if pending is not None:
                 await asyncio.wait([pending])
                 if not pending.cancelled():
-                    shared = pending.result()
-                    return None if shared is None else rt.out(shared[0])
+                    shared, tier = pending.result()
+                    return (None if shared is None else rt.out(shared)), tier
                 # the loader was cancelled: load for ourselves
             else:
-                # A load of this key may have finished while this caller was asking L2: its
-                # result is in L1 (or the negative cache) now; do not load it again.
+                # A load of this key may have finished while this caller was on its way:
+                # its result is in L1 (or the negative cache) now; do not load it again.
                 hit = rt.l1.get(id) if rt.l1 is not None else None
                 if hit is not None:
-                    return rt.out(hit)
+                    return rt.out(hit), "l1"
                 if rt.negative.get(id, 0.0) > time.monotonic():
-                    return None
-        fut: asyncio.Future[tuple[BaseModel, int] | None] = (
+                    return None, "miss"
+        fut: asyncio.Future[tuple[BaseModel | None, str]] = (
             asyncio.get_running_loop().create_future()
         )
         if not force_l3:
             self._inflight[key] = fut
         epoch = rt.epoch
+        value: BaseModel | None = None
+        tier = "miss"
         try:
-            self._c.l3_queries += 1
-            rows = await self._l3.get_many(rt.cs, [id])
-            result = None
-            if rows:
-                sealed = rt.sealed(rows[0])
-                result = rt.from_row(rows[0])
-            if result is None:
-                if rt.epoch == epoch and not force_l3:
+            if rt.l2_on and not force_l3:
+                found, gone = await self._l2_get(rt, [id])
+                if id in found:
+                    value, tier = found[id], "l2"
+                elif gone:  # a versioned tombstone: deleted after any row L3 may still hold
+                    tier = "gone"
+            if value is None and tier != "gone" and rt.l3_on:
+                self._c.l3_queries += 1
+                rows = await self._l3.get_many(rt.cs, [id])
+                if rows:
+                    sealed = rt.sealed(rows[0])
+                    value, version = rt.from_row(rows[0])
+                    tier = "l3"
+                    if not force_l3:
+                        await self._fill(rt, [(id, value, version)], {id: sealed})
+                elif rt.epoch == epoch and not force_l3:
                     rt.negative[id] = time.monotonic() + self._negative_ttl
-            elif not force_l3:
-                await self._fill(rt, [(id, result[0], result[1])], {id: sealed})
-            fut.set_result(result)
+            fut.set_result((value, tier))
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -463,7 +469,7 @@ class DataStore:
         finally:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
-        return None if result is None else rt.out(result[0])
+        return (None if value is None else rt.out(value)), tier
 
     async def _fill(
         self,

@@ -1,0 +1,52 @@
+"""Single flight covers the whole miss path: one L2 lookup and at most one L3 query."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from strata import Config, DataStore, Field, MemPolicy, Schema
+
+
+class Item(BaseModel):
+    id: str = Field(primary_key=True)
+    name: str = ""
+
+
+async def pttl_calls(redis_client: Any) -> int:
+    stats = await redis_client.info("commandstats")
+    return int(stats.get("cmdstat_pttl", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("l1", [MemPolicy(), None], ids=["l1+l2+pg", "l2+pg"])
+async def test_concurrent_cold_gets_share_one_l2_lookup_and_no_l3_query(
+    l1: MemPolicy | None,
+    pg_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: Any,
+) -> None:
+    config = Config(
+        database_url=pg_url,
+        database_schema=pg_schema,
+        redis_url=redis_url,
+        key_prefix=redis_prefix,
+        invalidation_channel=f"{redis_prefix}:inv",
+    )
+    writer, reader = DataStore(config), DataStore(config)
+    for ds in (writer, reader):
+        ds.register(Schema(name="items", model=Item, l1=l1))
+    async with writer, reader:
+        await writer.migrate()
+        await writer.set(Item, Item(id="k", name="v"))  # in L2 now; the reader's L1 is cold
+        queries = reader.stats().l3_queries
+        lookups = await pttl_calls(redis_client)
+        got = await asyncio.gather(*(reader.get(Item, "k") for _ in range(100)))
+        assert {g.name for g in got} == {"v"}
+        assert len({id(g) for g in got}) == 100  # every caller has its own copy
+        assert reader.stats().l3_queries == queries
+        assert await pttl_calls(redis_client) - lookups == 1
