@@ -50,3 +50,24 @@ async def test_concurrent_cold_gets_share_one_l2_lookup_and_no_l3_query(
         assert len({id(g) for g in got}) == 100  # every caller has its own copy
         assert reader.stats().l3_queries == queries
         assert await pttl_calls(redis_client) - lookups == 1
+
+
+async def test_redis_policy_key_prefix_and_ttl_are_honoured(
+    pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str, redis_client: Any
+) -> None:
+    from strata import RedisPolicy
+
+    config = Config(
+        database_url=pg_url, database_schema=pg_schema, redis_url=redis_url, key_prefix="unused"
+    )
+    ds = DataStore(config)
+    cs = ds.register(
+        Schema(name="items", model=Item, l2=RedisPolicy(ttl=120, key_prefix=f"{redis_prefix}own"))
+    )
+    async with ds:
+        await ds.migrate()
+        await ds.set(Item, Item(id="k", name="v"))
+        key = f"{redis_prefix}own:items:{cs.shape}:k"
+        assert await redis_client.exists(key) == 1
+        assert 100 < await redis_client.ttl(key) <= 120
+        assert await redis_client.exists(f"unused:items:{cs.shape}:k") == 0

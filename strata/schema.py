@@ -402,6 +402,12 @@ def compile_schema(
             raise InvalidModelError(
                 f"{mname}: expected {policy_type.__name__} or None, got {policy!r}", model=mname
             )
+    l2_prefix = schema.l2.key_prefix if schema.l2 is not None else None
+    if l2_prefix is not None and (not l2_prefix or ":" in l2_prefix):
+        raise InvalidModelError(
+            f"{mname}: RedisPolicy.key_prefix must be non-empty without ':', got {l2_prefix!r}",
+            model=mname,
+        )
     if schema.l1 is None and schema.l2 is None and schema.l3 is None:
         raise InvalidModelError(f"{mname}: a schema needs at least one tier", model=mname)
 

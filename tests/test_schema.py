@@ -389,3 +389,13 @@ def test_hostile_names_are_refused() -> None:
 def test_every_schema_error_is_a_strata_error() -> None:
     for cls in (errors.NoPrimaryKeyError, errors.UnsupportedTypeError, errors.SchemaDuplicateError):
         assert issubclass(cls, errors.SchemaError) and issubclass(cls, errors.StrataError)
+
+
+def test_redis_policy_key_prefix_is_checked() -> None:
+    from strata import RedisPolicy
+
+    class M(BaseModel):
+        id: str = Field(primary_key=True)
+
+    with pytest.raises(errors.InvalidModelError, match="key_prefix"):
+        register(M, l2=RedisPolicy(key_prefix="a:b"))
