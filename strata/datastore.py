@@ -626,7 +626,9 @@ class DataStore:
         if rt.hooks.after_set is not None:
             for _, v, _ in items:
                 await call_hook(rt.hooks.after_set, rt.out(v))
-        return [rt.out(v) for _, v, _ in items]
+        # Each v is this call's private stamped copy (the caches keep copies of their own);
+        # only write-behind's queue still holds it, so only then does the caller get a copy.
+        return [rt.out(v) if behind else v for _, v, _ in items]
 
     async def _write_through(
         self,
@@ -1259,7 +1261,6 @@ class DataStore:
             l1_entries=l1,
             l1_evictions=evictions,
             dirty_count=self._wb.pending if self._wb is not None else 0,
-            invalidations_received=self._c.invalidations_received,
         )
 
     def __repr__(self) -> str:

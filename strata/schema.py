@@ -208,10 +208,6 @@ class CompiledSchema:
     def qualified_table(self) -> str:
         return f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
 
-    def copy_value(self, value: BaseModel) -> BaseModel:
-        """A copy sharing no mutable state with ``value``."""
-        return value.model_copy(deep=self.mutable)
-
     def coerce_id(self, id: Any) -> Any:
         return self.pk_coerce(id)
 
@@ -677,10 +673,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def dumps_json(value: Any) -> bytes:
-    return orjson.dumps(value, default=json_default)
 
 
 def ttl_min(remaining: float | None, tier_ttl: float | None) -> float | None:

@@ -364,12 +364,6 @@ class PostgresTier:
 
         return PgTransaction(self, conn, tr, release=release)
 
-    async def get_one(self, schema: CompiledSchema, id: Any) -> Row | None:
-        st = self._stmts[schema.name]
-        with translate_errors(f"{schema.name}: get", self._url):
-            records = await self.pool.fetch(st.get_many, [id])
-        return dict(records[0]) if records else None
-
     async def upsert_many(
         self,
         schema: CompiledSchema,
@@ -460,12 +454,6 @@ class PostgresTier:
             else:
                 records = await tx.conn.fetch(sql, *args)
         return [dict(r) for r in records]
-
-    async def fetchval(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> Any:
-        with translate_errors("query", self._url):
-            if tx is None:
-                return await self.pool.fetchval(sql, *args)
-            return await tx.conn.fetchval(sql, *args)
 
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         """Every row in primary-key order, ``batch`` rows at a time (keyset paging)."""

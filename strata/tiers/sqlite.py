@@ -453,14 +453,6 @@ class SqliteTier:
                         row[name] = conv(v)
         return out
 
-    async def fetchval(self, sql: str, args: Sequence[Any], *, tx: Any = None) -> Any:
-        def work() -> Any:
-            found = self.db.execute(sql, list(args)).fetchone()
-            return found[0] if found else None
-
-        with translate_errors("query"):
-            return await self._run(work)
-
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         st = self._stmts[schema.name]
         names = [*st.columns, VERSION_COLUMN]
