@@ -196,5 +196,17 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
+@pytest.fixture
+def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
+    """``Config`` keyword arguments for a store on this test's schema, prefix and channel."""
+    return {
+        "database_url": pg_url,
+        "database_schema": pg_schema,
+        "redis_url": redis_url,
+        "key_prefix": redis_prefix,
+        "invalidation_channel": f"{redis_prefix}:invalidation",
+    }
+
+
 # The tier-contract fixtures (``env``, ``l3_env``) live beside the stacks they build.
 from integration.stacks import env, l2_env, l3_env  # noqa: E402, F401

@@ -59,17 +59,6 @@ PLAYERS = Schema(name="players", model=Player)
 TEAMS = Schema(name="teams", model=Team)
 
 
-@pytest.fixture
-def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
-    return {
-        "database_url": pg_url,
-        "database_schema": pg_schema,
-        "redis_url": redis_url,
-        "key_prefix": redis_prefix,
-        "invalidation_channel": f"{redis_prefix}:invalidation",
-    }
-
-
 @contextlib.asynccontextmanager
 async def store(
     settings: dict[str, Any], *schemas: Schema, **overrides: Any

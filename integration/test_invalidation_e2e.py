@@ -23,18 +23,6 @@ WAIT = 10.0  # generous: a timeout means the message never arrived
 
 
 @pytest.fixture
-def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
-    """The Config both instances share (a channel of this test's own)."""
-    return {
-        "database_url": pg_url,
-        "database_schema": pg_schema,
-        "redis_url": redis_url,
-        "key_prefix": redis_prefix,
-        "invalidation_channel": f"{redis_prefix}:invalidation",
-    }
-
-
-@pytest.fixture
 async def a(settings: dict[str, Any]) -> AsyncIterator[DataStore]:
     ds = DataStore(Config(**settings))
     ds.register(ITEMS)

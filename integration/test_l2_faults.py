@@ -28,17 +28,6 @@ from strata import Config, DataStore, errors
 WAIT = 20.0  # generous: the circuit breaker probes with a backoff of up to 5 s
 
 
-@pytest.fixture
-def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
-    return {
-        "database_url": pg_url,
-        "database_schema": pg_schema,
-        "redis_url": redis_url,
-        "key_prefix": redis_prefix,
-        "invalidation_channel": f"{redis_prefix}:invalidation",
-    }
-
-
 @contextlib.asynccontextmanager
 async def store(settings: dict[str, Any], **overrides: Any) -> AsyncIterator[DataStore]:
     ds = DataStore(Config(**{**settings, **overrides}))

@@ -23,20 +23,9 @@ async def pttl_calls(redis_client: Any) -> int:
 
 @pytest.mark.parametrize("l1", [MemPolicy(), None], ids=["l1+l2+pg", "l2+pg"])
 async def test_concurrent_cold_gets_share_one_l2_lookup_and_no_l3_query(
-    l1: MemPolicy | None,
-    pg_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: Any,
+    l1: MemPolicy | None, settings: dict[str, Any], redis_client: Any
 ) -> None:
-    config = Config(
-        database_url=pg_url,
-        database_schema=pg_schema,
-        redis_url=redis_url,
-        key_prefix=redis_prefix,
-        invalidation_channel=f"{redis_prefix}:inv",
-    )
+    config = Config(**settings)
     writer, reader = DataStore(config), DataStore(config)
     for ds in (writer, reader):
         ds.register(Schema(name="items", model=Item, l1=l1))
@@ -53,13 +42,11 @@ async def test_concurrent_cold_gets_share_one_l2_lookup_and_no_l3_query(
 
 
 async def test_redis_policy_key_prefix_and_ttl_are_honoured(
-    pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str, redis_client: Any
+    settings: dict[str, Any], redis_prefix: str, redis_client: Any
 ) -> None:
     from strata import RedisPolicy
 
-    config = Config(
-        database_url=pg_url, database_schema=pg_schema, redis_url=redis_url, key_prefix="unused"
-    )
+    config = Config(**{**settings, "key_prefix": "unused"})
     ds = DataStore(config)
     cs = ds.register(
         Schema(name="items", model=Item, l2=RedisPolicy(ttl=120, key_prefix=f"{redis_prefix}own"))

@@ -8,13 +8,14 @@ import random
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 from pydantic import BaseModel
 
+from integration.procs import eventually
 from strata import Config, DataStore, Field, Q, Schema, SchemaHooks, WriteMode, errors
 
 
@@ -33,24 +34,9 @@ class InsufficientFunds(Exception):
     pass
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
-def config(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> Config:
-    return Config(
-        database_url=pg_url,
-        database_schema=pg_schema,
-        redis_url=redis_url,
-        key_prefix=redis_prefix,
-        invalidation_channel=f"{redis_prefix}:inv",
-        pool_max_size=20,
-    )
+def config(settings: dict[str, Any]) -> Config:
+    return Config(**settings, pool_max_size=20)
 
 
 def schemas(**kw: Any) -> list[Schema]:

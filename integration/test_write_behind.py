@@ -41,15 +41,9 @@ ACCOUNTS = Schema(name="accounts", model=Account, write_mode=WriteMode.WRITE_BEH
 
 
 @pytest.fixture
-def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> dict[str, Any]:
-    return {
-        "database_url": pg_url,
-        "database_schema": pg_schema,
-        "redis_url": redis_url,
-        "key_prefix": redis_prefix,
-        "invalidation_channel": f"{redis_prefix}:invalidation",
-        "write_behind_flush_interval": NEVER,
-    }
+def settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings, with flushes only when a test asks for them."""
+    return {**settings, "write_behind_flush_interval": NEVER}
 
 
 @contextlib.asynccontextmanager
