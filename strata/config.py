@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
@@ -89,6 +89,9 @@ class Config:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     logger: logging.Logger | None = None
     observer: Observer | None = None
+    # Errors Strata absorbs (logged, counted in Stats.errors, not raised): a failing hook
+    # after a durable write, an L2 outage, a corrupt cached payload, ...
+    on_error: Callable[[BaseException], None] | None = None
 
     def __post_init__(self) -> None:
         for name in (

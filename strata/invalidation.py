@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
@@ -310,6 +310,7 @@ class InvalidationBus:
         heartbeat_interval: float = 2.0,
         logger: logging.Logger | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        publisher: Callable[[str, bytes], Awaitable[bool]] | None = None,
     ) -> None:
         if not channel:
             raise ValueError("channel must be a non-empty string")
@@ -318,6 +319,9 @@ class InvalidationBus:
         if not heartbeat_interval > 0:
             raise ValueError("heartbeat_interval must be positive")
         self._client = client
+        # The DataStore publishes through its L2 tier (behind the tier's circuit breaker);
+        # the bus's own heartbeats and subscription use the client directly.
+        self._publisher = publisher
         self._channel = channel
         self._channel_bytes = channel.encode()
         self._instance_id = instance_id
@@ -421,6 +425,11 @@ class InvalidationBus:
         ``socket_timeout``.
         """
         payload = message.encode()
+        if self._publisher is not None:
+            if not await self._publisher(self._channel, payload):
+                return False  # the tier reported (or skipped it while known to be down)
+            self.sent += 1
+            return True
         try:
             await self._client.publish(self._channel, payload)
         except _OUTAGE_ERRORS as exc:

@@ -1,4 +1,8 @@
-"""Counters, the observer hook and the library logger."""
+"""Counters, the observer hook and the library logger.
+
+``Stats`` is the one list of counter names: ``Counters`` (what the router bumps) is derived
+from its fields, less the few that are measured live when ``stats()`` is called.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-__all__ = ["Counters", "Observer", "Stats", "default_logger"]
+__all__ = ["COUNTER_NAMES", "LIVE_NAMES", "Counters", "Observer", "Stats", "default_logger"]
 
 
 def default_logger() -> logging.Logger:
@@ -15,7 +19,29 @@ def default_logger() -> logging.Logger:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """A snapshot of a DataStore's counters (``ds.stats()``)."""
+    """A snapshot of a DataStore's counters (``ds.stats()``).
+
+    Operations (one per id for the batch forms):
+        gets, sets, deletes   ids asked for / written / deleted (a repeated id in one
+                              set_many counts each time it was handed in)
+    Reads, by the tier that answered (per id):
+        l1_hits, l2_hits, l3_hits, misses (no tier had it), negative_hits (a miss answered
+        by the negative cache, also counted in misses)
+    Work:
+        l3_queries            statements sent to L3 (reads, writes, searches, flushes)
+        invalidations_sent / invalidations_received   bus messages
+        dead_letters          write-behind writes given up
+    Errors:
+        errors                every error, both kinds: those raised to the caller by a
+                              public operation (any StrataError but NotFoundError, which
+                              is a miss) and those Strata absorbed (logged, handed to
+                              ``Config.on_error``, not raised): an L2 outage or refused
+                              command, a corrupt cached payload, a failing replica, a
+                              failed write-behind batch, a hook failing after a durable
+                              write (after a tx commit, on_evict, on_write_error)
+    Measured when ``stats()`` is called (not counters):
+        l1_entries, l1_evictions, dirty_count (write-behind writes not yet in L3)
+    """
 
     gets: int = 0
     sets: int = 0
@@ -40,55 +66,56 @@ class Stats:
         return hits / self.gets if self.gets else 0.0
 
 
-class Counters:
-    """Mutable counters the router bumps; ``snapshot`` freezes them into ``Stats``."""
+LIVE_NAMES = ("l1_entries", "l1_evictions", "dirty_count")
+"""Stats fields measured at snapshot time rather than counted."""
+COUNTER_NAMES = tuple(f.name for f in fields(Stats) if f.name not in LIVE_NAMES)
 
-    __slots__ = (
-        "dead_letters",
-        "deletes",
-        "dirty_count",
-        "errors",
-        "gets",
-        "invalidations_received",
-        "invalidations_sent",
-        "l1_entries",
-        "l1_evictions",
-        "l1_hits",
-        "l2_hits",
-        "l3_hits",
-        "l3_queries",
-        "misses",
-        "negative_hits",
-        "sets",
-    )
+
+class Counters:
+    """Mutable counters the router bumps (one per ``COUNTER_NAMES``); ``snapshot`` freezes
+    them, with the live values, into ``Stats``."""
+
+    __slots__ = COUNTER_NAMES
+
+    gets: int
+    sets: int
+    deletes: int
+    errors: int
+    l1_hits: int
+    l2_hits: int
+    l3_hits: int
+    misses: int
+    l3_queries: int
+    invalidations_sent: int
+    invalidations_received: int
+    negative_hits: int
+    dead_letters: int
 
     def __init__(self) -> None:
-        self.gets = 0
-        self.sets = 0
-        self.deletes = 0
-        self.errors = 0
-        self.l1_hits = 0
-        self.l2_hits = 0
-        self.l3_hits = 0
-        self.misses = 0
-        self.l3_queries = 0
-        self.l1_entries = 0
-        self.dirty_count = 0
-        self.invalidations_sent = 0
-        self.invalidations_received = 0
-        self.l1_evictions = 0
-        self.negative_hits = 0
-        self.dead_letters = 0
+        for name in COUNTER_NAMES:
+            setattr(self, name, 0)
 
     def snapshot(self, **live: int) -> Stats:
-        values = {f.name: getattr(self, f.name) for f in fields(Stats)}
+        values = {name: getattr(self, name) for name in COUNTER_NAMES}
         values.update(live)
         return Stats(**values)
 
 
 class Observer(Protocol):
-    """Receives one call per public operation (for metrics or tracing)."""
+    """Receives exactly one call per public operation (for metrics or tracing).
+
+    ``op``: the public method ("get", "set_many", "search", "tx", "tx.get", ...);
+    ``schema``: the schema's name ("" for an operation on no schema: "tx", "flush_dirty");
+    ``seconds``: how long it took; ``error``: the exception it raised (None on success);
+    ``tier``: "l1" | "l2" | "l3" for the tier that served a read, else None. Called on the
+    event loop: keep it quick; an exception from it is logged and counted, never raised.
+    """
 
     def on_operation(
-        self, op: str, schema: str, seconds: float, error: BaseException | None
+        self,
+        op: str,
+        schema: str,
+        seconds: float,
+        error: BaseException | None,
+        tier: str | None,
     ) -> None: ...

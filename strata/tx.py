@@ -2,29 +2,35 @@
 
     tx.get / get_many / search ─► L3, inside the transaction (sees its own writes)
     tx.set / set_many / delete ─► L3, inside the transaction; cache effects recorded only
-    leave the block ──► COMMIT ─ok─► L2 + L1 updated, one invalidation per schema batch,
-                                     after_set hooks
+    leave the block ──► COMMIT ─ok─► every schema's L2 + L1 updated, one invalidation per
+                                     schema batch; THEN the after_set hooks (a hook that
+                                     raises is logged, counted and handed to on_error:
+                                     the commit stands and no cache is left stale)
                               └fails─► TxFailedError (SerializationError when retryable);
                                        no tier shows any trace
     exception ─► ROLLBACK ─► the caller's exception, unchanged
     timeout   ─► ROLLBACK ─► TxTimeoutError
 
 A ``ds.tx()`` opened inside another one (same task) is a savepoint: its rollback keeps the
-outer work, its commit hands its cache effects to the outer transaction. Write-behind
-schemas are written synchronously inside a transaction (a transaction asks for durability);
-their queued writes for the same keys are superseded at commit.
+outer work, its commit hands its cache effects to the outer transaction. A schema's write
+path decides the versions its rows carry in a transaction (write-behind keeps its clock),
+and queued writes of the keys a commit wrote are superseded.
+
+``Tx`` talks to the router only through ``TxHost`` (implemented in
+``strata/router/txhost.py``): every ``tx.*`` call goes through the DataStore's operation
+template (``host.run``), so it is observed, counted and error-mapped like ``ds.*``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
-from strata.config import WriteMode
 from strata.errors import (
     NotFoundError,
     StrataError,
@@ -33,94 +39,165 @@ from strata.errors import (
     TxTimeoutError,
     UnsupportedOperationError,
 )
-from strata.runtime import SchemaRuntime, call_hook
-from strata.schema import VERSION_COLUMN
+from strata.tiers.base import Id, TxHandle
 
 if TYPE_CHECKING:
-    from strata.datastore import DataStore, SchemaRef
     from strata.query import Q, Query
+    from strata.router.core import Route
 
-__all__ = ["Tx", "TxContext"]
+__all__ = ["Effects", "Tx", "TxContext", "TxHost"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+SchemaRef = str | type[BaseModel]
 _current: ContextVar[Tx | None] = ContextVar("strata_tx", default=None)
+
+
+class Effects:
+    """The cache effects of a transaction, applied only after the outermost commit:
+    per schema, the last write per key (``sets``: value, version, ciphertexts)."""
+
+    __slots__ = ("deletes", "sets")
+
+    def __init__(self) -> None:
+        self.sets: dict[str, dict[Any, tuple[BaseModel, int, dict[str, bytes]]]] = {}
+        self.deletes: dict[str, dict[Any, int]] = {}
+
+    def set(self, schema: str, id: Any, value: BaseModel, version: int, sealed: Any) -> None:
+        self.sets.setdefault(schema, {})[id] = (value, version, sealed)
+        self.deletes.get(schema, {}).pop(id, None)
+
+    def delete(self, schema: str, id: Any, version: int) -> None:
+        self.sets.get(schema, {}).pop(id, None)
+        self.deletes.setdefault(schema, {})[id] = version
+
+    def merge_into(self, parent: Effects) -> None:
+        for name, sets in self.sets.items():
+            for i, (v, ver, sealed) in sets.items():
+                parent.set(name, i, v, ver, sealed)
+        for name, deletes in self.deletes.items():
+            for i, ver in deletes.items():
+                parent.delete(name, i, ver)
+
+
+class TxHost(Protocol):
+    """What a transaction needs from the router: nothing more."""
+
+    def run(
+        self,
+        op: str,
+        schema: SchemaRef | None,
+        work: Callable[..., Awaitable[tuple[T, str | None]]],
+        *args: Any,
+    ) -> Awaitable[T]:
+        """The DataStore's operation template: ``work(route, *args)``."""
+
+    def check_open(self) -> None: ...
+
+    def finished(self, op: str, started: float, error: BaseException | None) -> None:
+        """Observe an operation that is not one call (the ``tx`` block itself)."""
+
+    async def begin(self, isolation: str | None) -> TxHandle: ...
+
+    async def load(
+        self, rt: Route, ids: list[Any], handle: TxHandle, for_update: bool
+    ) -> dict[Any, BaseModel]: ...
+
+    async def deliver(self, rt: Route, value: BaseModel) -> BaseModel: ...
+
+    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any: ...
+
+    async def search(self, rt: Route, q: Q | Query | None, handle: TxHandle) -> list[Any]: ...
+
+    async def write(
+        self, rt: Route, values: list[Any], handle: TxHandle, effects: Effects
+    ) -> list[BaseModel]: ...
+
+    async def delete(self, rt: Route, id: Any, handle: TxHandle, effects: Effects) -> None: ...
+
+    async def commit_effects(self, effects: Effects) -> None:
+        """After COMMIT: every cache effect first, then the after_set hooks."""
+
+    def count_error(self, exc: BaseException) -> None: ...
+
+    def warn(self, message: str, *args: Any) -> None: ...
 
 
 class Tx:
     """One L3 transaction (or savepoint). Obtain it from ``async with ds.tx() as tx``."""
 
-    def __init__(self, ds: DataStore, handle: Any, parent: Tx | None) -> None:
-        self._ds = ds
+    def __init__(self, host: TxHost, handle: TxHandle, parent: Tx | None) -> None:
+        self._host = host
         self._handle = handle
         self._parent = parent
         self._open = True
-        # Cache effects, applied only after the outermost commit: the last write per key.
-        self._sets: dict[str, dict[Any, tuple[BaseModel, int, dict[str, bytes]]]] = {}
-        self._deletes: dict[str, dict[Any, int]] = {}
+        self._effects = Effects()
 
-    def _runtime(self, schema: SchemaRef) -> SchemaRuntime:
+    def _check(self, rt: Route) -> None:
         if not self._open:
             raise TxClosedError("this transaction has ended; open a new one with ds.tx()")
-        rt = self._ds._rt(schema)
-        if not rt.l3_on:
+        if not rt.b.l3_on:
             raise UnsupportedOperationError(
                 f"{rt.name} has no L3 tier (l3=None): it cannot take part in a transaction"
             )
-        return rt
 
     # -- reads ---------------------------------------------------------------------------
 
     @overload
-    async def get(self, schema: type[M], id: Any, *, for_update: bool = False) -> M: ...
+    async def get(self, schema: type[M], id: Id, *, for_update: bool = False) -> M: ...
     @overload
-    async def get(self, schema: str, id: Any, *, for_update: bool = False) -> BaseModel: ...
-    async def get(self, schema: SchemaRef, id: Any, *, for_update: bool = False) -> BaseModel:
+    async def get(self, schema: str, id: Id, *, for_update: bool = False) -> BaseModel: ...
+    async def get(self, schema: SchemaRef, id: Id, *, for_update: bool = False) -> BaseModel:
         """Read from L3 inside the transaction; ``for_update`` locks the row until the end."""
-        rt = self._runtime(schema)
-        ds = self._ds
-        id = rt.check_id(id)
-        if rt.hooks.before_get is not None:
-            await call_hook(rt.hooks.before_get, id)
-        found = await self._load(rt, [id], for_update)
-        if id not in found:
-            ds._c.misses += 1
-            raise NotFoundError(rt.name, id)
-        return await ds._deliver(rt, found[id])
+        return await self._host.run("tx.get", schema, self._get, id, for_update)
 
+    async def _get(self, rt: Route, id: Any, for_update: bool) -> tuple[BaseModel, str]:
+        self._check(rt)
+        host = self._host
+        id = rt.b.check_id(id)
+        before_get = rt.b.hooks.before_get
+        if before_get is not None:
+            await host.call_hook(before_get, id)
+        found = await host.load(rt, [id], self._handle, for_update)
+        if id not in found:
+            raise NotFoundError(rt.name, id)
+        return await host.deliver(rt, found[id]), "l3"
+
+    @overload
     async def get_many(
-        self, schema: SchemaRef, ids: Iterable[Any], *, for_update: bool = False
-    ) -> dict[Any, BaseModel]:
+        self, schema: type[M], ids: Iterable[Id], *, for_update: bool = False
+    ) -> dict[Id, M]: ...
+    @overload
+    async def get_many(
+        self, schema: str, ids: Iterable[Id], *, for_update: bool = False
+    ) -> dict[Id, BaseModel]: ...
+    async def get_many(
+        self, schema: SchemaRef, ids: Iterable[Id], *, for_update: bool = False
+    ) -> dict[Id, Any]:
         """``{id: value}`` for the ids found; ``for_update`` locks them in key order (so two
         transactions locking the same rows cannot deadlock)."""
-        rt = self._runtime(schema)
-        wanted = list(dict.fromkeys(rt.check_id(i) for i in ids))
-        found = await self._load(rt, wanted, for_update)
-        return {i: await self._ds._deliver(rt, found[i]) for i in wanted if i in found}
+        return await self._host.run("tx.get_many", schema, self._get_many, ids, for_update)
 
-    async def _load(
-        self, rt: SchemaRuntime, ids: list[Any], for_update: bool
-    ) -> dict[Any, BaseModel]:
-        ds = self._ds
-        ds._c.gets += len(ids)
-        ds._c.l3_queries += 1
-        rows = await ds._l3.get_many(rt.cs, ids, tx=self._handle, for_update=for_update)
-        out = {}
-        for row in rows:
-            value, _ = rt.from_row(row)
-            out[getattr(value, rt.pk_field)] = value
-        ds._c.l3_hits += len(out)
-        return out
+    async def _get_many(
+        self, rt: Route, ids: Iterable[Any], for_update: bool
+    ) -> tuple[dict[Any, BaseModel], str]:
+        self._check(rt)
+        host = self._host
+        wanted = list(dict.fromkeys(rt.b.check_id(i) for i in ids))
+        found = await host.load(rt, wanted, self._handle, for_update)
+        return {i: await host.deliver(rt, found[i]) for i in wanted if i in found}, "l3"
 
+    @overload
+    async def search(self, schema: type[M], q: Q | Query | None = None) -> list[M]: ...
+    @overload
+    async def search(self, schema: str, q: Q | Query | None = None) -> list[BaseModel]: ...
     async def search(self, schema: SchemaRef, q: Q | Query | None = None) -> list[Any]:
         """``ds.search`` inside the transaction (L3 only; fills no cache)."""
-        rt = self._runtime(schema)
-        ds = self._ds
-        cq = ds._compile(rt, q)
-        ds._c.l3_queries += 1
-        rows = await ds._l3.fetch(cq.sql, cq.args, schema=rt.cs, tx=self._handle)
-        if cq.projection:
-            return ds._projection(rt, cq, rows)
-        return [rt.from_row(r)[0] for r in rows]
+        return await self._host.run("tx.search", schema, self._search, q)
+
+    async def _search(self, rt: Route, q: Q | Query | None) -> tuple[list[Any], str]:
+        self._check(rt)
+        return await self._host.search(rt, q, self._handle), "l3"
 
     # -- writes --------------------------------------------------------------------------
 
@@ -129,114 +206,79 @@ class Tx:
     @overload
     async def set(self, schema: str, value: BaseModel | Mapping[str, Any]) -> BaseModel: ...
     async def set(self, schema: SchemaRef, value: Any) -> BaseModel:
-        rt = self._runtime(schema)
-        self._ds._c.sets += 1
-        return (await self._write(rt, [value]))[0]
+        return await self._host.run("tx.set", schema, self._set_one, value)
 
-    async def set_many(self, schema: SchemaRef, values: Iterable[Any]) -> list[BaseModel]:
-        rt = self._runtime(schema)
+    async def _set_one(self, rt: Route, value: Any) -> tuple[BaseModel, None]:
+        self._check(rt)
+        return (await self._host.write(rt, [value], self._handle, self._effects))[0], None
+
+    @overload
+    async def set_many(
+        self, schema: type[M], values: Iterable[M | Mapping[str, Any]]
+    ) -> list[M]: ...
+    @overload
+    async def set_many(
+        self, schema: str, values: Iterable[BaseModel | Mapping[str, Any]]
+    ) -> list[BaseModel]: ...
+    async def set_many(self, schema: SchemaRef, values: Iterable[Any]) -> list[Any]:
+        return await self._host.run("tx.set_many", schema, self._set_many, values)
+
+    async def _set_many(self, rt: Route, values: Iterable[Any]) -> tuple[list[BaseModel], None]:
+        self._check(rt)
         values = list(values)
-        self._ds._c.sets += len(values)
-        return await self._write(rt, values) if values else []
+        if not values:
+            return [], None
+        return await self._host.write(rt, values, self._handle, self._effects), None
 
-    async def _write(self, rt: SchemaRuntime, values: list[Any]) -> list[BaseModel]:
-        ds = self._ds
-        prepared = await ds._prepare(rt, values)
-        rows = {i: rt.to_row(v, i) for i, v in prepared.items()}
-        behind = rt.mode is WriteMode.WRITE_BEHIND
-        if behind:  # the schema's versions are write-behind clock values: keep them so
-            for row in rows.values():
-                row[VERSION_COLUMN] = ds._next_version()
-        items = await ds._write_through(rt, prepared, rows, tx=self._handle, versioned=behind)
-        sets = self._sets.setdefault(rt.name, {})
-        deletes = self._deletes.setdefault(rt.name, {})
-        for i, v, version in items:
-            sets[i] = (v, version, rt.sealed(rows[i]))
-            deletes.pop(i, None)
-        return [rt.out(v) for _, v, _ in items]
+    async def delete(self, schema: SchemaRef, id: Id) -> None:
+        await self._host.run("tx.delete", schema, self._delete, id)
 
-    async def delete(self, schema: SchemaRef, id: Any) -> None:
-        rt = self._runtime(schema)
-        ds = self._ds
-        id = rt.check_id(id)
-        ds._c.deletes += 1
-        ds._c.l3_queries += 1
-        version = await ds._l3.delete_many(rt.cs, [id], tx=self._handle)
-        if rt.mode is WriteMode.WRITE_BEHIND:
-            version = ds._next_version()
-        self._sets.setdefault(rt.name, {}).pop(id, None)
-        self._deletes.setdefault(rt.name, {})[id] = version
-
-    # -- after commit --------------------------------------------------------------------
-
-    def _merge_into(self, parent: Tx) -> None:
-        for name, sets in self._sets.items():
-            for i, effect in sets.items():
-                parent._sets.setdefault(name, {})[i] = effect
-                parent._deletes.get(name, {}).pop(i, None)
-        for name, deletes in self._deletes.items():
-            for i, version in deletes.items():
-                parent._deletes.setdefault(name, {})[i] = version
-                parent._sets.get(name, {}).pop(i, None)
-
-    async def _apply_effects(self) -> None:
-        """The commit happened: make every cache and every instance agree with it."""
-        ds = self._ds
-        for name in self._sets.keys() | self._deletes.keys():
-            rt = ds._schemas[name]
-            sets = self._sets.get(name, {})
-            deletes = self._deletes.get(name, {})
-            touched = [*sets, *deletes]
-            if rt.mode is WriteMode.WRITE_BEHIND and ds._wb is not None and touched:
-                ds._wb.cancel(name, touched)  # never applied after the commit
-                for i in touched:
-                    ds._wb_shadow.pop((name, i), None)
-            if sets:
-                items = [(i, v, version) for i, (v, version, _) in sets.items()]
-                sealed = {i: cts for i, (_, _, cts) in sets.items()}
-                ds._after_write(rt, list(sets))
-                await ds._cache_writes(rt, items, sealed)
-                await ds._publish(rt, "set", items)
-            if deletes:
-                by_version: dict[int, list[Any]] = {}
-                for i, version in deletes.items():
-                    by_version.setdefault(version, []).append(i)
-                for version, ids in by_version.items():
-                    await ds._cache_deletes(rt, ids, version)
-            if rt.hooks.after_set is not None:
-                for v, _, _ in sets.values():
-                    await call_hook(rt.hooks.after_set, rt.out(v))
+    async def _delete(self, rt: Route, id: Any) -> tuple[None, None]:
+        self._check(rt)
+        await self._host.delete(rt, id, self._handle, self._effects)
+        return None, None
 
 
 class TxContext:
     """What ``ds.tx()`` returns: enter it with ``async with``."""
 
     def __init__(
-        self, ds: DataStore, *, isolation: str | None = None, timeout: float | None = None
+        self, host: TxHost, *, isolation: str | None = None, timeout: float | None = None
     ) -> None:
-        self._ds = ds
+        self._host = host
         self._isolation = isolation
         self._timeout_s = timeout
         self._timeout: asyncio.Timeout | None = None
         self._tx: Tx | None = None
         self._token: Token[Tx | None] | None = None
+        self._started = 0.0
 
     async def __aenter__(self) -> Tx:
-        ds = self._ds
-        ds._check_open()
-        if self._tx is not None:
-            raise TxClosedError("a ds.tx() context can be entered only once")
+        host = self._host
+        self._started = time.perf_counter()
+        try:
+            host.check_open()
+            if self._tx is not None:
+                raise TxClosedError("a ds.tx() context can be entered only once")
+        except StrataError as exc:
+            host.finished("tx", self._started, exc)
+            raise
         if self._timeout_s is not None:
             self._timeout = asyncio.timeout(self._timeout_s)
             await self._timeout.__aenter__()
         parent = _current.get()
         try:
-            if parent is not None and parent._ds is ds and parent._open:
-                tx = Tx(ds, await parent._handle.savepoint(), parent)
+            if parent is not None and parent._host is host and parent._open:
+                tx = Tx(host, await parent._handle.savepoint(), parent)
             else:
-                tx = Tx(ds, await ds._l3.begin(self._isolation), None)
+                tx = Tx(host, await host.begin(self._isolation), None)
         except BaseException as exc:
-            await self._leave_timeout(exc)
+            try:
+                await self._leave_timeout(exc)
+            except BaseException as final:
+                host.finished("tx", self._started, final)
+                raise
+            host.finished("tx", self._started, exc)
             raise
         self._tx = tx
         self._token = _current.set(tx)
@@ -245,6 +287,15 @@ class TxContext:
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> bool:
+        try:
+            await self._finish(et, exc)
+        except BaseException as failure:
+            self._host.finished("tx", self._started, failure)
+            raise
+        self._host.finished("tx", self._started, exc)
+        return False
+
+    async def _finish(self, et: type[BaseException] | None, exc: BaseException | None) -> None:
         tx = self._tx
         assert tx is not None and self._token is not None
         _current.reset(self._token)
@@ -260,10 +311,9 @@ class TxContext:
         await self._leave_timeout(exc)
         if et is None:
             if tx._parent is not None:
-                tx._merge_into(tx._parent)
+                tx._effects.merge_into(tx._parent._effects)
             else:
-                await tx._apply_effects()
-        return False
+                await self._host.commit_effects(tx._effects)
 
     async def _commit(self, tx: Tx) -> None:
         try:
@@ -277,8 +327,8 @@ class TxContext:
         try:
             await tx._handle.rollback()
         except StrataError as exc:  # the caller's own exception matters more: log this one
-            self._ds._count_error(exc)
-            self._ds._log.warning("rollback failed (the connection is discarded): %s", exc)
+            self._host.count_error(exc)
+            self._host.warn("rollback failed (the connection is discarded): %s", exc)
 
     async def _leave_timeout(self, exc: BaseException | None) -> None:
         if self._timeout is None:

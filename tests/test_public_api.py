@@ -33,7 +33,8 @@ def test_all_is_sorted_and_complete() -> None:
         "writebehind",
         "migrations",
         "cli",
-        "runtime",
+        "router",
+        "hooks",
     }
     assert public - modules - set(strata.__all__) == set()
     for name in strata.__all__:

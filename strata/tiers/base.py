@@ -1,28 +1,120 @@
-"""The protocol every L3 tier implements (batch-first), checked by mypy on both tiers.
+"""The tier seams: small, batch-first Protocols the router is typed by.
 
-Rows cross this seam in *canonical* form: a dict of column name -> value, with datetimes
+    L1Tier    in-process, synchronous, versioned (the router derives nothing: a hit must
+              cost one dict lookup, so the single-key forms are part of it)
+    L2Tier    shared cache of codec envelopes (bytes), "only if newer" writes, pub/sub
+    L3Tier    the source of truth: canonical rows, transactions (``TxHandle``)
+
+Rows cross the L3 seam in *canonical* form: a dict of column name -> value, with datetimes
 aware UTC, UUIDs as ``uuid.UUID``, Decimals as ``Decimal``, enums as text, JSON columns as
 plain JSON data, encrypted columns as envelope bytes, plus the ``_strata_version`` column.
 Each tier converts canonical values to and from what its driver wants; the router knows
 nothing of drivers and the tiers know nothing of models, caches or each other.
+
+Capabilities are flags (``L2Tier.subscribes``), not empty methods. A tier reports its own
+failures as ``strata.errors.TierError`` (``TierUnavailableError`` when it cannot be reached).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
+from uuid import UUID
+
+from pydantic import BaseModel
 
 from strata.schema import CompiledSchema
 
-__all__ = ["L3Tier", "Row", "TxHandle"]
+__all__ = ["Id", "L1Factory", "L1Tier", "L2Tier", "L3Tier", "Row", "TxHandle"]
 
 Row = dict[str, Any]
+Id = str | int | UUID
+"""A primary key value: the type of a schema's primary key field."""
+
+
+class L1Tier(Protocol):
+    """One schema's in-process cache of models, each with its row version.
+
+    ``set`` stores unless the key holds a greater version (a version-checked fill);
+    ``delete(key, version)`` leaves a tombstone that refuses older fills. ``ttl`` None means
+    the tier's own default; ``evictions`` counts capacity / expiry removals.
+    """
+
+    evictions: int
+
+    def get(self, key: Any) -> BaseModel | None: ...
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, BaseModel]: ...
+
+    def set(self, key: Any, value: BaseModel, version: int = 0, ttl: Any = ...) -> bool: ...
+
+    def delete(self, key: Any, version: int | None = None) -> bool: ...
+
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> int: ...
+
+    def clear(self) -> None: ...
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Drop expired entries, at most ``limit``; returns how many."""
+
+    def __contains__(self, key: Any) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
+L1Factory = Callable[[CompiledSchema], L1Tier]
+"""``DataStore(config, l1=...)``: called once per registered schema that has an L1 policy."""
+
+
+class L2Tier(Protocol):
+    """A shared cache of codec envelopes (``strata.codec``), keyed by string.
+
+    Reads of an unreachable tier answer misses; writes answer False per item and report the
+    error; both must fail fast while the tier knows it is down (``available`` False).
+    ``subscribes``: the tier can carry the invalidation bus's subscription (``client``).
+    """
+
+    subscribes: bool
+
+    @property
+    def available(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, float | None]]:
+        """``(payload, remaining ttl seconds | None)`` per key, ``(None, None)`` for a miss."""
+
+    async def set_many(
+        self, items: Sequence[tuple[str, bytes, float | None]], *, bump: str | None = None
+    ) -> list[bool]:
+        """Write each ``(key, envelope, ttl)`` unless the key holds a newer version; INCR
+        ``bump`` in the same step."""
+
+    async def delete_many(self, keys: Sequence[str]) -> None: ...
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Send to subscribers; 0 (and the error reported) when it cannot."""
+
+    async def set_raw(self, key: str, value: bytes, ttl: float | None) -> bool: ...
+
+    async def get_generation(
+        self, counter: str, prefix: str, digest: str
+    ) -> tuple[int, bytes | None]:
+        """``(value of counter, raw value at f"{prefix}{counter value}:{digest}")``."""
+
+    async def incr(self, key: str) -> int:
+        """Raises TierError when it cannot: a counter cannot be faked."""
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Delete every key matching a glob pattern; raises TierError when it cannot."""
 
 
 class TxHandle(Protocol):
     """An open L3 transaction, or a savepoint inside one."""
 
-    async def savepoint(self) -> Any: ...
+    async def savepoint(self) -> TxHandle: ...
 
     async def commit(self) -> None: ...
 
@@ -30,6 +122,8 @@ class TxHandle(Protocol):
 
 
 class L3Tier(Protocol):
+    """The source of truth. ``dialect``: "postgresql" or "sqlite" (query compilation)."""
+
     dialect: str
 
     def register(self, schema: CompiledSchema) -> None:
@@ -39,15 +133,15 @@ class L3Tier(Protocol):
 
     async def close(self) -> None: ...
 
-    async def begin(self, isolation: str | None = None) -> Any:
-        """Start a transaction; the handle (a ``TxHandle``) goes to the ``tx=`` arguments."""
+    async def begin(self, isolation: str | None = None) -> TxHandle:
+        """Start a transaction; the handle goes to the ``tx=`` arguments."""
 
     async def get_many(
         self,
         schema: CompiledSchema,
         ids: Sequence[Any],
         *,
-        tx: Any = None,
+        tx: TxHandle | None = None,
         for_update: bool = False,
     ) -> list[Row]:
         """Rows for the ids that exist, in no particular order."""
@@ -57,7 +151,7 @@ class L3Tier(Protocol):
         schema: CompiledSchema,
         rows: Sequence[Row],
         *,
-        tx: Any = None,
+        tx: TxHandle | None = None,
         versioned: bool = False,
         returning: bool = True,
     ) -> dict[Any, Row]:
@@ -66,7 +160,7 @@ class L3Tier(Protocol):
         ``versioned``: rows carry their version and only replace older rows."""
 
     async def delete_many(
-        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
+        self, schema: CompiledSchema, ids: Sequence[Any], *, tx: TxHandle | None = None
     ) -> int:
         """Delete the rows; returns a fresh version number (for cache tombstones)."""
 
@@ -78,7 +172,7 @@ class L3Tier(Protocol):
         args: Sequence[Any],
         *,
         schema: CompiledSchema | None = None,
-        tx: Any = None,
+        tx: TxHandle | None = None,
     ) -> list[Row]:
         """Run a compiled SELECT; rows keyed by column name (canonical with ``schema``)."""
 

@@ -211,6 +211,8 @@ def _ttl_ms(ttl: float | None) -> int:
 class RedisTier:
     """The L2 tier. ``connect()`` never fails because Redis is down; see the module doc."""
 
+    subscribes = True  # carries the invalidation bus (``client``)
+
     def __init__(
         self,
         url: str,

@@ -1,0 +1,163 @@
+"""Per-schema settings, resolved once at ``register`` and never changed afterwards.
+
+A ``Binding`` says how one registered schema maps onto the tiers: its L2 codec and key
+layout, TTLs, the fields a cached copy leaves out, how ids and values are checked, and how a
+model becomes an L3 row (``rows``). It holds no mutable state: the L1 store, the negative
+cache and the write path's queue live with the router (``router.core.Route``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel
+
+from strata.codec import ModelCodec
+from strata.config import Config
+from strata.crypto import FieldCipher
+from strata.errors import InvalidValueError
+from strata.router.rows import RowMapper
+from strata.schema import CompiledSchema
+
+__all__ = ["TOMBSTONE_TTL", "Binding", "default_of"]
+
+TOMBSTONE_TTL = 5.0
+"""How long a versioned delete tombstone lives in L1 and L2 (seconds)."""
+
+
+class Binding:
+    """Everything the router needs to know about one schema, resolved once."""
+
+    __slots__ = (
+        "cipher",
+        "codec",
+        "coerce",
+        "cs",
+        "gen_key",
+        "get_hooks",
+        "has_l1",
+        "hooks",
+        "key_prefix",
+        "l1_reset",
+        "l1_ttl",
+        "l2_on",
+        "l2_ttl",
+        "l3_on",
+        "mode",
+        "model",
+        "mutable",
+        "name",
+        "pk_column",
+        "pk_field",
+        "query_prefix",
+        "replica_url",
+        "rows",
+    )
+
+    def __init__(
+        self, cs: CompiledSchema, config: Config, cipher: FieldCipher | None, *, l2: bool
+    ) -> None:
+        self.cs = cs
+        self.cipher = cipher
+        self.name = cs.name
+        self.model = cs.model
+        self.hooks = cs.hooks
+        self.get_hooks = cs.hooks.before_get is not None or cs.hooks.after_get is not None
+        self.mode = cs.write_mode
+        self.mutable = cs.mutable
+        self.coerce = cs.coerce_id
+        self.l1_ttl = cs.l1_ttl
+        self.l2_ttl = cs.l2_ttl
+        self.has_l1 = cs.source.l1 is not None
+        self.l2_on = cs.has_l2 and l2
+        self.l3_on = cs.has_l3
+        self.pk_field = cs.pk.field
+        self.pk_column = cs.pk.name
+        self.rows = RowMapper(cs, cipher)
+        self.codec: ModelCodec | None = None
+        self.key_prefix = ""
+        self.gen_key = ""
+        self.query_prefix = ""
+        l3 = cs.source.l3
+        self.replica_url = l3.read_replica if l3 is not None else None
+        if self.l2_on:
+            self.codec = ModelCodec(cs, cipher, "msgpack" if config.codec == "msgpack" else "json")
+            l2p = cs.source.l2
+            prefix = (l2p.key_prefix if l2p is not None else None) or config.key_prefix
+            self.key_prefix = f"{prefix}:{cs.name}:{cs.shape}:"
+            # Cached search results: {prefix}:{schema}:{shape}:q:{generation}:{digest}. Every
+            # write bumps the generation (in the same round trip as its L2 write).
+            self.gen_key = f"{prefix}:{cs.name}:gen"
+            self.query_prefix = f"{prefix}:{cs.name}:{cs.shape}:q:"
+        # Fields a cached copy must not carry: reset to their defaults in L1.
+        reset: dict[str, Any] = {}
+        for f in cs.omit_cache_fields | cs.omit_l1_fields | cs.transient_fields:
+            reset[f] = default_of(cs.model, f)
+        self.l1_reset = reset
+
+    def key(self, id: Any) -> str:
+        return f"{self.key_prefix}{id}"
+
+    def l1_copy(self, value: BaseModel) -> BaseModel:
+        """The private copy L1 keeps: omitted fields at their defaults, nothing shared."""
+        if self.l1_reset:
+            return value.model_copy(update=self.l1_reset, deep=True)
+        return value.model_copy(deep=self.mutable)
+
+    def out(self, value: BaseModel) -> BaseModel:
+        return value.model_copy(deep=self.mutable)
+
+    def check_id(self, id: Any) -> Any:
+        """The id coerced to the primary key type; InvalidValueError when it cannot be
+        (a str id must also be valid UTF-8: a lone surrogate can reach no tier)."""
+        try:
+            id = self.coerce(id)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValueError(f"{self.name}: bad id {id!r}: {exc}", schema=self.name) from exc
+        if type(id) is str and not id.isascii():
+            try:
+                id.encode()
+            except UnicodeEncodeError as exc:
+                raise InvalidValueError(
+                    f"{self.name}: bad id {id!r}: not valid UTF-8 ({exc.reason})",
+                    schema=self.name,
+                ) from exc
+        return id
+
+    def check_value(self, value: Any) -> BaseModel:
+        """A model of this schema (a dict is validated into one); InvalidValueError."""
+        if type(value) is self.model or isinstance(value, self.model):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return self.model.model_validate(value)
+            except pydantic.ValidationError as exc:
+                raise InvalidValueError(f"{self.name}: {exc}", schema=self.name) from exc
+        raise InvalidValueError(
+            f"{self.name} takes {self.model.__name__} values (or dicts), "
+            f"got {type(value).__name__}",
+            schema=self.name,
+        )
+
+    def stamp(self, value: BaseModel) -> BaseModel:
+        """A private copy of the value with auto timestamps set; the caller's object is
+        never stored by reference."""
+        cs = self.cs
+        if cs.auto_now or cs.auto_now_add:
+            now = datetime.now(UTC)
+            update = dict.fromkeys(cs.auto_now, now)
+            for f in cs.auto_now_add:
+                current = getattr(value, f)
+                update[f] = current if isinstance(current, datetime) else now
+            return value.model_copy(update=update, deep=self.mutable)
+        return value.model_copy(deep=self.mutable)
+
+
+def default_of(model: type[BaseModel], field: str) -> Any:
+    info = model.model_fields[field]
+    if info.default_factory is not None:
+        return info.default_factory()  # type: ignore[call-arg]
+    return info.default

@@ -1,0 +1,233 @@
+"""Keeping every instance's caches in agreement with L3.
+
+    a write of ids ─► forget readers (negative cache, single flight) ─► L2 + L1 ─► publish
+    a message from another instance ─► drop those ids from L1 (version-checked); a writer
+                                       caching another shape ─► drop our L2 copies too
+    the bus reconnects / misses heartbeats ─► clear every L1 (messages may be lost)
+    an L2 write fails ─► remember the key; Redis recovers ─► drop the remembered keys, new
+                         search generation for every schema, clear every L1
+
+Publishing goes through the L2 tier (``L2Tier.publish``), behind its circuit breaker: while
+Redis is known to be down a write does not wait on a publish that cannot arrive; the keys it
+wrote are repaired, and every L1 cleared, on recovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from strata.errors import TierError
+from strata.invalidation import Invalidation
+from strata.router.binding import TOMBSTONE_TTL
+from strata.router.core import Core, Route
+
+__all__ = ["Coherence"]
+
+_MISSED_MAX = 100_000
+
+
+class Coherence:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._l2_missed: set[str] = set()  # keys written while L2 was down: dropped on recovery
+        self._l2_missed_overflow = False
+        self._l2_dirty_schemas: set[str] = set()  # L2 must be cleared for these on recovery
+        self.skipped_publishes = 0  # publishes not attempted while L2 was known to be down
+
+    # -- publish -----------------------------------------------------------------------
+
+    async def publish(
+        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> None:
+        core = self.core
+        if core.bus is None or (not rt.b.l2_on and rt.l1 is None):
+            return
+        shape = rt.b.cs.shape
+        if len(items) == 1:
+            i, _, ver = items[0]
+            msg = Invalidation(
+                schema=rt.name,
+                op=op,  # type: ignore[arg-type]
+                origin=core.instance_id,
+                id=_wire_id(i),
+                version=ver,
+                shape=shape,
+            )
+        else:
+            msg = Invalidation(
+                schema=rt.name,
+                op=op,  # type: ignore[arg-type]
+                origin=core.instance_id,
+                ids=tuple(_wire_id(i) for i, _, _ in items),
+                versions=tuple(ver for _, _, ver in items),
+                shape=shape,
+            )
+        await self.publish_raw(msg)
+
+    async def publish_raw(self, msg: Invalidation) -> None:
+        bus = self.core.bus
+        if bus is not None and await bus.publish(msg):
+            self.core.c.invalidations_sent += 1
+
+    async def publish_via_l2(self, channel: str, payload: bytes) -> bool:
+        """The bus's publisher. While the L2 tier knows it is down (circuit open) the
+        message is skipped, not waited on: the keys the write touched are recorded for
+        repair, and on recovery every instance's L1 is cleared (their subscriptions were
+        lost too) and those keys dropped from L2."""
+        l2 = self.core.l2
+        if l2 is None:
+            return False
+        if not l2.available:
+            self.skipped_publishes += 1
+            return False
+        await l2.publish(channel, payload)
+        return l2.available
+
+    # -- what other instances tell us ------------------------------------------------------
+
+    def on_invalidation(self, msg: Invalidation) -> None:
+        core = self.core
+        rt = core.routes.get(msg.schema)
+        if rt is None:
+            return
+        core.c.invalidations_received += 1
+        rt.epoch += 1
+        if msg.op == "invalidate_all":
+            rt.negative.clear()
+            if rt.l1 is not None:
+                rt.l1.clear()
+            return
+        foreign: list[tuple[Any, int | None]] = []
+        for raw_id, version in msg.keys():  # noqa: SIM118 - a method, not dict.keys
+            try:
+                id = rt.b.coerce(raw_id)
+            except (TypeError, ValueError):
+                continue
+            rt.negative.pop(id, None)
+            core.inflight.pop((rt.name, id), None)
+            if rt.l1 is not None:
+                rt.l1.delete(id, version)
+            foreign.append((id, version))
+        if rt.b.l2_on and msg.shape is not None and msg.shape != rt.b.cs.shape and foreign:
+            # The writer caches this schema under another shape (other code, or a rolling
+            # deploy): our own L2 copies of these rows are stale now.
+            core.spawn(self._drop_foreign_l2(rt, foreign, deleted=msg.op == "delete"))
+
+    async def _drop_foreign_l2(
+        self, rt: Route, keys: list[tuple[Any, int | None]], *, deleted: bool
+    ) -> None:
+        """A delete leaves our versioned tombstone (a tombstone means "deleted"); a set
+        just removes our copy so the next read takes the row from L3."""
+        l2, b = self.core.l2, rt.b
+        assert l2 is not None and b.codec is not None
+        if deleted:
+            tombs = [(b.key(i), b.codec.tombstone(v), TOMBSTONE_TTL) for i, v in keys if v]
+            await l2.set_many(tombs)
+        await l2.delete_many([b.key(i) for i, v in keys if not (deleted and v)])
+
+    def clear_l1(self) -> None:
+        """Messages may have been lost: nothing in L1 can be trusted any more."""
+        for rt in self.core.routes.values():
+            rt.epoch += 1
+            rt.negative.clear()
+            if rt.l1 is not None:
+                rt.l1.clear()
+
+    # -- cache control -----------------------------------------------------------------
+
+    async def forget_cached(self, rt: Route, ids: list[Any]) -> None:
+        """Drop ids from L1 and L2 here, and from every other instance's L1."""
+        core = self.core
+        core.forget_readers(rt, ids)
+        if rt.l1 is not None:
+            rt.l1.delete_many(ids)
+        if rt.b.l2_on:
+            assert core.l2 is not None
+            keys = [rt.b.key(i) for i in ids]
+            await core.l2.delete_many(keys)
+            await self.bump_generation(rt)
+            if not core.l2.available:
+                self.remember_l2_missed(keys)
+        await self.publish(rt, "set", [(i, None, None) for i in ids])
+
+    async def invalidate_all(self, rt: Route) -> None:
+        core = self.core
+        rt.epoch += 1
+        rt.negative.clear()
+        if rt.l1 is not None:
+            rt.l1.clear()
+        if rt.b.l2_on:
+            await self.drop_l2_schema(rt)
+        await self.publish_raw(
+            Invalidation(schema=rt.name, op="invalidate_all", origin=core.instance_id)
+        )
+
+    async def drop_l2_schema(self, rt: Route) -> None:
+        """Every L2 key of the schema, and its cached search results (new generation).
+        If Redis is unreachable this is redone when it comes back."""
+        core = self.core
+        assert core.l2 is not None
+        try:
+            await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+            await core.l2.incr(rt.b.gen_key)
+        except TierError as exc:
+            core.count_error(exc)
+            core.log.warning(
+                "%s: could not clear L2 now, will when Redis is back: %s", rt.name, exc
+            )
+            self._l2_dirty_schemas.add(rt.name)
+
+    async def bump_generation(self, rt: Route) -> None:
+        core = self.core
+        assert core.l2 is not None
+        try:
+            await core.l2.incr(rt.b.gen_key)
+        except TierError as exc:
+            core.count_error(exc)
+            self._l2_dirty_schemas.add(rt.name)
+
+    # -- L2 repair -----------------------------------------------------------------------
+
+    def on_l2_recover(self) -> None:
+        self.clear_l1()
+        self.core.spawn(self.drop_l2_missed())
+
+    def remember_l2_missed(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            if len(self._l2_missed) >= _MISSED_MAX:
+                self._l2_missed_overflow = True
+                return
+            self._l2_missed.add(k)
+
+    @property
+    def l2_repairs_pending(self) -> int:
+        """Keys (and whole schemas) waiting for Redis to come back."""
+        return len(self._l2_missed) + len(self._l2_dirty_schemas)
+
+    async def drop_l2_missed(self) -> None:
+        """Keys written while Redis was unreachable may hold older values there: drop them,
+        and start a new search-result generation for every schema (bumps were lost too)."""
+        core = self.core
+        assert core.l2 is not None
+        keys, self._l2_missed = list(self._l2_missed), set()
+        overflow, self._l2_missed_overflow = self._l2_missed_overflow, False
+        dirty, self._l2_dirty_schemas = self._l2_dirty_schemas, set()
+        try:
+            for start in range(0, len(keys), 1000):
+                await core.l2.delete_many(keys[start : start + 1000])
+            for rt in core.routes.values():
+                if not rt.b.l2_on:
+                    continue
+                if overflow or rt.name in dirty:
+                    await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+                await core.l2.incr(rt.b.gen_key)
+        except TierError as exc:  # down again: the next recovery redoes all of it
+            core.count_error(exc)
+            self._l2_missed.update(keys)
+            self._l2_missed_overflow = overflow
+            self._l2_dirty_schemas |= dirty | {rt.name for rt in core.routes.values()}
+
+
+def _wire_id(id: Any) -> str | int:
+    return id if isinstance(id, str | int) else str(id)

@@ -1,0 +1,109 @@
+"""What every part of the router shares: the tiers, the counters, and per-schema state.
+
+``Core`` is owned by one DataStore. ``Route`` is one registered schema as the router sees
+it: its ``Binding`` (settings, immutable), its L1 tier, its mutable read state (negative
+cache, epoch) and its ``WritePath`` (chosen once at register).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from strata.config import Config
+from strata.crypto import FieldCipher
+from strata.hooks import HookRunner
+from strata.observability import Counters
+from strata.router.binding import Binding
+from strata.tiers.base import L1Tier, L2Tier, L3Tier
+
+if TYPE_CHECKING:
+    from strata.invalidation import InvalidationBus
+    from strata.router.writes import WritePath
+    from strata.writebehind import WriteBehindQueue
+
+__all__ = ["Core", "Route"]
+
+
+class Route:
+    """One registered schema: settings, L1, read state, write path."""
+
+    __slots__ = ("b", "epoch", "l1", "name", "negative", "path")
+
+    def __init__(self, binding: Binding, l1: L1Tier | None, path: WritePath) -> None:
+        self.b = binding
+        self.name = binding.name
+        self.l1 = l1
+        self.path = path
+        # id -> monotonic deadline: ids L3 did not have, remembered briefly.
+        self.negative: dict[Any, float] = {}
+        # Bumped by every write and invalidation: a load that began before it must not
+        # record a negative-cache entry.
+        self.epoch = 0
+
+
+class Core:
+    """The shared state of one DataStore's router."""
+
+    def __init__(
+        self,
+        config: Config,
+        logger: logging.Logger,
+        l3: L3Tier,
+        l2: L2Tier | None,
+        counters: Counters,
+        hooks: HookRunner,
+        cipher: FieldCipher | None,
+    ) -> None:
+        self.config = config
+        self.log = logger
+        self.l3 = l3
+        self.l2 = l2
+        self.c = counters
+        self.hooks = hooks
+        self.cipher = cipher
+        self.instance_id = config.instance_id
+        self.routes: dict[str, Route] = {}
+        self.bus: InvalidationBus | None = None
+        self.wb: WriteBehindQueue | None = None
+        # (schema, id) -> the one load in flight (single flight).
+        self.inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel | None, str]]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._last_version = 0
+
+    def count_error(self, exc: BaseException) -> None:
+        """An error a component absorbed (and logged: outages are logged once, not per
+        call): counted in ``Stats.errors`` and handed to ``Config.on_error``."""
+        self.c.errors += 1
+        on_error = self.config.on_error
+        if on_error is not None:
+            try:
+                on_error(exc)
+            except Exception:
+                self.log.exception("Config.on_error failed")
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def next_version(self) -> int:
+        """Versions for writes that do not go through L3 first (write-behind, l3=None):
+        a hybrid clock in microseconds, strictly increasing within this process."""
+        v = max(time.time_ns() // 1000, self._last_version + 1)
+        self._last_version = v
+        return v
+
+    def forget_readers(self, rt: Route, ids: list[Any] | dict[Any, Any]) -> None:
+        """A write happened: forget what a concurrent reader may have learnt before it."""
+        rt.epoch += 1
+        negative = rt.negative
+        inflight = self.inflight
+        for i in ids:
+            negative.pop(i, None)
+            inflight.pop((rt.name, i), None)

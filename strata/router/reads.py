@@ -1,0 +1,288 @@
+"""The read path: ``get`` / ``get_many`` / ``exists``, and the fills every read makes.
+
+    L1 hit ─────────────────────────────────────────────► copy ─► caller
+    L1 miss ─► negative cache hit ─► NotFoundError
+            └► write path has it queued (write-behind) ─► copy ─► caller
+            └► L2 hit ─► fill L1 (min(remaining, L1 ttl), version-checked) ─► copy ─► caller
+               L2 miss ─► single flight: one L2 lookup + one L3 load per key per process
+                          ├► row ─► fill L2 (only if newer) and L1 ─► copy ─► caller
+                          └► none ─► remember briefly (negative cache) ─► NotFoundError
+
+Every read returns ``(result, tier)``: the tier that served it, for the Observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from pydantic import BaseModel
+
+from strata.codec import Tombstone
+from strata.config import seconds
+from strata.errors import CodecError, NotFoundError, StrataError
+from strata.router.core import Core, Route
+from strata.schema import ttl_min
+
+__all__ = ["Reads"]
+
+
+class Reads:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._negative_ttl = seconds(core.config.negative_ttl, "negative_ttl") or 0.0
+
+    def l1_hit(self, rt: Route, id: Any, force_l3: bool) -> BaseModel | None:
+        """The L1 hit of ``get`` without a coroutine (no get hooks); None otherwise."""
+        l1 = rt.l1
+        b = rt.b
+        if l1 is None or force_l3 or b.get_hooks:
+            return None
+        hit = l1.get(b.check_id(id))
+        if hit is None:
+            return None
+        c = self.core.c
+        c.gets += 1
+        c.l1_hits += 1
+        return hit.model_copy(deep=b.mutable)
+
+    async def get(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel, str]:
+        b = rt.b
+        c = self.core.c
+        c.gets += 1
+        id = b.check_id(id)
+        hooks = b.hooks
+        if hooks.before_get is not None:
+            await self.core.hooks.call(hooks.before_get, id)
+        if not force_l3:
+            l1 = rt.l1
+            if l1 is not None:
+                hit = l1.get(id)
+                if hit is not None:
+                    c.l1_hits += 1
+                    out = hit.model_copy(deep=b.mutable)
+                    if hooks.after_get is not None:
+                        out = await self.deliver(rt, out)
+                    return out, "l1"
+            if rt.negative:
+                expires = rt.negative.get(id)
+                if expires is not None:
+                    if expires > time.monotonic():
+                        c.negative_hits += 1
+                        c.misses += 1
+                        raise NotFoundError(rt.name, id)
+                    del rt.negative[id]
+        loaded, tier = await self._load(rt, id, force_l3)
+        if loaded is None:
+            c.misses += 1
+            raise NotFoundError(rt.name, id)
+        if tier == "l3":
+            c.l3_hits += 1
+        elif tier == "l2":
+            c.l2_hits += 1
+        else:
+            c.l1_hits += 1
+        return await self.deliver(rt, loaded), tier
+
+    async def deliver(self, rt: Route, value: BaseModel) -> BaseModel:
+        after_get = rt.b.hooks.after_get
+        if after_get is not None:
+            replaced = await self.core.hooks.call(after_get, value)
+            if replaced is not None:
+                return cast(BaseModel, replaced)
+        return value
+
+    async def l2_get(self, rt: Route, ids: Sequence[Any]) -> tuple[dict[Any, BaseModel], set[Any]]:
+        """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies, and the
+        ids L2 holds a tombstone for (recently deleted: not to be loaded from L3)."""
+        core, b = self.core, rt.b
+        assert core.l2 is not None and b.codec is not None
+        answers = await core.l2.get_many([b.key(i) for i in ids])
+        out: dict[Any, BaseModel] = {}
+        gone: set[Any] = set()
+        for id, (payload, remaining) in zip(ids, answers, strict=True):
+            if payload is None:
+                continue
+            try:
+                decoded = b.codec.decode(payload)
+            except (CodecError, StrataError) as exc:
+                core.count_error(exc)
+                core.log.warning(
+                    "%s: unreadable L2 payload for %r, refetching: %s", rt.name, id, exc
+                )
+                continue
+            if isinstance(decoded, Tombstone):
+                gone.add(id)
+                continue
+            value, version = decoded
+            if rt.l1 is not None:
+                rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
+            out[id] = value  # freshly decoded: owned by nobody else
+        return out, gone
+
+    async def _load(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel | None, str]:
+        """A miss in L1: L2, then L3, once per key per process at a time (single flight):
+        concurrent misses of one key share one L2 lookup and at most one L3 query. Fills
+        the faster tiers. Returns the caller's copy (or None) and the tier that had it."""
+        core, b = self.core, rt.b
+        key = (rt.name, id)
+        queued = rt.path.pending(id)
+        if queued is not None:  # not in L3 yet: the queued write is the truth
+            return (None if queued[0] is None else b.out(queued[0])), "l1"
+        if not force_l3:
+            pending = core.inflight.get(key)
+            if pending is not None:
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    shared, tier = pending.result()
+                    return (None if shared is None else b.out(shared)), tier
+                # the loader was cancelled: load for ourselves
+            else:
+                # A load of this key may have finished while this caller was on its way:
+                # its result is in L1 (or the negative cache) now; do not load it again.
+                hit = rt.l1.get(id) if rt.l1 is not None else None
+                if hit is not None:
+                    return b.out(hit), "l1"
+                if rt.negative.get(id, 0.0) > time.monotonic():
+                    return None, "miss"
+        fut: asyncio.Future[tuple[BaseModel | None, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if not force_l3:
+            core.inflight[key] = fut
+        try:
+            value, tier = await self._load_tiers(rt, id, force_l3)
+            fut.set_result((value, tier))
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: joiners get it through their own await
+            raise
+        finally:
+            if core.inflight.get(key) is fut:
+                del core.inflight[key]
+        return (None if value is None else b.out(value)), tier
+
+    async def _load_tiers(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel | None, str]:
+        core, b = self.core, rt.b
+        epoch = rt.epoch
+        if b.l2_on and not force_l3:
+            found, gone = await self.l2_get(rt, [id])
+            if id in found:
+                return found[id], "l2"
+            if gone:  # a versioned tombstone: deleted after any row L3 may still hold
+                return None, "gone"
+        if not b.l3_on:
+            return None, "miss"
+        core.c.l3_queries += 1
+        rows = await core.l3.get_many(b.cs, [id])
+        if rows:
+            sealed = b.rows.sealed(rows[0])
+            value, version = b.rows.from_row(rows[0])
+            if not force_l3:
+                await self.fill(rt, [(id, value, version)], {id: sealed})
+            return value, "l3"
+        if rt.epoch == epoch and not force_l3:
+            rt.negative[id] = time.monotonic() + self._negative_ttl
+        return None, "miss"
+
+    async def fill(
+        self,
+        rt: Route,
+        items: Sequence[tuple[Any, BaseModel, int]],
+        sealed: Mapping[Any, dict[str, bytes]] | None = None,
+    ) -> None:
+        """Promote L3 values into L2 and L1; both refuse to replace a newer version.
+        ``sealed`` holds the ciphertexts L3 returned, reused in L2 rather than re-encrypted."""
+        l2, b = self.core.l2, rt.b
+        if b.l2_on and l2 is not None and b.codec is not None:
+            codec = b.codec
+            cts = sealed or {}
+            await l2.set_many(
+                [(b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items]
+            )
+        l1 = rt.l1
+        if l1 is not None:
+            ttl = ttl_min(b.l2_ttl if b.l2_on else None, b.l1_ttl)
+            for i, v, ver in items:
+                l1.set(i, b.l1_copy(v), ver, ttl=ttl)
+
+    async def get_many(self, rt: Route, ids: Any) -> tuple[dict[Any, BaseModel], str | None]:
+        core, b = self.core, rt.b
+        c = core.c
+        wanted = list(dict.fromkeys(b.check_id(i) for i in ids))
+        c.gets += len(wanted)
+        found: dict[Any, BaseModel] = {}
+        missing = wanted
+        tier: str | None = None
+        if rt.l1 is not None:
+            hits = rt.l1.get_many(missing)
+            for i, v in hits.items():
+                found[i] = v.model_copy(deep=b.mutable)
+            c.l1_hits += len(hits)
+            missing = [i for i in missing if i not in hits]
+            tier = "l1" if hits else None
+        if missing and b.l2_on:
+            hits2, gone = await self.l2_get(rt, missing)
+            found.update(hits2)
+            c.l2_hits += len(hits2)
+            missing = [i for i in missing if i not in hits2 and i not in gone]
+            tier = "l2" if hits2 else tier
+        if missing:
+            missing = self._pending_many(rt, missing, found)
+        if missing and b.l3_on:
+            c.l3_queries += 1
+            rows = await core.l3.get_many(b.cs, missing)
+            sealed = {r[b.pk_column]: b.rows.sealed(r) for r in rows} if b.rows.encrypted else None
+            loaded = [b.rows.from_row(r) for r in rows]
+            items = [(getattr(v, b.pk_field), v, ver) for v, ver in loaded]
+            await self.fill(rt, items, sealed)
+            for i, v, _ in items:
+                found[i] = v
+            c.l3_hits += len(items)
+            tier = "l3"
+        c.misses += len(wanted) - len(found)
+        if b.hooks.after_get is not None:
+            for i in list(found):
+                found[i] = await self.deliver(rt, found[i])
+        return {i: found[i] for i in wanted if i in found}, tier
+
+    @staticmethod
+    def _pending_many(rt: Route, missing: list[Any], found: dict[Any, BaseModel]) -> list[Any]:
+        """Ids the write path still has queued are answered from the queue, not L3."""
+        rest = []
+        for i in missing:
+            queued = rt.path.pending(i)
+            if queued is None:
+                rest.append(i)
+            elif queued[0] is not None:
+                found[i] = rt.b.out(queued[0])
+        return rest
+
+    async def exists(self, rt: Route, id: Any) -> tuple[bool, str | None]:
+        """Whether a row with this id exists (L1, then L2, then L3; fills nothing)."""
+        core, b = self.core, rt.b
+        id = b.check_id(id)
+        if rt.l1 is not None and id in rt.l1:
+            return True, "l1"
+        if b.l2_on:
+            assert core.l2 is not None and b.codec is not None
+            ((payload, _),) = await core.l2.get_many([b.key(id)])
+            if payload is not None:
+                try:
+                    decoded = b.codec.decode(payload)
+                except (CodecError, StrataError) as exc:
+                    core.count_error(exc)
+                else:
+                    return not isinstance(decoded, Tombstone), "l2"
+        queued = rt.path.pending(id)
+        if queued is not None:
+            return queued[0] is not None, "l1"
+        if not b.l3_on:
+            return False, None
+        core.c.l3_queries += 1
+        return bool(await core.l3.exists_many(b.cs, [id])), "l3"

@@ -1,0 +1,148 @@
+"""Model <-> L3 row, and projected rows.
+
+A canonical L3 row is a dict of column name -> value (see ``strata.tiers.base``): encrypted
+columns are sealed here on the way in and opened on the way out, enums stored by name are
+mapped back, renamed columns go back to their field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC
+from typing import Any
+
+import orjson
+import pydantic
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
+
+from strata.crypto import FieldCipher
+from strata.errors import InvalidQueryError, InvalidValueError
+from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, enum_to_text
+
+__all__ = ["RowMapper"]
+
+
+class RowMapper:
+    """The row conversions of one schema, resolved once."""
+
+    __slots__ = (
+        "aad_table",
+        "cipher",
+        "column_fields",
+        "cs",
+        "encrypted",
+        "enum_by_name",
+        "json_fields",
+        "model",
+        "name",
+        "pk_column",
+        "pk_field",
+        "renames",
+        "simple_rows",
+    )
+
+    def __init__(self, cs: CompiledSchema, cipher: FieldCipher | None) -> None:
+        self.cs = cs
+        self.cipher = cipher
+        self.name = cs.name
+        self.model = cs.model
+        self.pk_field = cs.pk.field
+        self.pk_column = cs.pk.name
+        self.aad_table = cs.table.name
+        self.column_fields = {c.field for c in cs.columns}
+        self.json_fields = {
+            c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
+        }
+        self.encrypted = cs.encrypted
+        self.renames = [(c.name, c.field) for c in cs.columns if c.name != c.field]
+        self.enum_by_name = [
+            c
+            for c in cs.columns
+            if c.enum_type is not None
+            and not c.meta.encrypted
+            and not all(isinstance(m.value, str) for m in c.enum_type)
+        ]
+        self.simple_rows = not (self.renames or self.encrypted or self.enum_by_name)
+
+    def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
+        """Canonical L3 row (column -> value); encrypted columns sealed here."""
+        try:
+            data = value.model_dump(include=self.column_fields)
+            if self.json_fields:
+                data.update(value.model_dump(mode="json", include=self.json_fields))
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            # model_construct() lets any value in; it shows here, before any tier is touched.
+            raise InvalidValueError(
+                f"{self.name}: {id!r} cannot be stored: {exc}", schema=self.name
+            ) from exc
+        row: dict[str, Any] = {}
+        for spec in self.cs.columns:
+            v = data[spec.field]
+            if v is not None:
+                kind = spec.kind
+                if kind is ColumnKind.ENCRYPTED:
+                    assert self.cipher is not None
+                    v = self.cipher.encrypt(
+                        orjson.dumps(v), FieldCipher.aad(self.aad_table, id, spec.name)
+                    )
+                elif kind is ColumnKind.ENUM:
+                    v = enum_to_text(v) if not isinstance(v, str) else v
+                elif kind is ColumnKind.DATETIME and v.tzinfo is None:
+                    v = v.replace(tzinfo=UTC)
+            row[spec.name] = v
+        return row
+
+    def from_row(self, row: dict[str, Any]) -> tuple[BaseModel, int]:
+        version = row.pop(VERSION_COLUMN, 0) or 0
+        if not self.simple_rows:
+            pk = row[self.pk_column]
+            for spec in self.encrypted:
+                blob = row.get(spec.name)
+                if blob is not None:
+                    assert self.cipher is not None
+                    plain = self.cipher.decrypt(
+                        blob, FieldCipher.aad(self.aad_table, pk, spec.name)
+                    )
+                    row[spec.name] = orjson.loads(plain)
+            for spec in self.enum_by_name:
+                v = row.get(spec.name)
+                if v is not None and spec.enum_type is not None:
+                    row[spec.name] = spec.enum_type[v]
+            for column, field in self.renames:
+                row[field] = row.pop(column)
+        try:
+            return self.model.model_validate(row), int(version)
+        except pydantic.ValidationError as exc:
+            raise InvalidValueError(
+                f"{self.name}: a stored row does not fit the model: {exc}", schema=self.name
+            ) from exc
+
+    def sealed(self, row: Mapping[str, Any]) -> dict[str, bytes]:
+        """The encrypted columns of an L3 row, by field, before decryption (L2 reuses them)."""
+        if not self.encrypted:
+            return {}
+        return {s.field: row[s.name] for s in self.encrypted if row.get(s.name) is not None}
+
+    def projection(
+        self, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Projected rows as dicts keyed by field name (encrypted fields decrypted)."""
+        by_column = self.cs.by_column
+        enc = [by_column[c] for c in columns if by_column[c].meta.encrypted]
+        if enc and self.pk_column not in columns:
+            raise InvalidQueryError(
+                f"{self.name}: fields() with an encrypted field must include the primary key "
+                f"{self.pk_field!r} (it is part of the decryption context)",
+                identifier=enc[0].field,
+            )
+        out = []
+        for row in rows:
+            for spec in enc:
+                blob = row.get(spec.name)
+                if blob is not None:
+                    assert self.cipher is not None
+                    aad = FieldCipher.aad(self.aad_table, row[self.pk_column], spec.name)
+                    row[spec.name] = orjson.loads(self.cipher.decrypt(blob, aad))
+            out.append({by_column[c].field: row[c] for c in columns})
+        return out

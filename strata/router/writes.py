@@ -1,0 +1,381 @@
+"""The write path: one ``WritePath`` object per write mode, chosen once at ``register``.
+
+    WriteThrough          L3 upsert (new row version) ─► L2 ─► L1 ─► publish
+    WriteThroughL1Async   L3 upsert ─► L2 ─► L1 tombstone (filled on next read) ─► publish
+    WriteBehind           queue (coalesced, flushed in batches) ─► L2 ─► L1 ─► publish
+    CacheOnly             (l3=None) hybrid-clock version ─► L2 ─► L1 ─► publish
+
+``Writes`` does what every mode shares (validate, hooks, stamp, the cache step, publish);
+the mode-specific steps are the path's. Adding a mode is adding a class here and a line in
+``choose_path``: nothing else in strata/ looks at ``WriteMode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from strata.config import WriteMode
+from strata.errors import MissingPrimaryKeyError
+from strata.router.binding import TOMBSTONE_TTL, Binding
+from strata.router.coherence import Coherence
+from strata.router.core import Core, Route
+from strata.router.reads import Reads
+from strata.schema import VERSION_COLUMN
+from strata.tiers.base import L1Tier, TxHandle
+from strata.writebehind import DeadLetter, PendingWrite
+
+__all__ = [
+    "CacheOnly",
+    "Item",
+    "WriteBehind",
+    "WritePath",
+    "WriteThrough",
+    "WriteThroughL1Async",
+    "Writes",
+    "choose_path",
+]
+
+Item = tuple[Any, BaseModel, int]
+"""(id, value as stored, row version)"""
+Sealed = Mapping[Any, dict[str, bytes]]
+
+
+class WritePath(Protocol):
+    """How one schema's writes reach L3 (or not), and what L1 keeps of them."""
+
+    carries_created: bool
+    """Stored ``auto_now_add`` values come from the caches (L3 is not asked first)."""
+    shares_values: bool
+    """The path keeps the written objects (a queue): callers get copies."""
+
+    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
+        """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
+
+    async def delete(self, rt: Route, ids: list[Any]) -> int:
+        """Delete the ids; returns the tombstone version."""
+
+    def fill_l1(self, rt: Route, l1: L1Tier, items: Sequence[Item]) -> None: ...
+
+    def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
+        """A queued write of this id not in L3 yet: (value or None for a delete, version)."""
+
+    def tx_version(self) -> int | None:
+        """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
+
+    def superseded(self, ids: Iterable[Any]) -> None:
+        """A transaction committed these ids: queued writes of them must never apply."""
+
+    def forget(self, writes: Iterable[PendingWrite]) -> None:
+        """Queued writes reached L3 or were given up (the queue's callbacks)."""
+
+
+class WriteThrough:
+    carries_created = False
+    shares_values = False
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
+        rows = {i: rt.b.rows.to_row(v, i) for i, v in prepared.items()}
+        sealed = (
+            {i: rt.b.rows.sealed(row) for i, row in rows.items()} if rt.b.rows.encrypted else {}
+        )
+        return await upsert(self.core, rt.b, prepared, rows), sealed
+
+    async def delete(self, rt: Route, ids: list[Any]) -> int:
+        self.core.c.l3_queries += 1
+        return await self.core.l3.delete_many(rt.b.cs, ids)
+
+    def fill_l1(self, rt: Route, l1: L1Tier, items: Sequence[Item]) -> None:
+        l1_copy = rt.b.l1_copy
+        for i, v, ver in items:
+            l1.set(i, l1_copy(v), ver)
+
+    def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
+        return None
+
+    def tx_version(self) -> int | None:
+        return None
+
+    def superseded(self, ids: Iterable[Any]) -> None:
+        return None
+
+    def forget(self, writes: Iterable[PendingWrite]) -> None:
+        return None
+
+
+class WriteThroughL1Async(WriteThrough):
+    def fill_l1(self, rt: Route, l1: L1Tier, items: Sequence[Item]) -> None:
+        for i, _, ver in items:
+            l1.delete(i, ver)  # refuse older fills; the next read fills it
+
+
+class CacheOnly(WriteThrough):
+    """No L3 (``l3=None``): versions come from the hybrid clock."""
+
+    carries_created = True
+
+    def __init__(self, core: Core, inner: WriteThrough) -> None:
+        super().__init__(core)
+        self._inner = inner
+
+    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
+        return [(i, v, self.core.next_version()) for i, v in prepared.items()], {}
+
+    async def delete(self, rt: Route, ids: list[Any]) -> int:
+        return self.core.next_version()
+
+    def fill_l1(self, rt: Route, l1: L1Tier, items: Sequence[Item]) -> None:
+        self._inner.fill_l1(rt, l1, items)
+
+
+class WriteBehind(WriteThrough):
+    """L3 later: the queue coalesces per key and flushes in batches. Queued writes are kept
+    in a shadow so this instance reads its own writes even after L1 eviction."""
+
+    carries_created = True
+    shares_values = True
+
+    def __init__(self, core: Core, schema: str) -> None:
+        super().__init__(core)
+        self.schema = schema
+        self.shadow: dict[Any, tuple[BaseModel | None, int]] = {}
+
+    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
+        # Rows are built at flush time: a coalesced write never pays for one.
+        wb, core = self.core.wb, self.core
+        assert wb is not None
+        items = []
+        for i, v in prepared.items():
+            version = core.next_version()
+            self.shadow[i] = (v, version)
+            await wb.put(PendingWrite(schema=self.schema, id=i, op="set", row=v, version=version))
+            items.append((i, v, version))
+        return items, {}
+
+    async def delete(self, rt: Route, ids: list[Any]) -> int:
+        wb = self.core.wb
+        assert wb is not None
+        version = self.core.next_version()
+        for i in ids:
+            self.shadow[i] = (None, version)
+            await wb.put(
+                PendingWrite(schema=self.schema, id=i, op="delete", row=None, version=version)
+            )
+        return version
+
+    def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
+        return self.shadow.get(id) if self.shadow else None
+
+    def tx_version(self) -> int | None:
+        # The schema's versions are write-behind clock values: a transaction keeps to them.
+        return self.core.next_version()
+
+    def superseded(self, ids: Iterable[Any]) -> None:
+        ids = list(ids)
+        if self.core.wb is not None and ids:
+            self.core.wb.cancel(self.schema, ids)
+        for i in ids:
+            self.shadow.pop(i, None)
+
+    def forget(self, writes: Iterable[PendingWrite]) -> None:
+        """These writes reached L3 (or were given up): reads may go to L3 for them again,
+        unless a newer write of the same key is still queued."""
+        for w in writes:
+            queued = self.shadow.get(w.id)
+            if queued is not None and queued[1] <= w.version:
+                del self.shadow[w.id]
+
+
+def choose_path(binding: Binding, core: Core) -> WritePath:
+    """The one place that maps a schema's write mode to its path."""
+    mode = binding.mode
+    through = WriteThroughL1Async(core) if mode is WriteMode.WRITE_THROUGH_L1_ASYNC else None
+    if not binding.l3_on:
+        return CacheOnly(core, through or WriteThrough(core))
+    if mode is WriteMode.WRITE_BEHIND:
+        return WriteBehind(core, binding.name)
+    return through or WriteThrough(core)
+
+
+async def upsert(
+    core: Core,
+    b: Binding,
+    prepared: dict[Any, BaseModel],
+    rows: dict[Any, dict[str, Any]],
+    *,
+    tx: TxHandle | None = None,
+    versioned: bool = False,
+) -> list[Item]:
+    """The L3 upsert; returns (id, value as stored, row version). With ``versioned`` the
+    rows carry their own version and a newer stored row wins (it is left out)."""
+    core.c.l3_queries += 1
+    returned = await core.l3.upsert_many(b.cs, list(rows.values()), tx=tx, versioned=versioned)
+    items = []
+    keep = b.cs.auto_now_add
+    for i, v in prepared.items():
+        ret = returned.get(i)
+        if ret is None:  # versioned: L3 already holds a newer write of this row
+            continue
+        if keep:  # an existing row keeps its own auto_now_add values
+            kept = {f: ret[b.cs.by_field[f].name] for f in keep}
+            if any(getattr(v, f) != kv for f, kv in kept.items()):
+                v = v.model_copy(update=kept)
+        items.append((i, v, int(ret[VERSION_COLUMN])))
+    return items
+
+
+class Writes:
+    """What every write shares, whatever its path."""
+
+    def __init__(self, core: Core, coherence: Coherence, reads: Reads) -> None:
+        self.core = core
+        self.coh = coherence
+        self.reads = reads
+
+    async def set_many(self, rt: Route, values: Sequence[Any]) -> list[BaseModel]:
+        core, b, path = self.core, rt.b, rt.path
+        prepared = await self.prepare(rt, values)
+        if b.cs.auto_now_add and path.carries_created:
+            await self._carry_created(rt, prepared)
+        items, sealed = await path.write(rt, prepared)
+        core.forget_readers(rt, prepared)
+        await self.cache_writes(rt, items, sealed)
+        await self.coh.publish(rt, "set", items)
+        after_set = b.hooks.after_set
+        if after_set is not None:
+            for _, v, _ in items:
+                await core.hooks.call(after_set, b.out(v))
+        # Each v is this call's private stamped copy (the caches keep copies of their own);
+        # only a path that keeps the objects (a queue) makes the caller take a copy.
+        if path.shares_values:
+            return [b.out(v) for _, v, _ in items]
+        return [v for _, v, _ in items]
+
+    async def prepare(self, rt: Route, values: Sequence[Any]) -> dict[Any, BaseModel]:
+        """Validate, run before_set, check the key and stamp timestamps: a private copy of
+        each value by id (a repeated id keeps its last value)."""
+        b = rt.b
+        before_set = b.hooks.before_set
+        prepared: dict[Any, BaseModel] = {}
+        for raw in values:
+            value = b.check_value(raw)
+            if before_set is not None:
+                replaced = await self.core.hooks.call(before_set, value)
+                if replaced is not None:
+                    value = b.check_value(replaced)
+            id = getattr(value, b.pk_field, None)
+            if id is None:
+                raise MissingPrimaryKeyError(
+                    f"{rt.name}: {b.model.__name__}.{b.pk_field} (the primary key) is not set",
+                    schema=rt.name,
+                )
+            id = b.check_id(id)
+            prepared[id] = b.stamp(value)
+        return prepared
+
+    async def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> None:
+        """Paths that cannot ask L3 for stored ``auto_now_add`` values: the cached copy of
+        the row (L1, the write queue, then L2) has them."""
+        fields = rt.b.cs.auto_now_add
+        known: dict[Any, BaseModel] = {}
+        for i in prepared:
+            cached = rt.l1.get(i) if rt.l1 is not None else None
+            if cached is None:
+                queued = rt.path.pending(i)
+                cached = queued[0] if queued is not None else None
+            if cached is not None:
+                known[i] = cached
+        rest = [i for i in prepared if i not in known]
+        if rest and rt.b.l2_on:
+            found, _ = await self.reads.l2_get(rt, rest)
+            known.update(found)
+        for i, cached in known.items():
+            prepared[i] = prepared[i].model_copy(update={f: getattr(cached, f) for f in fields})
+
+    async def cache_writes(
+        self, rt: Route, items: Sequence[Item], sealed: Sealed | None = None
+    ) -> None:
+        core, b = self.core, rt.b
+        if b.l2_on:
+            assert core.l2 is not None and b.codec is not None
+            codec = b.codec
+            cts = sealed or {}
+            payloads = [
+                (b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items
+            ]
+            await core.l2.set_many(payloads, bump=b.gen_key)
+            if not core.l2.available:
+                self.coh.remember_l2_missed(k for k, _, _ in payloads)
+        if rt.l1 is not None:
+            rt.path.fill_l1(rt, rt.l1, items)
+
+    async def delete_many(self, rt: Route, ids: list[Any]) -> None:
+        version = await rt.path.delete(rt, ids)
+        await self.cache_deletes(rt, ids, version)
+
+    async def cache_deletes(self, rt: Route, ids: list[Any], version: int) -> None:
+        """Versioned tombstones in L2 and L1, then tell the other instances."""
+        core, b = self.core, rt.b
+        core.forget_readers(rt, ids)
+        if b.l2_on:
+            assert core.l2 is not None and b.codec is not None
+            tomb = b.codec.tombstone(version)
+            keys = [b.key(i) for i in ids]
+            await core.l2.set_many([(k, tomb, TOMBSTONE_TTL) for k in keys], bump=b.gen_key)
+            if not core.l2.available:
+                self.coh.remember_l2_missed(keys)
+        if rt.l1 is not None:
+            for i in ids:
+                rt.l1.delete(i, version)
+        await self.coh.publish(rt, "delete", [(i, None, version) for i in ids])
+
+    # -- the write-behind queue's callbacks ----------------------------------------------
+
+    async def apply_queued(self, schema: str, writes: list[PendingWrite]) -> None:
+        """A flushed batch of one schema: into L3 (versioned: never over a newer row)."""
+        core = self.core
+        rt = core.routes[schema]
+        b = rt.b
+        sets = []
+        for w in writes:
+            if w.op == "set":  # the queued model becomes its L3 row only now
+                row = b.rows.to_row(w.row, w.id)
+                row[VERSION_COLUMN] = w.version
+                sets.append(row)
+        deletes = [w.id for w in writes if w.op == "delete"]
+        if sets:
+            core.c.l3_queries += 1
+            await core.l3.upsert_many(b.cs, sets, versioned=True, returning=False)
+        if deletes:
+            core.c.l3_queries += 1
+            await core.l3.delete_many(b.cs, deletes)
+        rt.path.forget(writes)
+        if b.l2_on:  # a search cached before the flush did not see these rows
+            await self.coh.bump_generation(rt)
+
+    async def on_dead_letter(self, letter: DeadLetter) -> None:
+        core = self.core
+        core.c.dead_letters += 1
+        w = letter.write
+        rt = core.routes.get(w.schema)
+        core.log.error(
+            "write-behind gave up on %s %r after %d attempts: %s",
+            w.schema,
+            w.id,
+            w.attempts,
+            letter.error,
+        )
+        if rt is None:
+            return
+        rt.path.forget([w])
+        # The caches hold a value L3 never got: drop it so reads show what is durable.
+        await self.coh.forget_cached(rt, [w.id])
+        if rt.b.hooks.on_write_error is not None:
+            await core.hooks.absorb(
+                "on_write_error", rt.b.hooks.on_write_error, w.id, w.row, letter.error
+            )
