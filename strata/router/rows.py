@@ -68,9 +68,13 @@ class RowMapper:
     def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
         """Canonical L3 row (column -> value); encrypted columns sealed here."""
         try:
-            data = value.model_dump(include=self.column_fields)
+            # warnings="error": a model_construct() value of the wrong type is refused here
+            # rather than stored as whatever the driver makes of it.
+            data = value.model_dump(include=self.column_fields, warnings="error")
             if self.json_fields:
-                data.update(value.model_dump(mode="json", include=self.json_fields))
+                data.update(
+                    value.model_dump(mode="json", include=self.json_fields, warnings="error")
+                )
         except (PydanticSerializationError, TypeError, ValueError) as exc:
             # model_construct() lets any value in; it shows here, before any tier is touched.
             raise InvalidValueError(
@@ -90,6 +94,8 @@ class RowMapper:
                     v = enum_to_text(v) if not isinstance(v, str) else v
                 elif kind is ColumnKind.DATETIME and v.tzinfo is None:
                     v = v.replace(tzinfo=UTC)
+                elif type(v) is str and not v.isascii():
+                    _check_utf8(self.name, spec.field, v)
             row[spec.name] = v
         return row
 
@@ -146,3 +152,13 @@ class RowMapper:
                     row[spec.name] = orjson.loads(self.cipher.decrypt(blob, aad))
             out.append({by_column[c].field: row[c] for c in columns})
         return out
+
+
+def _check_utf8(schema: str, field: str, text: str) -> None:
+    """A lone surrogate (``"\\udcff"``) has no UTF-8 form: no tier could store it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(
+            f"{schema}.{field}: text is not valid UTF-8 ({exc.reason})", schema=schema
+        ) from exc

@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 
 from strata.codec import peek_version
 from strata.config import hide_password
-from strata.errors import LifecycleError, TierError, TierUnavailableError
+from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
 
 __all__ = ["RedisTier"]
 
@@ -466,7 +466,7 @@ class RedisTier:
                         f"L2 Redis unavailable at {self.where}: {_describe(exc)}", tier="l2"
                     ) from exc
                 except rexc.DataError as exc:  # a value redis-py cannot send: the caller's bug
-                    raise TypeError(str(exc)) from exc
+                    raise InvalidValueError(f"L2 Redis cannot send this value: {exc}") from exc
                 except rexc.RedisError as exc:
                     # Redis answered, so it is there; the command was refused (OOM, ...).
                     if probe:
