@@ -5,7 +5,8 @@
 #                     tests/ and integration/ (what CI runs: .ci/run)
 #   make unit         pytest tests            (no servers)
 #   make integration  scripts/ensure-services, then pytest integration
-#   make lint         ruff check, ruff format --check, mypy --strict strata
+#   make lint         ruff check, ruff format --check, mypy --strict strata, and the
+#                     user-side typing: examples/, tests/typing/ (assert_type checks)
 #   make fmt          ruff format + import sorting (rewrites files)
 #   make demo         examples/quickstart.py on embedded SQLite
 #   make bench        python -m benchmarks (when benchmarks/__main__.py exists)
@@ -39,6 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict strata
+	$(BIN)/mypy --strict examples tests/typing tests/test_injected_tiers.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -70,7 +70,7 @@ async def main() -> None:
 
 async def balances(ds: DataStore) -> dict[str, int]:
     accounts = await ds.get_many(Account, ["alice", "bob"])
-    return {k: v.balance for k, v in accounts.items()}
+    return {a.id: a.balance for a in accounts.values()}
 
 
 if __name__ == "__main__":

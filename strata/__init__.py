@@ -8,8 +8,9 @@ from strata.crypto import generate_key
 from strata.datastore import DataStore
 from strata.fields import Field
 from strata.observability import Observer, Stats
-from strata.query import Q, Query
+from strata.query import Projection, Q, Query
 from strata.schema import Index, MemPolicy, PostgresPolicy, RedisPolicy, Schema, SchemaHooks
+from strata.tiers.base import Id
 from strata.tiers.memory import Eviction
 from strata.tx import Tx
 
@@ -20,10 +21,12 @@ __all__ = [
     "DataStore",
     "Eviction",
     "Field",
+    "Id",
     "Index",
     "MemPolicy",
     "Observer",
     "PostgresPolicy",
+    "Projection",
     "Q",
     "Query",
     "RedisPolicy",

@@ -30,7 +30,7 @@ from strata.errors import (
 from strata.hooks import HookRunner
 from strata.invalidation import InvalidationBus
 from strata.observability import Counters, Stats, default_logger
-from strata.query import Q, Query
+from strata.query import Projection, Q, Query
 from strata.router.binding import TOMBSTONE_TTL, Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
@@ -367,6 +367,9 @@ class DataStore:
 
     # -- queries -----------------------------------------------------------------------
 
+    # A Projection is a Q: the first overload that matches wins (so the ignore).
+    @overload
+    async def search(self, schema: SchemaRef, q: Projection) -> list[dict[str, Any]]: ...  # type: ignore[overload-overlap]
     @overload
     async def search(self, schema: type[M], q: Q | Query | None = None) -> list[M]: ...
     @overload
@@ -378,6 +381,8 @@ class DataStore:
         ``force_l2()`` serves only a cached result (see ``search_cached``)."""
         return await self._run("search", schema, self._queries.search, q)
 
+    @overload
+    async def search_cached(self, schema: SchemaRef, q: Projection) -> list[dict[str, Any]]: ...  # type: ignore[overload-overlap]
     @overload
     async def search_cached(self, schema: type[M], q: Q | Query | None = None) -> list[M]: ...
     @overload

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, Self, TypeAlias
 from uuid import UUID
 
 from sqlalchemy.dialects import registry
@@ -41,6 +41,7 @@ __all__ = [
     "LOOKUPS",
     "CompiledQuery",
     "Lookup",
+    "Projection",
     "Q",
     "Query",
     "Where",
@@ -125,10 +126,10 @@ class Q:
 
     _query: Query = Query()
 
-    def _with(self, **changes: Any) -> Q:
-        return Q(replace(self._query, **changes))
+    def _with(self, **changes: Any) -> Self:
+        return type(self)(replace(self._query, **changes))
 
-    def where(self, sql: str, *args: Any) -> Q:
+    def where(self, sql: str, *args: Any) -> Self:
         """AND a parameterised SQL condition: ``where("level > $1 AND region = $2", 10, "eu")``.
 
         Placeholders are numbered from ``$1`` within this call and must use exactly the
@@ -140,7 +141,7 @@ class Q:
         _check_placeholders(sql, _scan(sql, "postgresql"), len(args))
         return self._with(conditions=(*self._query.conditions, Where(sql.strip(), args)))
 
-    def filter(self, **lookups: Any) -> Q:
+    def filter(self, **lookups: Any) -> Self:
         """AND Django-style lookups: ``level__gte=5``, ``region__in=[...]``, ``email=None``.
 
         Suffixes: eq (the default), ne, gt, gte, lt, lte, in, isnull, like, ilike. A key is
@@ -149,7 +150,7 @@ class Q:
         added = tuple(_lookup(key, value) for key, value in lookups.items())
         return self._with(conditions=(*self._query.conditions, *added))
 
-    def order_by(self, *cols: str) -> Q:
+    def order_by(self, *cols: str) -> Self:
         """Append sort keys; ``"-col"`` sorts descending. NULLs sort as the largest value on
         every dialect (last ascending, first descending)."""
         if not cols:
@@ -161,7 +162,7 @@ class Q:
             added.append((_identifier_syntax(name, "order_by"), descending))
         return self._with(ordering=(*self._query.ordering, *added))
 
-    def desc(self) -> Q:
+    def desc(self) -> Self:
         """Make the most recent ``order_by`` column descending; with none, order by the
         primary key descending."""
         ordering = self._query.ordering
@@ -169,30 +170,38 @@ class Q:
             return self._with(ordering=((None, True),))
         return self._with(ordering=(*ordering[:-1], (ordering[-1][0], True)))
 
-    def limit(self, n: int | None) -> Q:
+    def limit(self, n: int | None) -> Self:
         """At most ``n`` rows; ``0`` means no limit, ``None`` the configured default."""
         return self._with(limit=None if n is None else _count_arg("limit", n))
 
-    def offset(self, n: int) -> Q:
+    def offset(self, n: int) -> Self:
         return self._with(offset=_count_arg("offset", n))
 
-    def fields(self, *cols: str) -> Q:
-        """Select only these columns (replaces an earlier ``fields()``)."""
+    def fields(self, *cols: str) -> Projection:
+        """Select only these columns (replaces an earlier ``fields()``): a ``Projection``,
+        whose searches return dicts keyed by field name (typed so), not models."""
         if not cols:
             raise InvalidQueryError("fields() needs at least one column")
-        return self._with(fields=tuple(_identifier_syntax(c, "fields") for c in cols))
+        chosen = tuple(_identifier_syntax(c, "fields") for c in cols)
+        return Projection(replace(self._query, fields=chosen))
 
-    def force_l3(self) -> Q:
+    def force_l3(self) -> Self:
         """Read from L3 even when a cached result set exists (the last force_* call wins)."""
         return self._with(tier="l3")
 
-    def force_l2(self) -> Q:
+    def force_l2(self) -> Self:
         """Answer only from a cached result set (``CacheMissError`` when there is none)."""
         return self._with(tier="l2")
 
     def build(self) -> Query:
         """The immutable value (``Q(query)`` goes back to building from one)."""
         return self._query
+
+
+@dataclass(frozen=True, slots=True)
+class Projection(Q):
+    """What ``Q().fields(...)`` returns: the same builder, and the static type by which
+    ``search`` / ``search_cached`` know their rows are ``dict[str, Any]``."""
 
 
 def as_query(q: Q | Query | None) -> Query:

@@ -42,7 +42,7 @@ from strata.errors import (
 from strata.tiers.base import Id, TxHandle
 
 if TYPE_CHECKING:
-    from strata.query import Q, Query
+    from strata.query import Projection, Q, Query
     from strata.router.core import Route
 
 __all__ = ["Effects", "Tx", "TxContext", "TxHost"]
@@ -187,6 +187,9 @@ class Tx:
         found = await host.load(rt, wanted, self._handle, for_update)
         return {i: await host.deliver(rt, found[i]) for i in wanted if i in found}, "l3"
 
+    # A Projection is a Q: the first overload that matches wins (so the ignore).
+    @overload
+    async def search(self, schema: SchemaRef, q: Projection) -> list[dict[str, Any]]: ...  # type: ignore[overload-overlap]
     @overload
     async def search(self, schema: type[M], q: Q | Query | None = None) -> list[M]: ...
     @overload
