@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -28,7 +27,6 @@ from strata.errors import (
     SerializationError,
 )
 from strata.hooks import HookRunner
-from strata.invalidation import InvalidationBus
 from strata.observability import Counters, Stats, default_logger
 from strata.query import Projection, Q, Query
 from strata.router.binding import TOMBSTONE_TTL, Binding
@@ -136,7 +134,7 @@ class DataStore:
         try:
             if core.l2 is not None:
                 await core.l2.connect()
-                await self._start_bus(core.l2)
+                await self._coherence.start_bus(core.l2)
             core.wb = WriteBehindQueue(
                 self._writes.apply_queued,
                 flush_interval=_secs(cfg.write_behind_flush_interval),
@@ -154,28 +152,7 @@ class DataStore:
             await self._shutdown()
             raise
         self._ops.state = OPEN
-        core.spawn(self._sweeper())
-
-    async def _start_bus(self, l2: L2Tier) -> None:
-        if not getattr(l2, "subscribes", False):
-            return
-        cfg = self.config
-        bus = self._core.bus = InvalidationBus(
-            l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
-            cfg.invalidation_channel,
-            self.instance_id,
-            on_message=self._coherence.on_invalidation,
-            on_reset=self._coherence.clear_l1,
-            heartbeat_interval=_secs(cfg.heartbeat_interval),
-            logger=self._log,
-            on_error=self._absorbed,
-            publisher=self._coherence.publish_via_l2,
-        )
-        await bus.start()
-        if l2.available:
-            # Until the subscription is confirmed other instances' messages cannot arrive:
-            # start coherent rather than fill L1 and then drop it.
-            await bus.wait_connected(max(1.0, 4 * cfg.redis_timeout))
+        core.spawn(self._coherence.sweep_forever())
 
     async def close(self) -> None:
         """Flush write-behind, end background tasks, close connections. Idempotent."""
@@ -202,20 +179,6 @@ class DataStore:
                 await core.l2.close()
             await self._queries.close_replicas()
             await core.l3.close()
-
-    async def _sweeper(self) -> None:
-        """Reclaim expired L1 entries and negative-cache marks, a slice at a time so a
-        large cache never holds up the event loop."""
-        interval = _secs(self.config.sweep_interval)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for rt in list(self._core.routes.values()):
-                if rt.l1 is not None:
-                    while rt.l1.sweep(limit=1000) >= 1000:  # noqa: ASYNC110 - yields, not polls
-                        await asyncio.sleep(0)
-                if rt.negative:
-                    rt.negative = {k: v for k, v in rt.negative.items() if v > now}
 
     def _check_open(self) -> None:
         self._ops.check_open()

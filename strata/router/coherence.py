@@ -14,13 +14,17 @@ wrote are repaired, and every L1 cleared, on recovery.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from strata.config import seconds
 from strata.errors import TierError
-from strata.invalidation import Invalidation
+from strata.invalidation import Invalidation, InvalidationBus
 from strata.router.binding import TOMBSTONE_TTL
 from strata.router.core import Core, Route
+from strata.tiers.base import L2Tier
 
 __all__ = ["Coherence"]
 
@@ -34,6 +38,44 @@ class Coherence:
         self._l2_missed_overflow = False
         self._l2_dirty_schemas: set[str] = set()  # L2 must be cleared for these on recovery
         self.skipped_publishes = 0  # publishes not attempted while L2 was known to be down
+
+    # -- the bus, and L1 upkeep ---------------------------------------------------------------
+
+    async def start_bus(self, l2: L2Tier) -> None:
+        """Subscribe to the invalidation channel, when the L2 tier can carry it."""
+        core, cfg = self.core, self.core.config
+        if not getattr(l2, "subscribes", False):
+            return
+        bus = core.bus = InvalidationBus(
+            l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
+            cfg.invalidation_channel,
+            core.instance_id,
+            on_message=self.on_invalidation,
+            on_reset=self.clear_l1,
+            heartbeat_interval=seconds(cfg.heartbeat_interval, "interval") or 0.0,
+            logger=core.log,
+            on_error=core.count_error,
+            publisher=self.publish_via_l2,
+        )
+        await bus.start()
+        if l2.available:
+            # Until the subscription is confirmed other instances' messages cannot arrive:
+            # start coherent rather than fill L1 and then drop it.
+            await bus.wait_connected(max(1.0, 4 * cfg.redis_timeout))
+
+    async def sweep_forever(self) -> None:
+        """Reclaim expired L1 entries and negative-cache marks, a slice at a time so a
+        large cache never holds up the event loop."""
+        interval = seconds(self.core.config.sweep_interval, "interval") or 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for rt in list(self.core.routes.values()):
+                if rt.l1 is not None:
+                    while rt.l1.sweep(limit=1000) >= 1000:  # noqa: ASYNC110 - yields, not polls
+                        await asyncio.sleep(0)
+                if rt.negative:
+                    rt.negative = {k: v for k, v in rt.negative.items() if v > now}
 
     # -- publish -----------------------------------------------------------------------
 
