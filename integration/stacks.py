@@ -218,6 +218,17 @@ l1_async_env = _stack_fixture(L1_ASYNC_STACKS)
 """Write-through-L1-async stacks."""
 
 
+def needs(env: Env, *, pg: bool = False, bus: bool = False, l2: bool = False) -> None:
+    """Skip where the behaviour does not apply to the stack: PostgreSQL-only features (row
+    locks, deferred constraints, a server to cut), Redis, or instances hearing each other."""
+    if pg and env.stack.l3 != "postgresql":
+        pytest.skip("PostgreSQL only")
+    if l2 and not env.stack.l2:
+        pytest.skip("needs Redis (L2)")
+    if bus and not env.stack.bus:
+        pytest.skip("instances hear each other only through Redis")
+
+
 def model_id(model: BaseModel) -> Any:
     return model.model_dump()["id"]
 

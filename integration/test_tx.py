@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from integration.procs import eventually
-from integration.stacks import Env, l2_key
+from integration.stacks import Env, l2_key, needs
 from strata import DataStore, Field, Q, Schema, SchemaHooks, errors
 
 
@@ -52,15 +52,6 @@ async def pair(l3_env: Env) -> tuple[DataStore, DataStore]:
         *schemas(), migrate=False, pool_max_size=20, instance_id="b-" + uuid.uuid4().hex[:6]
     )
     return a, b
-
-
-def needs(env: Env, *, pg: bool = False, bus: bool = False) -> None:
-    """Skip where the behaviour does not apply: PostgreSQL-only features, or a second
-    instance hearing the first (no Redis, no bus)."""
-    if pg and env.stack.l3 != "postgresql":
-        pytest.skip("PostgreSQL only (SQLite has one writer, no row locks, no deferred checks)")
-    if bus and not env.stack.bus:
-        pytest.skip("instances hear each other only through Redis")
 
 
 async def balance_in_l3(env: Env, id: str) -> int | None:
