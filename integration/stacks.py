@@ -170,9 +170,8 @@ async def _env(
             prefix=redis_prefix,
             sqlite=sqlite,
             channel=channel,
-            **extra,
         )
-        ds = DataStore(config)
+        ds = DataStore(config.with_(**extra))
         for schema in schemas:
             ds.register(stack.adapt(schema) if adapt else schema)
         await ds.connect()
@@ -218,11 +217,15 @@ l1_async_env = _stack_fixture(L1_ASYNC_STACKS)
 """Write-through-L1-async stacks."""
 
 
-def needs(env: Env, *, pg: bool = False, bus: bool = False, l2: bool = False) -> None:
+def needs(
+    env: Env, *, pg: bool = False, bus: bool = False, l1: bool = False, l2: bool = False
+) -> None:
     """Skip where the behaviour does not apply to the stack: PostgreSQL-only features (row
     locks, deferred constraints, a server to cut), Redis, or instances hearing each other."""
     if pg and env.stack.l3 != "postgresql":
         pytest.skip("PostgreSQL only")
+    if l1 and not env.stack.l1:
+        pytest.skip("needs L1")
     if l2 and not env.stack.l2:
         pytest.skip("needs Redis (L2)")
     if bus and not env.stack.bus:
