@@ -7,6 +7,7 @@ that has the tiers it needs, so every stack keeps the same promises.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,18 +41,35 @@ class Stack:
             write_mode=self.write_mode,
         )
 
+    @property
+    def write_behind(self) -> bool:
+        return self.write_mode is WriteMode.WRITE_BEHIND
 
+    @property
+    def bus(self) -> bool:
+        """Instances hear each other's invalidations (the bus rides on Redis)."""
+        return self.l2
+
+
+WB = WriteMode.WRITE_BEHIND
 STACKS = [
     Stack("l1+sqlite", "sqlite"),
+    Stack("l1+l2+sqlite", "sqlite", l2=True),
     Stack("l1+pg", "postgresql"),
     Stack("l1+l2+pg", "postgresql", l2=True),
+    Stack("l1-async", "postgresql", l2=True, write_mode=WriteMode.WRITE_THROUGH_L1_ASYNC),
     Stack("l2+pg", "postgresql", l1=False, l2=True),
     Stack("l2-only", None, l1=False, l2=True),
-    Stack("write-behind", "postgresql", l2=True, write_mode=WriteMode.WRITE_BEHIND),
+    Stack("write-behind", "postgresql", l2=True, write_mode=WB),
+    Stack("write-behind+sqlite", "sqlite", write_mode=WB),
+    Stack("write-behind+l2+sqlite", "sqlite", l2=True, write_mode=WB),
 ]
 L3_STACKS = [s for s in STACKS if s.l3 is not None]
 PG_STACKS = [s for s in STACKS if s.l3 == "postgresql"]
 L2_STACKS = [s for s in STACKS if s.l2]
+BUS_L3_STACKS = [s for s in L3_STACKS if s.bus]  # two instances, kept coherent, over L3
+WB_STACKS = [s for s in STACKS if s.write_behind]
+L1_ASYNC_STACKS = [s for s in STACKS if s.write_mode is WriteMode.WRITE_THROUGH_L1_ASYNC]
 
 MakeStore = Callable[..., Awaitable[DataStore]]
 
@@ -65,6 +83,29 @@ class Env:
     pg_url: str
     pg_schema: str
     sqlite_path: Path
+
+    async def raw_query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        """Rows of ``sql`` run on L3 behind Strata's back (``$1..$n`` placeholders; unqualified
+        table names)."""
+        if self.stack.l3 == "postgresql":
+            conn = await asyncpg.connect(
+                self.pg_url, server_settings={"search_path": self.pg_schema}
+            )
+            try:
+                return [dict(r) for r in await conn.fetch(sql, *args)]
+            finally:
+                await conn.close()
+        import sqlite3
+
+        with sqlite3.connect(self.sqlite_path) as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(re.sub(r"\$\d+", "?", sql), args).fetchall()
+            return [dict(r) for r in found]
+
+    async def raw_value(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row of ``sql`` (None when there is no row)."""
+        rows = await self.raw_query(sql, *args)
+        return next(iter(rows[0].values())) if rows else None
 
     async def raw_row(self, table: str, id: Any) -> dict[str, Any] | None:
         """The row as stored in L3, bypassing Strata (write-behind: call flush_dirty first)."""
@@ -97,16 +138,16 @@ def config_for(
     **extra: Any,
 ) -> Config:
     db = f"sqlite:///{sqlite}" if stack.l3 != "postgresql" else pg_url
-    return Config(
-        database_url=db,
-        database_schema=pg_schema if stack.l3 == "postgresql" else None,
-        redis_url=redis_url if stack.l2 else None,
-        key_prefix=prefix,
-        invalidation_channel=channel,
-        encryption_key=ENCRYPTION_KEY,
-        write_behind_flush_interval=0.05,
-        **extra,
-    )
+    settings: dict[str, Any] = {
+        "database_url": db,
+        "database_schema": pg_schema if stack.l3 == "postgresql" else None,
+        "redis_url": redis_url if stack.l2 else None,
+        "key_prefix": prefix,
+        "invalidation_channel": channel,
+        "encryption_key": ENCRYPTION_KEY,
+        "write_behind_flush_interval": 0.05,
+    }
+    return Config(**{**settings, **extra})
 
 
 async def _env(
@@ -116,7 +157,11 @@ async def _env(
     sqlite = tmp_path / "contract.db"
     channel = f"{redis_prefix}:inv:{uuid.uuid4().hex[:6]}"
 
-    async def make(*schemas: Schema, migrate: bool = True, **extra: Any) -> DataStore:
+    async def make(
+        *schemas: Schema, migrate: bool = True, adapt: bool = True, **extra: Any
+    ) -> DataStore:
+        """A connected store of this stack (``adapt=False``: the schemas' tiers as given);
+        ``extra`` overrides Config fields."""
         config = config_for(
             stack,
             pg_url=pg_url,
@@ -125,11 +170,10 @@ async def _env(
             prefix=redis_prefix,
             sqlite=sqlite,
             channel=channel,
-            **extra,
         )
-        ds = DataStore(config)
+        ds = DataStore(config.with_(**extra))
         for schema in schemas:
-            ds.register(stack.adapt(schema))
+            ds.register(stack.adapt(schema) if adapt else schema)
         await ds.connect()
         stores.append(ds)
         if migrate and stack.l3 is not None:
@@ -143,44 +187,55 @@ async def _env(
             await ds.close()
 
 
-@pytest.fixture(params=STACKS, ids=lambda s: s.name)
-async def env(
-    request: pytest.FixtureRequest,
-    pg_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-) -> AsyncIterator[Env]:
-    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
-        yield e
+def _stack_fixture(stacks: list[Stack]) -> Any:
+    @pytest.fixture(params=stacks, ids=lambda s: s.name)
+    async def fixture(
+        request: pytest.FixtureRequest,
+        pg_url: str,
+        pg_schema: str,
+        redis_url: str,
+        redis_prefix: str,
+        tmp_path: Path,
+    ) -> AsyncIterator[Env]:
+        async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
+            yield e
+
+    return fixture
 
 
-@pytest.fixture(params=L3_STACKS, ids=lambda s: s.name)
-async def l3_env(
-    request: pytest.FixtureRequest,
-    pg_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-) -> AsyncIterator[Env]:
-    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
-        yield e
+env = _stack_fixture(STACKS)
+"""Every stack."""
+l3_env = _stack_fixture(L3_STACKS)
+"""Stacks with an L3 (transactions, search, raw rows)."""
+l2_env = _stack_fixture(L2_STACKS)
+"""Stacks with Redis."""
+bus_env = _stack_fixture(BUS_L3_STACKS)
+"""Stacks with an L3 where instances hear each other (Redis)."""
+wb_env = _stack_fixture(WB_STACKS)
+"""Write-behind stacks."""
+l1_async_env = _stack_fixture(L1_ASYNC_STACKS)
+"""Write-through-L1-async stacks."""
+
+
+def needs(
+    env: Env, *, pg: bool = False, bus: bool = False, l1: bool = False, l2: bool = False
+) -> None:
+    """Skip where the behaviour does not apply to the stack: PostgreSQL-only features (row
+    locks, deferred constraints, a server to cut), Redis, or instances hearing each other."""
+    if pg and env.stack.l3 != "postgresql":
+        pytest.skip("PostgreSQL only")
+    if l1 and not env.stack.l1:
+        pytest.skip("needs L1")
+    if l2 and not env.stack.l2:
+        pytest.skip("needs Redis (L2)")
+    if bus and not env.stack.bus:
+        pytest.skip("instances hear each other only through Redis")
 
 
 def model_id(model: BaseModel) -> Any:
     return model.model_dump()["id"]
 
 
-@pytest.fixture(params=L2_STACKS, ids=lambda s: s.name)
-async def l2_env(
-    request: pytest.FixtureRequest,
-    pg_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-) -> AsyncIterator[Env]:
-    async for e in _env(request.param, pg_url, pg_schema, redis_url, redis_prefix, tmp_path):
-        yield e
+def l2_key(ds: DataStore, schema: str, id: str) -> str:
+    """The Redis key of a cached row (DESIGN.md section 4)."""
+    return f"{ds.config.key_prefix}:{schema}:{ds.schemas[schema].shape}:{id}"

@@ -27,8 +27,10 @@ from strata.errors import CacheMissError
 
 REPO = Path(__file__).resolve().parents[1]
 
-WITH_L2 = [s for s in L3_STACKS if s.l2]  # l1+l2+pg, l2+pg, write-behind
-WITHOUT_L2 = [s for s in L3_STACKS if not s.l2]  # l1+sqlite, l1+pg
+WITH_L2 = [s for s in L3_STACKS if s.l2]
+# Without L2, write-through only: a write-behind write is not in L3 (so in no search) until
+# its flush.
+WITHOUT_L2 = [s for s in L3_STACKS if not s.l2 and s.write_mode is not WriteMode.WRITE_BEHIND]
 WRITE_THROUGH_L2 = [s for s in WITH_L2 if s.write_mode is not WriteMode.WRITE_BEHIND]
 L1_L2_PG = next(s for s in WITH_L2 if s.name == "l1+l2+pg")
 WRITE_BEHIND = next(s for s in WITH_L2 if s.write_mode is WriteMode.WRITE_BEHIND)

@@ -10,17 +10,15 @@ front of the shared server, or from a row PostgreSQL refuses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from pydantic import BaseModel
 
 from integration._servers import FaultProxy
 from integration.procs import eventually
-from strata import Config, DataStore, Field, Schema, SchemaHooks, WriteMode, errors
+from integration.stacks import Env, needs
+from strata import DataStore, Field, Schema, SchemaHooks, WriteMode, errors
 
 WAIT = 20.0  # generous: a timeout means the write never landed
 NEVER = 3600.0  # a flush interval no test outlives
@@ -40,26 +38,14 @@ class Member(BaseModel):
 ACCOUNTS = Schema(name="accounts", model=Account, write_mode=WriteMode.WRITE_BEHIND)
 
 
-@pytest.fixture
-def settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The shared settings, with flushes only when a test asks for them."""
-    return {**settings, "write_behind_flush_interval": NEVER}
+async def store(env: Env, *schemas: Schema, **overrides: Any) -> DataStore:
+    """A store of the stack that flushes only when a test asks (``flush_dirty``, ``close``)."""
+    config = {"write_behind_flush_interval": NEVER, **overrides}
+    return await env.make(*(schemas or (ACCOUNTS,)), **config)
 
 
-@contextlib.asynccontextmanager
-async def store(
-    settings: dict[str, Any], *schemas: Schema, **overrides: Any
-) -> AsyncIterator[DataStore]:
-    ds = DataStore(Config(**{**settings, **overrides}))
-    for schema in schemas or (ACCOUNTS,):
-        ds.register(schema)
-    async with ds:
-        await ds.migrate()
-        yield ds
-
-
-async def balances(pg_conn: asyncpg.Connection) -> dict[str, int]:
-    rows = await pg_conn.fetch("SELECT id, balance FROM accounts")
+async def balances(env: Env) -> dict[str, int]:
+    rows = await env.raw_query("SELECT id, balance FROM accounts")
     return {r["id"]: r["balance"] for r in rows}
 
 
@@ -76,69 +62,71 @@ def field_of(value: Any, name: str) -> Any:
     return value[name] if isinstance(value, dict) else getattr(value, name)
 
 
-async def test_10000_sets_then_close_all_land_in_postgresql(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
-) -> None:
-    async with store(settings, write_behind_flush_threshold=100_000) as ds:
-        for start in range(0, 10_000, 100):  # batches keep the run short; each row is queued
-            await ds.set_many(
-                Account,
-                [
-                    Account(id=f"a{n:05}", owner=f"owner{n}", balance=n)
-                    for n in range(start, start + 100)
-                ],
-            )
-        assert ds.stats().sets == 10_000
-        assert ds.stats().dirty_count == 10_000
-        assert await pg_conn.fetchval("SELECT count(*) FROM accounts") == 0  # all still queued
+async def test_10000_sets_then_close_all_land_in_l3(wb_env: Env) -> None:
+    ds = await store(wb_env, write_behind_flush_threshold=100_000)
+    for start in range(0, 10_000, 100):  # batches keep the run short; each row is queued
+        await ds.set_many(
+            Account,
+            [
+                Account(id=f"a{n:05}", owner=f"owner{n}", balance=n)
+                for n in range(start, start + 100)
+            ],
+        )
+    assert ds.stats().sets == 10_000
+    assert ds.stats().dirty_count == 10_000
+    assert await wb_env.raw_value("SELECT count(*) FROM accounts") == 0  # all still queued
+    await ds.close()
 
-    assert await pg_conn.fetchval("SELECT count(*) FROM accounts") == 10_000
-    rows = await pg_conn.fetch(
-        "SELECT id, owner, balance FROM accounts WHERE id = ANY($1) ORDER BY id",
-        ["a00000", "a04242", "a09999"],
+    assert await wb_env.raw_value("SELECT count(*) FROM accounts") == 10_000
+    rows = await wb_env.raw_query(
+        "SELECT id, owner, balance FROM accounts WHERE id IN ($1, $2, $3) ORDER BY id",
+        "a00000",
+        "a04242",
+        "a09999",
     )
-    assert [tuple(r) for r in rows] == [
+    assert [tuple(r.values()) for r in rows] == [
         ("a00000", "owner0", 0),
         ("a04242", "owner4242", 4242),
         ("a09999", "owner9999", 9999),
     ]
 
 
-async def test_delete_after_set_leaves_no_row(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
-) -> None:
-    async with store(settings) as ds:
-        await ds.set(Account, Account(id="stored", balance=1))
-        await ds.flush_dirty()
-        await ds.set(Account, Account(id="stored", balance=2))
-        await ds.delete(Account, "stored")
-        await ds.set(Account, Account(id="never", balance=3))
-        await ds.delete(Account, "never")
-        await ds.flush_dirty()
+async def test_delete_after_set_leaves_no_row(wb_env: Env) -> None:
+    ds = await store(wb_env)
+    await ds.set(Account, Account(id="stored", balance=1))
+    await ds.flush_dirty()
+    await ds.set(Account, Account(id="stored", balance=2))
+    await ds.delete(Account, "stored")
+    await ds.set(Account, Account(id="never", balance=3))
+    await ds.delete(Account, "never")
+    await ds.flush_dirty()
 
-        assert await balances(pg_conn) == {}
-        for id in ("stored", "never"):
-            with pytest.raises(errors.NotFoundError):
-                await ds.get(Account, id)
+    assert await balances(wb_env) == {}
+    for id in ("stored", "never"):
+        with pytest.raises(errors.NotFoundError):
+            await ds.get(Account, id)
 
 
 async def test_other_instance_reads_the_new_value_from_redis_before_postgresql_has_it(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
+    wb_env: Env,
 ) -> None:
-    async with store(settings) as writer, store(settings) as reader:
-        await writer.set(Account, Account(id="a", owner="ann", balance=10))
+    needs(wb_env, l2=True)
+    writer = await store(wb_env)
+    reader = await store(wb_env, migrate=False)
+    await writer.set(Account, Account(id="a", owner="ann", balance=10))
 
-        assert (await reader.get(Account, "a")).balance == 10
-        assert reader.stats().l2_hits == 1
-        assert await balances(pg_conn) == {}
+    assert (await reader.get(Account, "a")).balance == 10
+    assert reader.stats().l2_hits == 1
+    assert await balances(wb_env) == {}
 
-        await writer.flush_dirty()
-        assert await balances(pg_conn) == {"a": 10}
+    await writer.flush_dirty()
+    assert await balances(wb_env) == {"a": 10}
 
 
 async def test_failed_flush_keeps_the_writes_and_retries_them_after_postgresql_returns(
-    settings: dict[str, Any], pg_url: str, pg_conn: asyncpg.Connection
+    wb_env: Env, pg_url: str
 ) -> None:
+    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     async with FaultProxy.for_url(pg_url) as proxy:
         config = {
             "database_url": proxy.url_for(pg_url),
@@ -147,23 +135,24 @@ async def test_failed_flush_keeps_the_writes_and_retries_them_after_postgresql_r
             "write_behind_retry_base": 0.05,
             "write_behind_retry_max": 0.2,
         }
-        async with store(settings, **config) as ds:
-            await proxy.cut()
-            await ds.set_many(Account, [Account(id=f"a{n}", balance=n) for n in range(20)])
-            await eventually(lambda: ds.stats().errors > 0, timeout=WAIT)  # a flush failed
+        ds = await store(wb_env, **config)
+        await proxy.cut()
+        await ds.set_many(Account, [Account(id=f"a{n}", balance=n) for n in range(20)])
+        await eventually(lambda: ds.stats().errors > 0, timeout=WAIT)  # a flush failed
 
-            assert ds.stats().dirty_count == 20
-            assert ds.dead_letters() == []
-            await proxy.restore()
-            await ds.flush_dirty(timeout=WAIT)
+        assert ds.stats().dirty_count == 20
+        assert ds.dead_letters() == []
+        await proxy.restore()
+        await ds.flush_dirty(timeout=WAIT)
 
-            assert await balances(pg_conn) == {f"a{n}": n for n in range(20)}
-            assert ds.stats().dirty_count == 0
-            assert ds.dead_letters() == []
+        assert await balances(wb_env) == {f"a{n}": n for n in range(20)}
+        assert ds.stats().dirty_count == 0
+        assert ds.dead_letters() == []
+        await ds.close()
 
 
 async def test_row_postgresql_refuses_is_dead_lettered_after_max_retries_with_the_hook_called(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
+    wb_env: Env,
 ) -> None:
     hook = HookRecorder()
     members = Schema(
@@ -177,29 +166,30 @@ async def test_row_postgresql_refuses_is_dead_lettered_after_max_retries_with_th
         "write_behind_retry_base": 0.01,
         "write_behind_retry_max": 0.05,
     }
-    async with store(settings, members, **retries) as ds:
-        await ds.set(Member, Member(id="first", handle="taken"))
-        await ds.flush_dirty()
-        await ds.set(Member, Member(id="second", handle="taken"))  # unique violation
-        await ds.set(Member, Member(id="third", handle="free"))  # same batch, acceptable
-        await ds.flush_dirty(timeout=WAIT)
+    ds = await store(wb_env, members, **retries)
+    await ds.set(Member, Member(id="first", handle="taken"))
+    await ds.flush_dirty()
+    await ds.set(Member, Member(id="second", handle="taken"))  # unique violation
+    await ds.set(Member, Member(id="third", handle="free"))  # same batch, acceptable
+    await ds.flush_dirty(timeout=WAIT)
 
-        letters = ds.dead_letters()
-        assert [letter.write.id for letter in letters] == ["second"]
-        assert isinstance(letters[0].error, errors.IntegrityError)
-        assert len(hook.calls) == 1
-        id, value, exc = hook.calls[0]
-        assert id == "second"
-        assert field_of(value, "handle") == "taken"
-        assert isinstance(exc, errors.IntegrityError)
-        assert ds.stats().dead_letters == 1
-        rows = await pg_conn.fetch("SELECT id, handle FROM members ORDER BY id")
-        assert [tuple(r) for r in rows] == [("first", "taken"), ("third", "free")]
+    letters = ds.dead_letters()
+    assert [letter.write.id for letter in letters] == ["second"]
+    assert isinstance(letters[0].error, errors.IntegrityError)
+    assert len(hook.calls) == 1
+    id, value, exc = hook.calls[0]
+    assert id == "second"
+    assert field_of(value, "handle") == "taken"
+    assert isinstance(exc, errors.IntegrityError)
+    assert ds.stats().dead_letters == 1
+    rows = await wb_env.raw_query("SELECT id, handle FROM members ORDER BY id")
+    assert [tuple(r.values()) for r in rows] == [("first", "taken"), ("third", "free")]
 
 
 async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
-    settings: dict[str, Any], pg_url: str, pg_conn: asyncpg.Connection
+    wb_env: Env, pg_url: str
 ) -> None:
+    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     hook = HookRecorder()
     accounts = Schema(
         name="accounts",
@@ -215,25 +205,27 @@ async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
             "write_behind_retry_base": 0.01,
             "write_behind_retry_max": 0.05,
         }
-        async with store(settings, accounts, **config) as ds:
-            await proxy.cut()
-            await ds.set(Account, Account(id="lost", balance=5))
-            await ds.flush_dirty(timeout=WAIT)
+        ds = await store(wb_env, accounts, **config)
+        await proxy.cut()
+        await ds.set(Account, Account(id="lost", balance=5))
+        await ds.flush_dirty(timeout=WAIT)
 
-            assert [letter.write.id for letter in ds.dead_letters()] == ["lost"]
-            assert [(id, type(exc)) for id, _, exc in hook.calls] == [
-                ("lost", errors.TierUnavailableError)
-            ]
-            assert field_of(hook.calls[0][1], "balance") == 5
-            assert ds.stats().dead_letters == 1
-            assert ds.stats().dirty_count == 0
-            await proxy.restore()
-    assert await balances(pg_conn) == {}
+        assert [letter.write.id for letter in ds.dead_letters()] == ["lost"]
+        assert [(id, type(exc)) for id, _, exc in hook.calls] == [
+            ("lost", errors.TierUnavailableError)
+        ]
+        assert field_of(hook.calls[0][1], "balance") == 5
+        assert ds.stats().dead_letters == 1
+        assert ds.stats().dirty_count == 0
+        await proxy.restore()
+        await ds.close()
+    assert await balances(wb_env) == {}
 
 
 async def test_flush_dirty_returns_only_after_the_dead_letter_hook_has_run(
-    settings: dict[str, Any], pg_url: str
+    wb_env: Env, pg_url: str
 ) -> None:
+    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     reported: list[Any] = []
 
     async def report(id: Any, value: Any, exc: BaseException) -> None:
@@ -254,51 +246,48 @@ async def test_flush_dirty_returns_only_after_the_dead_letter_hook_has_run(
             "write_behind_retry_base": 0.01,
             "write_behind_retry_max": 0.05,
         }
-        async with store(settings, accounts, **config) as ds:
-            await proxy.cut()
-            await ds.set(Account, Account(id="lost", balance=5))
-            await eventually(ds.dead_letters, timeout=WAIT)  # given up on; its hook runs now
+        ds = await store(wb_env, accounts, **config)
+        await proxy.cut()
+        await ds.set(Account, Account(id="lost", balance=5))
+        await eventually(ds.dead_letters, timeout=WAIT)  # given up on; its hook runs now
 
-            await ds.flush_dirty(timeout=WAIT)
+        await ds.flush_dirty(timeout=WAIT)
 
-            assert reported == ["lost"]
-            await proxy.restore()
+        assert reported == ["lost"]
+        await proxy.restore()
+        await ds.close()
 
 
-async def test_100_sets_of_one_key_coalesce_into_one_write_of_the_last_value(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
-) -> None:
-    async with store(settings) as ds:
-        for n in range(100):
-            await ds.set(Account, Account(id="hot", balance=n))
-        assert ds.stats().dirty_count == 1
-        before = ds.stats().l3_queries
+async def test_100_sets_of_one_key_coalesce_into_one_write_of_the_last_value(wb_env: Env) -> None:
+    ds = await store(wb_env)
+    for n in range(100):
+        await ds.set(Account, Account(id="hot", balance=n))
+    assert ds.stats().dirty_count == 1
+    before = ds.stats().l3_queries
 
-        await ds.flush_dirty()
+    await ds.flush_dirty()
 
-        assert ds.stats().l3_queries == before + 1
-        assert await balances(pg_conn) == {"hot": 99}
+    assert ds.stats().l3_queries == before + 1
+    assert await balances(wb_env) == {"hot": 99}
 
 
 async def test_schema_write_behind_works_when_the_config_default_is_write_through(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
+    wb_env: Env,
 ) -> None:
-    async with store(settings, default_write_mode=WriteMode.WRITE_THROUGH) as ds:
-        await ds.set(Account, Account(id="a", balance=1))
-        assert await balances(pg_conn) == {}  # queued, not written through
+    ds = await store(wb_env, default_write_mode=WriteMode.WRITE_THROUGH)
+    await ds.set(Account, Account(id="a", balance=1))
+    assert await balances(wb_env) == {}  # queued, not written through
 
-        await ds.flush_dirty()
-        assert await balances(pg_conn) == {"a": 1}
+    await ds.flush_dirty()
+    assert await balances(wb_env) == {"a": 1}
 
 
-async def test_dirty_count_counts_queued_writes_until_flush_dirty(
-    settings: dict[str, Any], pg_conn: asyncpg.Connection
-) -> None:
-    async with store(settings) as ds:
-        await ds.set_many(Account, [Account(id=f"a{n}", balance=n) for n in range(3)])
-        assert ds.stats().dirty_count == 3
+async def test_dirty_count_counts_queued_writes_until_flush_dirty(wb_env: Env) -> None:
+    ds = await store(wb_env)
+    await ds.set_many(Account, [Account(id=f"a{n}", balance=n) for n in range(3)])
+    assert ds.stats().dirty_count == 3
 
-        await ds.flush_dirty()
+    await ds.flush_dirty()
 
-        assert ds.stats().dirty_count == 0
-        assert await balances(pg_conn) == {"a0": 0, "a1": 1, "a2": 2}
+    assert ds.stats().dirty_count == 0
+    assert await balances(wb_env) == {"a0": 0, "a1": 1, "a2": 2}

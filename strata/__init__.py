@@ -9,9 +9,16 @@ from strata.datastore import DataStore
 from strata.fields import Field
 from strata.observability import Observer, Stats
 from strata.query import Projection, Q, Query
-from strata.schema import Index, MemPolicy, PostgresPolicy, RedisPolicy, Schema, SchemaHooks
+from strata.schema import (
+    Eviction,
+    Index,
+    MemPolicy,
+    PostgresPolicy,
+    RedisPolicy,
+    Schema,
+    SchemaHooks,
+)
 from strata.tiers.base import Id
-from strata.tiers.memory import Eviction
 from strata.tx import Tx
 
 __version__ = "0.1.0"

@@ -4,6 +4,9 @@ Compilation checks everything up front (one primary key, defaults where needed, 
 column mapping, index fields) and produces a ``CompiledSchema``: the columns with their
 per-dialect converters, the SQLAlchemy ``Table`` (the one description of the table: DDL,
 Alembic diff and SQL compilation all come from it) and the shape hash used in cache keys.
+
+``compile_schema`` reads as its list of rules: the schema-level ones are below it, the
+per-field ones (and the type mapping) in ``strata.columns``.
 """
 
 from __future__ import annotations
@@ -12,53 +15,71 @@ import copy
 import enum
 import hashlib
 import re
-import types
-import typing
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
-from sqlalchemy.dialects import postgresql
 
+from strata.columns import (
+    MUTABLE_KINDS,
+    UNSET,
+    VERSION_COLUMN,
+    ColumnKind,
+    ColumnSpec,
+    aware_utc,
+    check_identifier,
+    compile_column,
+    enum_to_text,
+    json_default,
+    kind_of,
+    pk_coercer,
+    static_default,
+    unwrap_optional,
+)
 from strata.config import Config, Seconds, WriteMode, seconds
 from strata.errors import (
     ConflictingFieldOptionsError,
-    EncryptionKeyRequiredError,
-    FieldDefaultRequiredError,
     InvalidModelError,
     InvalidPrimaryKeyError,
     MultiplePrimaryKeysError,
     NoPrimaryKeyError,
     UnknownIndexFieldError,
-    UnsupportedTypeError,
 )
-from strata.fields import FieldMeta, field_meta
-from strata.tiers.memory import Eviction
+from strata.fields import field_meta
 
 __all__ = [
     "VERSION_COLUMN",
     "ColumnKind",
     "ColumnSpec",
     "CompiledSchema",
+    "Eviction",
     "Index",
     "MemPolicy",
     "PostgresPolicy",
     "RedisPolicy",
     "Schema",
     "SchemaHooks",
+    "aware_utc",
+    "check_identifier",
     "compile_schema",
+    "enum_to_text",
+    "json_default",
+    "snake_case",
+    "ttl_min",
 ]
 
-VERSION_COLUMN = "_strata_version"
-"""Hidden BIGINT column: the row version L3 sets on every write (see DESIGN.md section 4)."""
-
 Hook = Callable[..., Any]
+
+
+class Eviction(enum.Enum):
+    """Which entry a full memory tier gives up first (``MemPolicy.eviction``)."""
+
+    LRU = "lru"  # least recently used; get and set count as use
+    LFU = "lfu"  # fewest accesses (get hits and sets); ties go to the least recently used
+    FIFO = "fifo"  # oldest inserted; reads and updates do not move a key
 
 
 @dataclass(frozen=True)
@@ -114,9 +135,6 @@ class SchemaHooks:
     on_write_error: Hook | None = None
 
 
-_UNSET: Any = object()
-
-
 @dataclass(frozen=True)
 class Schema:
     """A model and how each tier treats it. ``l1=None`` / ``l2=None`` / ``l3=None`` turn a
@@ -130,39 +148,6 @@ class Schema:
     write_mode: WriteMode | None = None
     indexes: Sequence[Index] = ()
     hooks: SchemaHooks | None = None
-
-
-class ColumnKind(enum.Enum):
-    TEXT = "text"
-    INT = "int"
-    FLOAT = "float"
-    BOOL = "bool"
-    DATETIME = "datetime"
-    DATE = "date"
-    TIME = "time"
-    BYTES = "bytes"
-    UUID = "uuid"
-    DECIMAL = "decimal"
-    ENUM = "enum"
-    JSON = "json"
-    ENCRYPTED = "encrypted"
-
-
-_MUTABLE_KINDS = {ColumnKind.JSON}
-
-
-@dataclass(slots=True)
-class ColumnSpec:
-    field: str
-    name: str
-    kind: ColumnKind
-    value_kind: ColumnKind  # the kind of the value itself (differs from kind when encrypted)
-    nullable: bool
-    meta: FieldMeta
-    annotation: Any
-    enum_type: type[enum.Enum] | None
-    default: Any  # the python default, _UNSET when none (or a factory)
-    column: sa.Column[Any]
 
 
 @dataclass(eq=False)
@@ -217,141 +202,6 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
 
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def check_identifier(value: str, what: str, model: str, field_name: str | None = None) -> str:
-    if not isinstance(value, str) or not _IDENT.match(value):
-        raise InvalidModelError(
-            f"{model}: {what} {value!r} is not a valid SQL identifier "
-            "(letters, digits and _, not starting with a digit, at most 63 characters)",
-            model=model,
-            field=field_name,
-        )
-    return value
-
-
-def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
-    """(inner type, is Optional)."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap_optional(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(args) != len(typing.get_args(annotation))
-        if len(args) == 1:
-            inner, _ = _unwrap_optional(args[0])
-            return inner, optional
-        return annotation, optional
-    return annotation, False
-
-
-def _kind_of(tp: Any) -> tuple[ColumnKind, type[enum.Enum] | None] | None:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        values = typing.get_args(tp)
-        if all(isinstance(v, str) for v in values):
-            return ColumnKind.TEXT, None
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return ColumnKind.INT, None
-        return None
-    if origin in (list, dict, tuple, set, frozenset) or tp in (list, dict, tuple, set, frozenset):
-        return ColumnKind.JSON, None
-    if origin in (typing.Union, types.UnionType):
-        return ColumnKind.JSON, None  # union of several non-None types: stored as JSON
-    if not isinstance(tp, type):
-        return None
-    if issubclass(tp, enum.Enum):
-        return ColumnKind.ENUM, tp
-    if tp is bool:
-        return ColumnKind.BOOL, None
-    if issubclass(tp, BaseModel):
-        return ColumnKind.JSON, None
-    simple: list[tuple[type, ColumnKind]] = [
-        (str, ColumnKind.TEXT),
-        (int, ColumnKind.INT),
-        (float, ColumnKind.FLOAT),
-        (datetime, ColumnKind.DATETIME),
-        (date, ColumnKind.DATE),
-        (time, ColumnKind.TIME),
-        (bytes, ColumnKind.BYTES),
-        (uuid.UUID, ColumnKind.UUID),
-        (Decimal, ColumnKind.DECIMAL),
-    ]
-    for base, kind in simple:
-        if issubclass(tp, base):
-            return kind, None
-    return None
-
-
-def _sa_type(kind: ColumnKind) -> sa.types.TypeEngine[Any]:
-    """The column type: PostgreSQL first, SQLite affinities through variants."""
-    match kind:
-        case ColumnKind.TEXT | ColumnKind.ENUM:
-            return sa.Text()
-        case ColumnKind.INT:
-            return sa.BigInteger()
-        case ColumnKind.FLOAT:
-            return sa.Double().with_variant(sa.Float(), "sqlite")
-        case ColumnKind.BOOL:
-            return sa.Boolean()
-        case ColumnKind.DATETIME:
-            return sa.DateTime(timezone=True).with_variant(sa.Text(), "sqlite")
-        case ColumnKind.DATE:
-            return sa.Date().with_variant(sa.Text(), "sqlite")
-        case ColumnKind.TIME:
-            return sa.Time().with_variant(sa.Text(), "sqlite")
-        case ColumnKind.BYTES | ColumnKind.ENCRYPTED:
-            return sa.LargeBinary()
-        case ColumnKind.UUID:
-            return sa.Uuid().with_variant(sa.Text(), "sqlite")
-        case ColumnKind.DECIMAL:
-            return sa.Numeric().with_variant(sa.Text(), "sqlite")
-        case ColumnKind.JSON:
-            return postgresql.JSONB().with_variant(sa.JSON(), "sqlite")
-    raise AssertionError(kind)  # pragma: no cover
-
-
-def _server_default(default: Any) -> Any:
-    """A DDL DEFAULT for a literal Python default, or None when there is none to give."""
-    if default is _UNSET or default is None:
-        return None
-    if isinstance(default, enum.Enum):
-        default = enum_to_text(default)
-    if isinstance(default, bool):
-        return sa.true() if default else sa.false()
-    if isinstance(default, int | float | Decimal):
-        return sa.text(repr(default) if isinstance(default, float) else str(default))
-    if isinstance(default, str):
-        return default
-    return None
-
-
-def enum_to_text(value: enum.Enum) -> str:
-    return value.value if isinstance(value.value, str) else value.name
-
-
-def aware_utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC (documented); aware ones are converted to UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _static_default(info: Any) -> Any:
-    if info.default_factory is not None:
-        return _UNSET
-    from pydantic_core import PydanticUndefined
-
-    return _UNSET if info.default is PydanticUndefined else info.default
-
-
-def _has_default(info: Any) -> bool:
-    from pydantic_core import PydanticUndefined
-
-    return info.default is not PydanticUndefined or info.default_factory is not None
-
-
 def _shape_hash(model: type[BaseModel], cached: Sequence[ColumnSpec]) -> str:
     """A short hash of what a cached payload holds: each cached field's name, column, kind
     and JSON schema. Structural on purpose: the same model declared in two services (or
@@ -378,17 +228,77 @@ def compile_schema(
     schema: Schema, config: Config, *, has_cipher: bool, metadata: sa.MetaData
 ) -> CompiledSchema:
     """Check a Schema and build everything the router and tiers need. Raises SchemaError."""
-    model = schema.model
+    model = check_model_is_a_pydantic_class(schema.model)
+    mname = model.__name__
+    name = schema_name(schema, mname)
+    check_write_mode(schema, mname)
+    check_policy_types(schema, mname)
+    check_l2_key_prefix(schema, mname)
+    check_at_least_one_tier(schema, mname)
+    columns = [
+        spec
+        for fname, info in model.model_fields.items()
+        if (spec := compile_column(mname, fname, info, has_cipher=has_cipher)) is not None
+    ]
+    pk = primary_key(columns, mname)
+    check_column_names_are_unique(columns, mname)
+    table = build_table(schema, config, name, columns, mname, metadata)
+    add_field_indexes(table, columns)
+    add_declared_indexes(table, schema.indexes, columns, mname)
+    transient = frozenset(f for f, i in model.model_fields.items() if field_meta(i).transient)
+    cached = [c for c in columns if not c.meta.omit_cache]
+    return CompiledSchema(
+        name=name,
+        model=model,
+        source=schema,
+        pk=pk,
+        columns=columns,
+        by_field={c.field: c for c in columns},
+        by_column={c.name: c for c in columns},
+        cached_fields=frozenset(c.field for c in cached),
+        l1_fields=frozenset(c.field for c in cached if not c.meta.omit_l1),
+        omit_cache_fields=frozenset(c.field for c in columns if c.meta.omit_cache),
+        omit_l1_fields=frozenset(c.field for c in columns if c.meta.omit_l1),
+        transient_fields=transient,
+        encrypted=[c for c in columns if c.meta.encrypted],
+        auto_now=[c.field for c in columns if c.meta.auto_now],
+        auto_now_add=[c.field for c in columns if c.meta.auto_now_add],
+        table=table,
+        shape=_shape_hash(model, cached),
+        mutable=values_are_mutable(model, columns, transient),
+        l1_ttl=l1_ttl(schema, config, mname),
+        l2_ttl=l2_ttl(schema, config, mname),
+        write_mode=schema.write_mode or config.default_write_mode,
+        hooks=schema.hooks or SchemaHooks(),
+        defaults=cache_defaults(model),
+        pk_coerce=pk_coercer(pk),
+    )
+
+
+# -- schema-level rules: each checks one thing or derives one thing ------------------------
+
+
+def check_model_is_a_pydantic_class(model: Any) -> type[BaseModel]:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise InvalidModelError(
             f"Schema.model must be a pydantic BaseModel subclass, got {model!r}",
             model=getattr(model, "__name__", repr(model)),
         )
-    mname = model.__name__
+    return model
+
+
+def schema_name(schema: Schema, mname: str) -> str:
+    """``Schema.name``, or the snake_case model name; a valid SQL identifier either way."""
     name = schema.name if schema.name is not None else snake_case(mname)
-    check_identifier(name, "schema name", mname)
+    return check_identifier(name, "schema name", mname)
+
+
+def check_write_mode(schema: Schema, mname: str) -> None:
     if schema.write_mode is not None and not isinstance(schema.write_mode, WriteMode):
         raise InvalidModelError(f"{mname}: write_mode must be a WriteMode", model=mname)
+
+
+def check_policy_types(schema: Schema, mname: str) -> None:
     for policy, policy_type in (
         (schema.l1, MemPolicy),
         (schema.l2, RedisPolicy),
@@ -398,131 +308,25 @@ def compile_schema(
             raise InvalidModelError(
                 f"{mname}: expected {policy_type.__name__} or None, got {policy!r}", model=mname
             )
-    l2_prefix = schema.l2.key_prefix if schema.l2 is not None else None
-    if l2_prefix is not None and (not l2_prefix or ":" in l2_prefix):
+
+
+def check_l2_key_prefix(schema: Schema, mname: str) -> None:
+    prefix = schema.l2.key_prefix if schema.l2 is not None else None
+    if prefix is not None and (not prefix or ":" in prefix):
         raise InvalidModelError(
-            f"{mname}: RedisPolicy.key_prefix must be non-empty without ':', got {l2_prefix!r}",
+            f"{mname}: RedisPolicy.key_prefix must be non-empty without ':', got {prefix!r}",
             model=mname,
         )
+
+
+def check_at_least_one_tier(schema: Schema, mname: str) -> None:
     if schema.l1 is None and schema.l2 is None and schema.l3 is None:
         raise InvalidModelError(f"{mname}: a schema needs at least one tier", model=mname)
 
-    columns: list[ColumnSpec] = []
-    pks: list[ColumnSpec] = []
-    transient: set[str] = set()
-    defaults: dict[str, Any] = {}
-    for fname, info in model.model_fields.items():
-        meta = field_meta(info)
-        if meta.transient and (
-            meta.primary_key or meta.omit_cache or meta.encrypted or meta.index or meta.unique
-        ):
-            raise ConflictingFieldOptionsError(
-                f"{mname}.{fname}: a transient field is never stored, so it cannot also be "
-                "a primary key, indexed, unique, encrypted or omit_cache",
-                model=mname,
-                field=fname,
-            )
-        for flag in ("omit_cache", "omit_l1", "transient"):
-            if getattr(meta, flag) and not _has_default(info):
-                raise FieldDefaultRequiredError(
-                    f"{mname}.{fname}: a {flag} field needs a default (the value a cached copy "
-                    "carries in its place)",
-                    model=mname,
-                    field=fname,
-                )
-        if meta.primary_key and (meta.omit_cache or meta.omit_l1 or meta.encrypted):
-            raise ConflictingFieldOptionsError(
-                f"{mname}.{fname}: the primary key cannot be omit_cache, omit_l1 or encrypted",
-                model=mname,
-                field=fname,
-            )
-        if meta.encrypted and (meta.index or meta.unique):
-            raise ConflictingFieldOptionsError(
-                f"{mname}.{fname}: an encrypted field cannot be indexed or unique "
-                "(each write stores a different ciphertext)",
-                model=mname,
-                field=fname,
-            )
-        if meta.encrypted and not has_cipher:
-            raise EncryptionKeyRequiredError(
-                f"{mname}.{fname} is encrypted but Config.encryption_key is not set",
-                model=mname,
-                field=fname,
-            )
-        static = _static_default(info)
-        if meta.transient:
-            transient.add(fname)
-            if static is not _UNSET:
-                defaults[fname] = static
-            continue
-        inner, optional = _unwrap_optional(info.annotation)
-        found = _kind_of(inner)
-        if found is None:
-            raise UnsupportedTypeError(
-                f"{mname}.{fname}: type {info.annotation!r} has no column mapping (supported: "
-                "str, int, float, bool, datetime, date, time, bytes, UUID, Decimal, Enum, "
-                "Literal, nested models, list, dict, tuple, set, and X | None)",
-                model=mname,
-                field=fname,
-            )
-        value_kind, enum_type = found
-        if meta.auto_now or meta.auto_now_add:
-            if value_kind is not ColumnKind.DATETIME:
-                raise ConflictingFieldOptionsError(
-                    f"{mname}.{fname}: auto_now / auto_now_add need a datetime field",
-                    model=mname,
-                    field=fname,
-                )
-            if meta.auto_now and meta.auto_now_add:
-                raise ConflictingFieldOptionsError(
-                    f"{mname}.{fname}: choose auto_now or auto_now_add, not both",
-                    model=mname,
-                    field=fname,
-                )
-        if meta.encrypted and value_kind is ColumnKind.BYTES:
-            raise ConflictingFieldOptionsError(
-                f"{mname}.{fname}: encrypted bytes fields are not supported (the plaintext is "
-                "JSON); keep the bytes base64-encoded in an encrypted str field",
-                model=mname,
-                field=fname,
-            )
-        colname = check_identifier(meta.column or fname, "column name", mname, fname)
-        if colname == VERSION_COLUMN:
-            raise InvalidModelError(
-                f"{mname}.{fname}: the column name {VERSION_COLUMN} is reserved", model=mname
-            )
-        nullable = optional if meta.nullable is None else meta.nullable
-        if meta.primary_key:
-            nullable = False
-        kind = ColumnKind.ENCRYPTED if meta.encrypted else value_kind
-        server_default = None if meta.encrypted else _server_default(static)
-        col: sa.Column[Any] = sa.Column(
-            colname,
-            _sa_type(kind),
-            primary_key=meta.primary_key,
-            nullable=nullable,
-            unique=meta.unique or None,
-            index=None,  # named explicitly below, without the database schema in the name
-            server_default=server_default,
-        )
-        spec = ColumnSpec(
-            field=fname,
-            name=colname,
-            kind=kind,
-            value_kind=value_kind,
-            nullable=nullable,
-            meta=meta,
-            annotation=info.annotation,
-            enum_type=enum_type,
-            default=static,
-            column=col,
-        )
-        columns.append(spec)
-        if meta.primary_key:
-            pks.append(spec)
-        if (meta.omit_cache or meta.omit_l1) and static is not _UNSET:
-            defaults[fname] = static
 
+def primary_key(columns: Sequence[ColumnSpec], mname: str) -> ColumnSpec:
+    """The one primary key column: str, int or UUID, not Optional."""
+    pks = [c for c in columns if c.meta.primary_key]
     if not pks:
         raise NoPrimaryKeyError(
             f"{mname}: no field has primary_key=True (exactly one is required)", model=mname
@@ -541,10 +345,14 @@ def compile_schema(
             model=mname,
             field=pk.field,
         )
-    if _unwrap_optional(pk.annotation)[1]:
+    if unwrap_optional(pk.annotation)[1]:
         raise InvalidPrimaryKeyError(
             f"{mname}.{pk.field}: a primary key cannot be Optional", model=mname, field=pk.field
         )
+    return pk
+
+
+def check_column_names_are_unique(columns: Sequence[ColumnSpec], mname: str) -> None:
     names = [c.name for c in columns]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -552,127 +360,97 @@ def compile_schema(
             f"{mname}: column name(s) {sorted(dup)} used by more than one field", model=mname
         )
 
-    by_field = {c.field: c for c in columns}
+
+def build_table(
+    schema: Schema,
+    config: Config,
+    name: str,
+    columns: Sequence[ColumnSpec],
+    mname: str,
+    metadata: sa.MetaData,
+) -> sa.Table:
+    """The SQLAlchemy table: the columns plus the hidden version column, in its db schema."""
     l3 = schema.l3 or PostgresPolicy()
     table_name = check_identifier(l3.table or name, "table name", mname)
     db_schema = l3.db_schema or config.database_schema
     if db_schema is not None:
         check_identifier(db_schema, "database schema", mname)
-    sa_columns = [c.column for c in columns]
-    sa_columns.append(
-        sa.Column(VERSION_COLUMN, sa.BigInteger(), nullable=False, server_default=sa.text("0"))
+    version = sa.Column(
+        VERSION_COLUMN, sa.BigInteger(), nullable=False, server_default=sa.text("0")
     )
-    table = sa.Table(table_name, metadata, *sa_columns, schema=db_schema)
+    return sa.Table(table_name, metadata, *(c.column for c in columns), version, schema=db_schema)
+
+
+def add_field_indexes(table: sa.Table, columns: Sequence[ColumnSpec]) -> None:
+    """``Field(index=True)``: one index per column, named without the database schema."""
     for c in columns:
         if c.meta.index and not c.meta.unique and not c.meta.primary_key:
-            sa.Index(f"ix_{table_name}_{c.name}"[:63], table.c[c.name])
-    for idx in schema.indexes:
+            sa.Index(f"ix_{table.name}_{c.name}"[:63], table.c[c.name])
+
+
+def add_declared_indexes(
+    table: sa.Table, indexes: Sequence[Index], columns: Sequence[ColumnSpec], mname: str
+) -> None:
+    """``Schema(indexes=[...])``: each names stored, unencrypted fields."""
+    by_field = {c.field: c for c in columns}
+    for idx in indexes:
         if not isinstance(idx, Index) or not idx.fields:
             raise UnknownIndexFieldError(
                 f"{mname}: indexes must be Index(fields=[...]) with at least one field",
                 model=mname,
             )
-        cols = []
-        for f in idx.fields:
-            found_spec = by_field.get(f)
-            if found_spec is None:
-                raise UnknownIndexFieldError(
-                    f"{mname}: Index names {f!r}, which is not a stored field of the model "
-                    f"(stored fields: {', '.join(by_field)})",
-                    model=mname,
-                    field=f,
-                )
-            if found_spec.meta.encrypted:
-                raise ConflictingFieldOptionsError(
-                    f"{mname}.{f}: an encrypted field cannot be indexed", model=mname, field=f
-                )
-            cols.append(table.c[found_spec.name])
-        iname = idx.name or f"ix_{table_name}_{'_'.join(c.name for c in cols)}"
+        cols = [table.c[index_column(by_field, f, mname).name] for f in idx.fields]
+        iname = idx.name or f"ix_{table.name}_{'_'.join(c.name for c in cols)}"
         check_identifier(iname, "index name", mname)
         sa.Index(iname, *cols, unique=idx.unique)
 
-    omit_cache = frozenset(c.field for c in columns if c.meta.omit_cache)
-    omit_l1 = frozenset(c.field for c in columns if c.meta.omit_l1)
-    cached = [c for c in columns if not c.meta.omit_cache]
-    mutable = any(c.value_kind in _MUTABLE_KINDS for c in columns) or any(
-        _kind_of(_unwrap_optional(model.model_fields[f].annotation)[0])
+
+def index_column(by_field: dict[str, ColumnSpec], fname: str, mname: str) -> ColumnSpec:
+    found = by_field.get(fname)
+    if found is None:
+        raise UnknownIndexFieldError(
+            f"{mname}: Index names {fname!r}, which is not a stored field of the model "
+            f"(stored fields: {', '.join(by_field)})",
+            model=mname,
+            field=fname,
+        )
+    if found.meta.encrypted:
+        raise ConflictingFieldOptionsError(
+            f"{mname}.{fname}: an encrypted field cannot be indexed", model=mname, field=fname
+        )
+    return found
+
+
+def values_are_mutable(
+    model: type[BaseModel], columns: Sequence[ColumnSpec], transient: frozenset[str]
+) -> bool:
+    """Whether values hold mutable containers, so that copies must be deep."""
+    return any(c.value_kind in MUTABLE_KINDS for c in columns) or any(
+        kind_of(unwrap_optional(model.model_fields[f].annotation)[0])
         in (None, (ColumnKind.JSON, None))
         for f in transient
     )
-    pk_coerce = _pk_coercer(pk)
-    return CompiledSchema(
-        name=name,
-        model=model,
-        source=schema,
-        pk=pk,
-        columns=columns,
-        by_field=by_field,
-        by_column={c.name: c for c in columns},
-        cached_fields=frozenset(c.field for c in cached),
-        l1_fields=frozenset(c.field for c in cached if not c.meta.omit_l1),
-        omit_cache_fields=omit_cache,
-        omit_l1_fields=omit_l1,
-        transient_fields=frozenset(transient),
-        encrypted=[c for c in columns if c.meta.encrypted],
-        auto_now=[c.field for c in columns if c.meta.auto_now],
-        auto_now_add=[c.field for c in columns if c.meta.auto_now_add],
-        table=table,
-        shape=_shape_hash(model, cached),
-        mutable=mutable,
-        l1_ttl=seconds(
-            schema.l1.ttl if schema.l1 and schema.l1.ttl is not None else config.default_l1_ttl,
-            f"{mname} l1 ttl",
-        ),
-        l2_ttl=seconds(
-            schema.l2.ttl if schema.l2 and schema.l2.ttl is not None else config.default_l2_ttl,
-            f"{mname} l2 ttl",
-        ),
-        write_mode=schema.write_mode or config.default_write_mode,
-        hooks=schema.hooks or SchemaHooks(),
-        defaults={k: copy.deepcopy(v) for k, v in defaults.items()},
-        pk_coerce=pk_coerce,
-    )
 
 
-def _pk_coercer(pk: ColumnSpec) -> Callable[[Any], Any]:
-    if pk.kind is ColumnKind.INT:
-        return _coerce_int
-    if pk.kind is ColumnKind.UUID:
-        return _coerce_uuid
-    return _coerce_str
+def cache_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """The static default of each field a cached copy resets (omit_cache, omit_l1, transient)."""
+    defaults: dict[str, Any] = {}
+    for fname, info in model.model_fields.items():
+        meta = field_meta(info)
+        static = static_default(info)
+        if (meta.transient or meta.omit_cache or meta.omit_l1) and static is not UNSET:
+            defaults[fname] = copy.deepcopy(static)
+    return defaults
 
 
-def _coerce_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-        raise TypeError(f"expected an int id, got {value!r}")
-    return value
+def l1_ttl(schema: Schema, config: Config, mname: str) -> float | None:
+    ttl = schema.l1.ttl if schema.l1 and schema.l1.ttl is not None else config.default_l1_ttl
+    return seconds(ttl, f"{mname} l1 ttl")
 
 
-def _coerce_uuid(value: Any) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        return uuid.UUID(value)
-    raise TypeError(f"expected a UUID id, got {value!r}")
-
-
-def _coerce_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a str id, got {value!r}")
-    return value
-
-
-def json_default(value: Any) -> Any:
-    """orjson fallback for values pydantic's JSON mode already turned into plain data."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, set | frozenset):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def l2_ttl(schema: Schema, config: Config, mname: str) -> float | None:
+    ttl = schema.l2.ttl if schema.l2 and schema.l2.ttl is not None else config.default_l2_ttl
+    return seconds(ttl, f"{mname} l2 ttl")
 
 
 def ttl_min(remaining: float | None, tier_ttl: float | None) -> float | None:

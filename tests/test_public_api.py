@@ -29,6 +29,7 @@ def test_all_is_sorted_and_complete() -> None:
         "tiers",
         "tx",
         "codec",
+        "columns",
         "invalidation",
         "writebehind",
         "migrations",

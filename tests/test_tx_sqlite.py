@@ -67,7 +67,11 @@ async def test_other_writers_wait_for_the_transaction(ds: DataStore) -> None:
     async with ds.tx() as tx:
         await tx.set(Account, Account(id="a", balance=1))
         other = asyncio.ensure_future(ds.set(Account, Account(id="a", balance=2)))
-        await asyncio.sleep(0.05)
+        # Two round trips through the SQLite thread: the other set has run up to its L3
+        # write by the first, and a write that did not wait would have finished by the
+        # second (the thread runs calls in order).
+        for _ in range(2):
+            await tx.get(Account, "a")
         assert not other.done()  # one writer at a time
     await other
     assert (await ds.get(Account, "a", force_l3=True)).balance == 2
@@ -77,7 +81,7 @@ async def test_timeout_rolls_back(ds: DataStore) -> None:
     with pytest.raises(errors.TxTimeoutError):
         async with ds.tx(timeout=0.1) as tx:
             await tx.set(Account, Account(id="a"))
-            await asyncio.sleep(2)
+            await asyncio.Event().wait()  # work that outlives the timeout
     assert not await ds.exists(Account, "a")
     async with ds.tx() as tx:  # the connection is usable again
         await tx.set(Account, Account(id="b"))

@@ -49,6 +49,7 @@ from typing import Final, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 from strata.errors import ConfigError
+from strata.schema import Eviction  # re-exported: it was defined here before
 
 __all__ = ["DEFAULT", "Eviction", "MemoryTier", "estimate_size"]
 
@@ -56,14 +57,6 @@ logger = logging.getLogger("strata")
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class Eviction(enum.Enum):
-    """Which entry a full memory tier gives up first."""
-
-    LRU = "lru"  # least recently used; get and set count as use
-    LFU = "lfu"  # fewest accesses (get hits and sets); ties go to the least recently used
-    FIFO = "fifo"  # oldest inserted; reads and updates do not move a key
 
 
 class _Default(enum.Enum):

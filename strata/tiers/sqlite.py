@@ -27,7 +27,13 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from strata.config import Config
-from strata.errors import IntegrityError, SerializationError, TierError, TierUnavailableError
+from strata.errors import (
+    ConfigError,
+    IntegrityError,
+    SerializationError,
+    TierError,
+    TierUnavailableError,
+)
 from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
 
 __all__ = ["SqliteTier", "from_sqlite", "to_sqlite"]
@@ -217,6 +223,11 @@ class SqliteTransaction:
             await self.tier._run(work)
 
 
+_ISOLATION_NAMES = frozenset(
+    {"read_committed", "read committed", "repeatable_read", "repeatable read", "serializable"}
+)
+
+
 class SqliteTier:
     dialect = "sqlite"
 
@@ -249,7 +260,13 @@ class SqliteTier:
             return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     async def begin(self, isolation: str | None = None) -> SqliteTransaction:
-        """BEGIN IMMEDIATE: SQLite transactions are serializable and one writer at a time."""
+        """BEGIN IMMEDIATE: SQLite transactions are serializable and one writer at a time, so
+        every isolation level PostgreSQL knows is accepted (and met); any other is refused."""
+        if isolation is not None and str(isolation).lower() not in _ISOLATION_NAMES:
+            raise ConfigError(
+                "isolation must be one of read_committed, repeatable_read, serializable; "
+                f"got {isolation!r}"
+            )
         await self._lock.acquire()
         self._owner = asyncio.current_task()
         try:
