@@ -33,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from strata.cache import KeyedCache
 from strata.codec import Tombstone
 from strata.config import Config, WriteMode, hide_password, seconds
 from strata.crypto import FieldCipher
@@ -132,6 +133,10 @@ class DataStore:
         self._replica_retry_at: dict[str, float] = {}
         self.instance_id = config.instance_id
         self._negative_ttl = _secs(config.negative_ttl)
+        # -- keyed cache (strata/cache): the `_strata_cache` table joins the L3 metadata
+        self.cache = KeyedCache(
+            config, self._c, self._check_open, self._log, self._l3, self._metadata
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class DataStore:
                 logger=self._log,
             )
             await self._wb.start()
+            self.cache.attach(self._l2, self._bus, self._spawn)  # keyed cache: tiers, bus, tasks
         except BaseException:
             await self._shutdown()
             raise
@@ -448,16 +454,10 @@ class DataStore:
                 elif gone:  # a versioned tombstone: deleted after any row L3 may still hold
                     tier = "gone"
             if value is None and tier != "gone" and rt.l3_on:
-                self._c.l3_queries += 1
-                rows = await self._l3.get_many(rt.cs, [id])
-                if rows:
-                    sealed = rt.sealed(rows[0])
-                    value, version = rt.from_row(rows[0])
-                    tier = "l3"
-                    if not force_l3:
-                        await self._fill(rt, [(id, value, version)], {id: sealed})
-                elif rt.epoch == epoch and not force_l3:
-                    rt.negative[id] = time.monotonic() + self._negative_ttl
+                if rt.l2_on and not force_l3:  # one L3 query across instances: a Redis lease
+                    value, tier = await self._leased_load(rt, id, epoch)
+                else:
+                    value, tier = await self._load_l3(rt, id, force_l3, epoch)
             fut.set_result((value, tier))
         except asyncio.CancelledError:
             fut.cancel()
@@ -470,6 +470,35 @@ class DataStore:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
         return (None if value is None else rt.out(value)), tier
+
+    async def _load_l3(
+        self, rt: SchemaRuntime, id: Any, force_l3: bool, epoch: int
+    ) -> tuple[BaseModel | None, str]:
+        self._c.l3_queries += 1
+        rows = await self._l3.get_many(rt.cs, [id])
+        if rows:
+            sealed = rt.sealed(rows[0])
+            value, version = rt.from_row(rows[0])
+            if not force_l3:
+                await self._fill(rt, [(id, value, version)], {id: sealed})
+            return value, "l3"
+        if rt.epoch == epoch and not force_l3:
+            rt.negative[id] = time.monotonic() + self._negative_ttl
+        return None, "miss"
+
+    async def _leased_load(
+        self, rt: SchemaRuntime, id: Any, epoch: int
+    ) -> tuple[BaseModel | None, str]:
+        """Cold miss: the holder of the key's lease queries L3 and fills L2; other
+        instances wait for that L2 value (strata.cache.lease)."""
+
+        async def probe() -> tuple[BaseModel | None, str] | None:
+            found, gone = await self._l2_get(rt, [id])
+            return (found[id], "l2") if id in found else ((None, "gone") if gone else None)
+
+        return await self.cache.lease.run(
+            rt.key(id) + "\x00lease", probe, lambda: self._load_l3(rt, id, False, epoch)
+        )
 
     async def _fill(
         self,
@@ -602,6 +631,7 @@ class DataStore:
                 )
             id = rt.check_id(id)
             prepared[id] = rt.stamp(value)
+            rt.check_size(prepared[id])  # keyed cache / size rules: refused before any write
         return prepared
 
     async def _write(self, rt: SchemaRuntime, values: Sequence[Any]) -> list[BaseModel]:
@@ -1145,6 +1175,8 @@ class DataStore:
             self._c.invalidations_sent += 1
 
     def _on_invalidation(self, msg: Invalidation) -> None:
+        if self.cache.on_message(msg):  # keyed cache messages (schema "cache:...")
+            return
         rt = self._schemas.get(msg.schema)
         if rt is None:
             return
@@ -1184,6 +1216,7 @@ class DataStore:
 
     def _clear_l1(self) -> None:
         """Messages may have been lost: nothing in L1 can be trusted any more."""
+        self.cache.clear_memory()
         for rt in self._schemas.values():
             rt.epoch += 1
             rt.negative.clear()
@@ -1238,6 +1271,7 @@ class DataStore:
         several instances start at once). Drift is reported, never applied."""
         self._check_open()
         l3 = [rt.cs for rt in self._schemas.values() if rt.l3_on]
+        l3.append(self.cache.table)  # the keyed cache's durable table, created additively
         from strata import migrations  # Alembic is heavy: imported when needed
 
         return await migrations.migrate(self.config, l3, dry_run=dry_run)
