@@ -24,8 +24,9 @@ for the keyed cache alike:
 
 A compressed body starts with ``Z``, which neither a JSON object (``{``) nor a msgpack map
 can, so payloads written before compression existed still decode. The header stays outside
-the compressed part, so the Lua "only if newer" check reads it as before; decompression is
-bounded by ``max_value_bytes`` (no zip bombs).
+the compressed part, so the Lua "only if newer" check reads it as before. ``max_value_bytes``
+bounds the stored (compressed) size; decompression is bounded by INFLATE_LIMIT (512 MiB,
+Redis's own value limit), so a hostile payload cannot inflate without end.
 
 Keyed-cache entries (``encode_entry`` / ``decode_entry``) have their own envelope:
 
@@ -92,6 +93,7 @@ _HEX_DIGITS = b"0123456789abcdef"
 _ZLIB = b"Z"
 _ZLIB_BYTE = _ZLIB[0]
 _ZLIB_LEVEL = 1  # fast: the payloads are JSON, which compresses well even at level 1
+INFLATE_LIMIT = 512 * 1024 * 1024  # Redis's own value limit: nothing larger was ever stored
 
 
 def compress_body(body: bytes, compress_min: int | None) -> bytes:
@@ -103,7 +105,7 @@ def compress_body(body: bytes, compress_min: int | None) -> bytes:
     return packed if len(packed) < len(body) else body
 
 
-def decompress_body(body: bytes | memoryview, limit: int | None) -> bytes:
+def decompress_body(body: bytes | memoryview, limit: int | None = INFLATE_LIMIT) -> bytes:
     """The inverse of ``compress_body``; uncompressed bodies pass through. CodecError for a
     corrupt stream or one that inflates beyond ``limit`` bytes."""
     if not body or body[0] != _ZLIB_BYTE:
@@ -114,9 +116,7 @@ def decompress_body(body: bytes | memoryview, limit: int | None) -> bytes:
     except zlib.error as exc:
         raise CodecError(f"corrupt compressed body: {exc}") from exc
     if inflater.unconsumed_tail or not inflater.eof:
-        raise CodecError(
-            f"compressed body is truncated or inflates beyond max_value_bytes ({limit} bytes)"
-        )
+        raise CodecError(f"compressed body is truncated or inflates beyond {limit} bytes")
     return out
 
 
@@ -322,9 +322,7 @@ class ModelCodec:
         version = _version(payload)
         fmt = payload[1]
         if len(payload) > HEADER_SIZE and payload[HEADER_SIZE] == _ZLIB_BYTE and fmt != _T:
-            payload = payload[:HEADER_SIZE] + decompress_body(
-                memoryview(payload)[HEADER_SIZE:], self._max_bytes
-            )
+            payload = payload[:HEADER_SIZE] + decompress_body(memoryview(payload)[HEADER_SIZE:])
         if fmt == _J:
             if self._plain:
                 return self._validate(payload[HEADER_SIZE:]), version
@@ -469,7 +467,7 @@ def encode_entry(
     return payload
 
 
-def decode_entry(key: str, payload: bytes, max_bytes: int | None) -> Entry:
+def decode_entry(key: str, payload: bytes) -> Entry:
     """CodecError unless ``payload`` is an entry written for ``key``."""
     if len(payload) < ENTRY_HEADER_SIZE or payload[:2] != _ENTRY_MAGIC:
         raise CodecError(f"keyed cache {key!r}: not a cache entry")
@@ -478,5 +476,5 @@ def decode_entry(key: str, payload: bytes, max_bytes: int | None) -> Entry:
         raise CodecError(f"keyed cache {key!r}: entry was written for another key")
     if kind not in (KIND_JSON, KIND_BYTES, KIND_NONE):
         raise CodecError(f"keyed cache {key!r}: unknown entry kind {kind!r}")
-    body = decompress_body(memoryview(payload)[ENTRY_HEADER_SIZE:], max_bytes)
+    body = decompress_body(memoryview(payload)[ENTRY_HEADER_SIZE:])
     return Entry(kind, body, fresh_until, ttl)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -103,7 +103,12 @@ class Namespace(Computed):
 
     async def _op(self, op: str, work: Awaitable[T]) -> T:
         host = self._host
-        host.check_open()
+        try:
+            host.check_open()
+        except BaseException:
+            if isinstance(work, Coroutine):
+                work.close()  # never started: no "never awaited" warning
+            raise
         observer = host.observer
         if observer is None:
             return await work
@@ -162,7 +167,7 @@ class Namespace(Computed):
         if payload[:2] != b"K1" and payload.lstrip(b"-").isdigit():  # a counter (incr/decr)
             return Entry(_COUNTER, payload, 0.0, 0.0)
         try:
-            return decode_entry(self._dkey(path), payload, self._host.config.max_value_bytes)
+            return decode_entry(self._dkey(path), payload)
         except CodecError as exc:
             self._host.error(exc, f"keyed cache {self.scope.name}:{path}: unreadable entry")
             return None

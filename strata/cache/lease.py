@@ -4,7 +4,8 @@
                  │
                  ▼
                SET {tag}:l:key token NX PX lease_ttl
-                 ├─ won ──► load() (fills the shared tier) ──► release (Lua: only our token)
+                 ├─ won ──► probe() once more (a holder may just have finished)
+                 │          ──► load() (fills the shared tier) ──► release (Lua: our token)
                  └─ lost ─► poll probe() with backoff (5 ms doubling to 100 ms)
                               ├─ value appeared ──────────────► return it
                               └─ lease gone / expired ─► try to win it again
@@ -84,7 +85,7 @@ class Lease:
     ) -> T:
         tier = self.tier
         if tier is None or not tier.available:
-            return await load()
+            return await self._recheck(probe, load)
         client = tier.client
         token = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
@@ -93,11 +94,11 @@ class Lease:
                 won = await tier.call(
                     lambda: client.set(key, token, nx=True, px=max(1, round(self.ttl * 1000)))
                 )
-            except TierError:
-                return await load()  # no Redis: process-local single flight only
+            except TierError:  # no Redis: process-local single flight only
+                return await self._recheck(probe, load)
             if won:
                 try:
-                    return await load()
+                    return await self._recheck(probe, load)
                 finally:
                     await self._release(tier, key, token)
             self.counters.cache_lease_waits += 1
@@ -115,6 +116,15 @@ class Lease:
                     return await load()
                 if not held or loop.time() >= deadline:
                     break  # released without a value, or expired: try to win it
+
+    @staticmethod
+    async def _recheck(
+        probe: Callable[[], Awaitable[T | None]], load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """A holder that finished just before this caller won may have stored the value
+        already: look once more before loading (one read, only on a cold miss)."""
+        found = await probe()
+        return found if found is not None else await load()
 
     async def _release(self, tier: RedisTier, key: str, token: str) -> None:
         from strata.cache.remote import RELEASE
