@@ -196,7 +196,7 @@ class DataStore:
                 logger=self._log,
             )
             await self._wb.start()
-            self.cache.attach(self._l2, self._bus, self._spawn)  # keyed cache: tiers, bus, tasks
+            await self.cache.attach(self._l2, self._bus, self._spawn)  # keyed cache: tiers, bus
         except BaseException:
             await self._shutdown()
             raise
@@ -1274,7 +1274,10 @@ class DataStore:
         l3.append(self.cache.table)  # the keyed cache's durable table, created additively
         from strata import migrations  # Alembic is heavy: imported when needed
 
-        return await migrations.migrate(self.config, l3, dry_run=dry_run)
+        report = await migrations.migrate(self.config, l3, dry_run=dry_run)
+        if not dry_run:
+            self.cache.enable_durable()  # the keyed cache's table exists now
+        return report
 
     async def migrate_from(self, directory: str) -> list[migrations.MigrationRecord]:
         self._check_open()

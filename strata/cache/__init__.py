@@ -479,25 +479,33 @@ class KeyedCache(Namespace):
         self.bus: InvalidationBus | None = None
         self.table: CompiledSchema = compile_table(config, metadata)
         l3.register(self.table)
-        self.durable: Durable | None = Durable(l3, self.table)
+        self._durable = Durable(l3, self.table)
+        self.durable: Durable | None = None  # set once the table is known to exist
         self.tier_used: str | None = None
         self._l1_ttl = _secs(config.cache_l1_ttl, "cache_l1_ttl")
         self._spawn: Callable[[Awaitable[Any]], None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
         super().__init__(self, Scope.root(config.key_prefix))
 
-    def attach(
+    async def attach(
         self,
         tier: RedisTier | None,
         bus: InvalidationBus | None,
         spawn: Callable[[Awaitable[Any]], None],
     ) -> None:
-        """Called by ``DataStore.connect``: the L2 tier, the bus, and the task owner."""
+        """Called by ``DataStore.connect``: the L2 tier, the bus, and the task owner. The
+        durable tier is used once its table exists (checked here, and after ``migrate()``);
+        until then EXPENSIVE values live in the tiers that are present."""
         self.tier = tier
         self.lease.tier = tier
         self.bus = bus
         self._spawn = spawn
+        if await self._durable.exists():
+            self.durable = self._durable
         spawn(self._purge_forever())
+
+    def enable_durable(self) -> None:
+        self.durable = self._durable
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         if self._spawn is None:

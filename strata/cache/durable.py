@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from strata.config import Config
+from strata.errors import StrataError
 from strata.fields import Field
 from strata.schema import CompiledSchema, PostgresPolicy, Schema, compile_schema
 from strata.tiers.base import L3Tier
@@ -54,6 +55,14 @@ class Durable:
             for n in range(9, 0, -1):
                 text = text.replace(f"${n}", f"?{n}")
         return text.replace("{t}", self.cs.qualified_table)
+
+    async def exists(self) -> bool:
+        """Whether the table is there (``migrate()`` creates it)."""
+        try:
+            await self.l3.fetch(self._sql("SELECT key FROM {t} WHERE 1 = 0"), [])
+        except StrataError:
+            return False
+        return True
 
     async def get_many(
         self, keys: Sequence[str], now: float
