@@ -50,8 +50,8 @@ async def main(settings: dict[str, Any], scenario: str, n: int) -> None:
     try:
         if scenario == "watch":
             users = ds.cache.namespace("users")
-            while await users.get(["42", "profile"]) is None:
-                await asyncio.sleep(0.01)  # noqa: ASYNC110 - polls another process
+            while await users.get(["42", "profile"]) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
             _say({"seen": await users.get(["42", "profile"])})
         _say({"ready": True})
         await _wait_for_start()
@@ -86,8 +86,8 @@ async def main(settings: dict[str, Any], scenario: str, n: int) -> None:
                     await raw.set(f"{prefix}:counter", value + 1)
         elif scenario == "watch":
             users = ds.cache.namespace("users")
-            while await users.get(["42", "profile"]) is not None:
-                await asyncio.sleep(0.005)  # noqa: ASYNC110 - polls another process
+            while await users.get(["42", "profile"]) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
             result = "gone"
         _say({"result": result})
     finally:
