@@ -35,7 +35,7 @@ from strata.cache.lease import Lease
 from strata.cache.local import LocalKV, Memory
 from strata.cache.lock import Lock, RateLimit
 from strata.cache.ops import COUNTER as _COUNTER
-from strata.cache.ops import Computed
+from strata.cache.ops import SERVED, Computed
 from strata.cache.remote import Remote
 from strata.codec import KIND_BYTES, KIND_JSON, KIND_NONE, Entry, decode_entry, encode_entry
 from strata.config import Config, seconds
@@ -113,7 +113,7 @@ class Namespace(Computed):
         if observer is None:
             return await work
         t0 = time.perf_counter()
-        host.tier_used = None
+        served = SERVED.set(None)
         error: BaseException | None = None
         try:
             return await work
@@ -121,7 +121,8 @@ class Namespace(Computed):
             error = exc
             raise
         finally:
-            host.observe(op, self.scope.name, time.perf_counter() - t0, error)
+            host.observe(op, self.scope.name, time.perf_counter() - t0, error, SERVED.get())
+            SERVED.reset(served)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class Namespace(Computed):
             c.cache_l2_hits += 1
         elif tier == "l3":
             c.cache_l3_hits += 1
-        self._host.tier_used = tier
+        SERVED.set(tier)
 
     async def get(self, key: object, default: Any = None, *, model: type[M] | None = None) -> Any:
         """The value, or ``default`` (also for a cached "no value"); ``model=`` validates."""
@@ -481,7 +482,6 @@ class KeyedCache(Namespace):
         l3.register(self.table)
         self._durable = Durable(l3, self.table)
         self.durable: Durable | None = None  # set once the table is known to exist
-        self.tier_used: str | None = None
         self._l1_ttl = _secs(config.cache_l1_ttl, "cache_l1_ttl")
         self._spawn: Callable[[Awaitable[Any]], None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
@@ -518,12 +518,14 @@ class KeyedCache(Namespace):
             return self._l1_ttl
         return remaining if self._l1_ttl is None else min(remaining, self._l1_ttl)
 
-    def observe(self, op: str, name: str, secs: float, error: BaseException | None) -> None:
+    def observe(
+        self, op: str, name: str, secs: float, error: BaseException | None, tier: str | None
+    ) -> None:
         observer = self.observer
         if observer is None:
             return
         try:
-            observer.on_operation(op, name, secs, error, self.tier_used)
+            observer.on_operation(op, name, secs, error, tier)
         except Exception:
             self.counters.errors += 1
             self.log.exception("observer failed for %s", op)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
@@ -29,11 +30,13 @@ if TYPE_CHECKING:
     from strata.cache.keys import Scope
     from strata.cache.remote import Remote
 
-__all__ = ["COUNTER", "Computed"]
+__all__ = ["COUNTER", "SERVED", "Computed"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 COUNTER = b"c"  # in-memory kind of a Redis counter read back by get()
+#: The tier that served the current operation's read, for the Observer (per task).
+SERVED: ContextVar[str | None] = ContextVar("strata_cache_served", default=None)
 
 
 class Computed:
@@ -113,7 +116,7 @@ class Computed:
                 return self._out(entry, model)
             if plan.stale_ttl is not None and entry.fresh_until + plan.stale_ttl > host.clock():
                 host.counters.cache_stale_served += 1
-                host.tier_used = tier
+                SERVED.set(tier)
                 self._refresh(path, prefixes, loader, plan)
                 return self._out(entry, model)
         host.counters.cache_misses += 1
