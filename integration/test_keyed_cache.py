@@ -92,6 +92,57 @@ async def test_counters_locks_and_rate_limits_on_every_stack(store: DataStore) -
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_negative_ttl_on_every_stack(store: DataStore) -> None:
+    clock = store.cache.clock = Clock()
+    calls = 0
+
+    async def loader() -> None:
+        nonlocal calls
+        calls += 1
+
+    for _ in range(3):
+        assert await store.cache.remember("n", loader, ttl=60, negative_ttl=5) is None
+    assert calls == 1
+    clock.now += 6
+    await store.cache.remember("n", loader, ttl=60, negative_ttl=5)
+    assert calls == 2
+
+
+async def test_stale_value_served_and_refreshed_once_on_every_stack(store: DataStore) -> None:
+    clock = store.cache.clock = Clock()
+    version = 0
+    refreshed = asyncio.Event()
+
+    async def loader() -> int:
+        nonlocal version
+        version += 1
+        if version == 2:
+            refreshed.set()
+        return version
+
+    await store.cache.remember("s", loader, ttl=10, stale_ttl=60)
+    clock.now += 11
+    stale = await asyncio.gather(
+        *(store.cache.remember("s", loader, ttl=10, stale_ttl=60) for _ in range(10))
+    )
+    assert stale == [1] * 10
+    await refreshed.wait()
+    assert await eventually(lambda: _value_via_remember(store, loader))
+    assert version == 2  # one refresh for ten stale reads
+
+
+async def _value_via_remember(store: DataStore, loader: Any) -> bool:
+    return bool(await store.cache.remember("s", loader, ttl=10, stale_ttl=60) == 2)
+
+
 async def test_durable_values_are_read_back_after_redis_lost_them(
     settings: dict[str, Any], redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
