@@ -351,3 +351,34 @@ async def test_a_set_in_one_instance_drops_the_value_from_another_instance_memor
 
 async def _value(ds: DataStore, key: str, expected: Any) -> bool:
     return bool(await ds.cache.get(key) == expected)
+
+
+async def test_with_redis_unreachable_reads_miss_writes_drop_and_locks_refuse(
+    settings: dict[str, Any],
+) -> None:
+    import socket
+
+    from strata.errors import TierUnavailableError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = dict(settings, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
+    async with DataStore(Config(**cfg)) as ds:
+        await ds.cache.set("k", 1)  # not an error: the memory copy serves this instance
+        assert await ds.cache.get("k") == 1
+        ds.cache.clear_memory()
+        assert await ds.cache.get("k") is None
+        calls = 0
+
+        async def loader() -> int:
+            nonlocal calls
+            calls += 1
+            return 7
+
+        assert await ds.cache.remember("r", loader, ttl=60) == 7
+        assert calls == 1
+        with pytest.raises(TierUnavailableError):
+            async with ds.cache.lock("job", ttl=5, wait=0):
+                pass
+        assert ds.stats().errors > 0

@@ -71,10 +71,9 @@ class Lock:
     async def _try(self) -> bool:
         remote = self._ns._remote()
         if remote is not None:
-            try:
-                return await remote.set_nx(self.key, self.token, self.ttl)
-            except TierError:
-                pass  # Redis down: counted by the tier; fall back to the process-local lock
+            # Redis configured but unreachable: TierUnavailableError, never a silent
+            # process-local lock that other instances would not respect.
+            return await remote.set_nx(self.key, self.token, self.ttl)
         return self._ns._host.local.set_nx(self.key, self.token, self.ttl)
 
     async def release(self) -> bool:
