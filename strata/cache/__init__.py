@@ -443,8 +443,8 @@ class Namespace(Computed):
         if remote is not None:
             try:
                 await remote.bump(prefix)
-            except TierError as exc:
-                raise TierError(
+            except TierError as exc:  # the same class (unavailable / refused), with context
+                raise type(exc)(
                     f"keyed cache {self.scope.name}: wildcard invalidation did not reach "
                     f"Redis: {exc}",
                     tier="l2",
