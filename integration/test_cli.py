@@ -145,7 +145,8 @@ async def test_status_prints_the_ledger_rows(
     assert header.split()[:3] == ["ID", "APPLIED", "AT"]
     assert auto.split()[0] == "1"
     assert " auto " in auto
-    assert f"create table {pg_schema}.guilds" in auto
+    # the first statements, truncated: the keyed cache's table, then the app's tables
+    assert f"create table {pg_schema}._strata_cache (4 columns); create table" in auto
     assert sql.split()[0] == "2"
     assert " sql " in sql
     assert sql.endswith("001_audit.sql")

@@ -77,7 +77,8 @@ def datastore() -> DataStore:
 def targets_of(store: DataStore) -> tuple[sa.MetaData, list[Target]]:
     """The store's L3 tables as the migration engine compares them."""
     dialect = store.config.dialect
-    metadata, targets = build_targets([cs for cs in store.schemas.values() if cs.has_l3], dialect)
+    tables = [*(cs for cs in store.schemas.values() if cs.has_l3), store.cache.table]
+    metadata, targets = build_targets(tables, dialect)
     if dialect == "sqlite":
         # A SQLite revision names SQLite's types: Alembic cannot render the PostgreSQL half
         # of a type variant (JSONB's astext_type) outside PostgreSQL.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from strata import errors
+from strata.cache import Cost
 from strata.config import Config, WriteMode
 from strata.crypto import generate_key
 from strata.datastore import DataStore
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config",
+    "Cost",
     "DataStore",
     "Eviction",
     "Field",

@@ -166,7 +166,8 @@ async def _store(args: argparse.Namespace) -> DataStore:
 
 
 def _l3(store: DataStore) -> list[CompiledSchema]:
-    return [cs for cs in store.schemas.values() if cs.has_l3]
+    # the keyed cache's durable table is created (and compared) with the schemas' tables
+    return [*(cs for cs in store.schemas.values() if cs.has_l3), store.cache.table]
 
 
 def _where(cfg: Config) -> str:

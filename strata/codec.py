@@ -15,12 +15,34 @@ same envelope L3 stores): base64 text in JSON bodies, raw bytes in msgpack bodie
 Fields are keyed by field name, never alias, and always validated from JSON (msgpack bodies
 are re-serialised with orjson) so that strict models, custom aliases and bytes settings
 round-trip exactly as ``model_validate_json`` would read them.
+
+Size rules (``Config.compress_min_bytes``, ``Config.max_value_bytes``), for rows in L2 and
+for the keyed cache alike:
+
+    body longer than compress_min_bytes ──► body := b"Z" | zlib(body)   (header untouched)
+    payload longer than max_value_bytes ──► ValueTooLargeError, nothing written
+
+A compressed body starts with ``Z``, which neither a JSON object (``{``) nor a msgpack map
+can, so payloads written before compression existed still decode. The header stays outside
+the compressed part, so the Lua "only if newer" check reads it as before. ``max_value_bytes``
+bounds the stored (compressed) size; decompression is bounded by INFLATE_LIMIT (512 MiB,
+Redis's own value limit), so a hostile payload cannot inflate without end.
+
+Keyed-cache entries (``encode_entry`` / ``decode_entry``) have their own envelope:
+
+    entry := b"K1" | kind | key digest (8 bytes) | fresh_until (f64) | ttl (f64) | body
+    kind  b"j" orjson value   b"b" raw bytes   b"n" a cached "no value" (negative entry)
+
+The digest binds an entry to its key: an entry copied under another key is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,7 +54,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from strata.crypto import FieldCipher
-from strata.errors import CodecError
+from strata.errors import CodecError, ValueTooLargeError
 from strata.schema import ColumnKind, CompiledSchema
 
 __all__ = [
@@ -42,8 +64,19 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "MAX_VERSION",
+    "ENTRY_HEADER_SIZE",
+    "KIND_BYTES",
+    "KIND_JSON",
+    "KIND_NONE",
+    "Entry",
     "ModelCodec",
     "Tombstone",
+    "check_size",
+    "compress_body",
+    "decode_entry",
+    "decompress_body",
+    "encode_entry",
+    "key_digest",
     "peek_version",
 ]
 
@@ -57,6 +90,43 @@ MAX_VERSION = 2**64 - 1
 _MAGIC_BYTE = MAGIC[0]
 _J, _M, _T = FMT_JSON[0], FMT_MSGPACK[0], FMT_TOMBSTONE[0]
 _HEX_DIGITS = b"0123456789abcdef"
+_ZLIB = b"Z"
+_ZLIB_BYTE = _ZLIB[0]
+_ZLIB_LEVEL = 1  # fast: the payloads are JSON, which compresses well even at level 1
+INFLATE_LIMIT = 512 * 1024 * 1024  # Redis's own value limit: nothing larger was ever stored
+
+
+def compress_body(body: bytes, compress_min: int | None) -> bytes:
+    """``body``, zlib-compressed behind a ``Z`` marker when longer than ``compress_min``
+    (None: never) and when that saves space."""
+    if compress_min is None or len(body) <= compress_min:
+        return body
+    packed = _ZLIB + zlib.compress(body, _ZLIB_LEVEL)
+    return packed if len(packed) < len(body) else body
+
+
+def decompress_body(body: bytes | memoryview, limit: int | None = INFLATE_LIMIT) -> bytes:
+    """The inverse of ``compress_body``; uncompressed bodies pass through. CodecError for a
+    corrupt stream or one that inflates beyond ``limit`` bytes."""
+    if not body or body[0] != _ZLIB_BYTE:
+        return bytes(body)
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(body[1:], limit or 0)
+    except zlib.error as exc:
+        raise CodecError(f"corrupt compressed body: {exc}") from exc
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise CodecError(f"compressed body is truncated or inflates beyond {limit} bytes")
+    return out
+
+
+def check_size(payload_size: int, limit: int | None, what: str) -> None:
+    if limit is not None and payload_size > limit:
+        raise ValueTooLargeError(
+            f"{what}: {payload_size} bytes is more than max_value_bytes ({limit})",
+            size=payload_size,
+            limit=limit,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +172,12 @@ class ModelCodec:
     __slots__ = (
         "_bytes",
         "_cipher",
+        "_compress_min",
         "_encrypted",
         "_fmt",
         "_include",
         "_json",
+        "_max_bytes",
         "_model",
         "_pk_field",
         "_plain",
@@ -121,6 +193,9 @@ class ModelCodec:
         cs: CompiledSchema,
         cipher: FieldCipher | None,
         fmt: Literal["json", "msgpack"] = "json",
+        *,
+        compress_min: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         if fmt not in ("json", "msgpack"):
             raise ValueError(f"codec fmt must be 'json' or 'msgpack', got {fmt!r}")
@@ -129,6 +204,8 @@ class ModelCodec:
             raise ValueError(f"{cs.name}: encrypted fields need a FieldCipher")
         self.cs = cs
         self.fmt = fmt
+        self._compress_min = compress_min
+        self._max_bytes = max_bytes
         self._json = fmt == "json"
         self._fmt = FMT_JSON if self._json else FMT_MSGPACK
         self._cipher = cipher
@@ -160,6 +237,10 @@ class ModelCodec:
             None if everything else set(cs.cached_fields).difference(self._bytes)
         )
 
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
     # ----------------------------------------------------------------- encode
 
     def encode(
@@ -171,8 +252,24 @@ class ModelCodec:
         """The payload for ``value`` at row ``version``.
 
         Encrypted fields are written as ``ciphertexts[field]`` when given (the envelope L3
-        holds), else encrypted here; their plaintext never enters the payload.
+        holds), else encrypted here; their plaintext never enters the payload. Bodies over
+        ``compress_min`` are compressed; a payload over ``max_bytes`` raises
+        ValueTooLargeError.
         """
+        payload = self._encode(value, version, ciphertexts)
+        if self._compress_min is not None and len(payload) > self._compress_min + HEADER_SIZE:
+            payload = payload[:HEADER_SIZE] + compress_body(
+                payload[HEADER_SIZE:], self._compress_min
+            )
+        check_size(len(payload), self._max_bytes, f"{self.cs.name}: cached row")
+        return payload
+
+    def _encode(
+        self,
+        value: BaseModel,
+        version: int,
+        ciphertexts: Mapping[str, bytes] | None,
+    ) -> bytes:
         if not isinstance(value, self._model):
             raise TypeError(f"{self.cs.name}: expected {self._model.__name__}, got {value!r}")
         header = _header(self._fmt, version)
@@ -224,6 +321,8 @@ class ModelCodec:
         payload of this schema; DecryptionError when an encrypted field does not decrypt."""
         version = _version(payload)
         fmt = payload[1]
+        if len(payload) > HEADER_SIZE and payload[HEADER_SIZE] == _ZLIB_BYTE and fmt != _T:
+            payload = payload[:HEADER_SIZE] + decompress_body(memoryview(payload)[HEADER_SIZE:])
         if fmt == _J:
             if self._plain:
                 return self._validate(payload[HEADER_SIZE:]), version
@@ -310,3 +409,72 @@ class ModelCodec:
             f"{self.cs.name}: payload does not validate as {self._model.__name__} "
             f"({exc.error_count()} error(s), first: {exc.errors()[0]['msg']})"
         )
+
+
+# ------------------------------------------------------------------ keyed-cache entries
+
+_ENTRY_MAGIC = b"K1"
+_ENTRY_HEAD = struct.Struct(">2sc8sdd")
+ENTRY_HEADER_SIZE = _ENTRY_HEAD.size
+KIND_JSON = b"j"
+KIND_BYTES = b"b"
+KIND_NONE = b"n"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded keyed-cache entry. ``fresh_until`` (epoch seconds, 0 = forever) ends its
+    fresh life; ``ttl`` is the life it was written with (0 = none), for refresh-ahead."""
+
+    kind: bytes
+    body: bytes
+    fresh_until: float
+    ttl: float
+
+    @property
+    def negative(self) -> bool:
+        return self.kind == KIND_NONE
+
+    def value(self) -> Any:
+        if self.kind == KIND_BYTES:
+            return self.body
+        if self.kind == KIND_NONE:
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise CodecError(f"keyed cache entry: invalid JSON body: {exc}") from exc
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
+def encode_entry(
+    key: str,
+    kind: bytes,
+    body: bytes,
+    *,
+    fresh_until: float,
+    ttl: float,
+    compress_min: int | None,
+    max_bytes: int | None,
+) -> bytes:
+    """The stored form of one keyed-cache value (see the module docstring)."""
+    head = _ENTRY_HEAD.pack(_ENTRY_MAGIC, kind, key_digest(key), fresh_until, ttl)
+    payload = head + compress_body(body, compress_min)
+    check_size(len(payload), max_bytes, f"keyed cache {key!r}")
+    return payload
+
+
+def decode_entry(key: str, payload: bytes) -> Entry:
+    """CodecError unless ``payload`` is an entry written for ``key``."""
+    if len(payload) < ENTRY_HEADER_SIZE or payload[:2] != _ENTRY_MAGIC:
+        raise CodecError(f"keyed cache {key!r}: not a cache entry")
+    _, kind, digest, fresh_until, ttl = _ENTRY_HEAD.unpack_from(payload)
+    if digest != key_digest(key):
+        raise CodecError(f"keyed cache {key!r}: entry was written for another key")
+    if kind not in (KIND_JSON, KIND_BYTES, KIND_NONE):
+        raise CodecError(f"keyed cache {key!r}: unknown entry kind {kind!r}")
+    body = decompress_body(memoryview(payload)[ENTRY_HEADER_SIZE:])
+    return Entry(kind, body, fresh_until, ttl)

@@ -86,6 +86,21 @@ class Config:
     encryption_key_id: str | None = None
     sweep_interval: Seconds = 5.0
     default_query_limit: int = 100
+    #: Cached payloads (rows in L2, keyed-cache values) longer than this are zlib-compressed
+    #: (None: never).
+    compress_min_bytes: int | None = 4096
+    #: A cached payload longer than this (after compression) is refused with
+    #: ValueTooLargeError and nothing is written (None: no limit). For rows on an L2 schema
+    #: the check encodes the row once more before the L3 write.
+    max_value_bytes: int | None = None
+    #: The keyed cache's memory tier: one LRU bound shared by every namespace (not by the
+    #: schemas), and the longest a value stays in memory.
+    cache_max_entries: int = 10_000
+    cache_l1_ttl: Seconds | None = 60.0
+    #: The keyed cache's single-flight lease (cross-instance) lives at most this long.
+    cache_lease_ttl: Seconds = 10.0
+    #: How often the DataStore purges expired rows of the durable ``_strata_cache`` table.
+    cache_purge_interval: Seconds = 60.0
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     logger: logging.Logger | None = None
     observer: Observer | None = None
@@ -103,6 +118,9 @@ class Config:
             "write_behind_retry_max",
             "heartbeat_interval",
             "sweep_interval",
+            "cache_l1_ttl",
+            "cache_lease_ttl",
+            "cache_purge_interval",
         ):
             seconds(getattr(self, name), name)
         for name in (
@@ -111,6 +129,7 @@ class Config:
             "write_behind_flush_threshold",
             "write_behind_max_pending",
             "redis_max_connections",
+            "cache_max_entries",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -125,6 +144,16 @@ class Config:
             raise ConfigError(
                 f"default_write_mode must be a WriteMode, got {self.default_write_mode!r}"
             )
+        for name in ("compress_min_bytes", "max_value_bytes"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        if not (seconds(self.cache_lease_ttl, "cache_lease_ttl") or 0.0) > 0:
+            raise ConfigError("cache_lease_ttl must be positive")
+        if not (seconds(self.cache_purge_interval, "cache_purge_interval") or 0.0) > 0:
+            raise ConfigError("cache_purge_interval must be positive")
         if self.default_query_limit < 1:
             raise ConfigError("default_query_limit must be at least 1")
         if not self.key_prefix or ":" in self.key_prefix:
@@ -200,6 +229,12 @@ class Config:
             "STRATA_WRITE_BEHIND_FLUSH_THRESHOLD": ("write_behind_flush_threshold", int),
             "STRATA_WRITE_BEHIND_MAX_RETRY": ("write_behind_max_retry", int),
             "STRATA_WRITE_BEHIND_MAX_PENDING": ("write_behind_max_pending", int),
+            "STRATA_COMPRESS_MIN_BYTES": ("compress_min_bytes", int),
+            "STRATA_MAX_VALUE_BYTES": ("max_value_bytes", int),
+            "STRATA_CACHE_MAX_ENTRIES": ("cache_max_entries", int),
+            "STRATA_CACHE_L1_TTL": ("cache_l1_ttl", float),
+            "STRATA_CACHE_LEASE_TTL": ("cache_lease_ttl", float),
+            "STRATA_CACHE_PURGE_INTERVAL": ("cache_purge_interval", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from strata.cache import KeyedCache
 from strata.config import Config, hide_password, seconds
 from strata.crypto import FieldCipher
 from strata.errors import (
@@ -113,6 +114,10 @@ class DataStore:
         self._routes = ops.routes
         self._tx_host = RouterTxHost(ops, core, self._reads, self._writes, self._queries)
         self.instance_id = config.instance_id
+        # The keyed cache (strata/cache) rides the same tiers and bus; its durable table
+        # `_strata_cache` joins the L3 metadata.
+        self.cache = KeyedCache(config, self._c, self._check_open, self._log, l3, self._metadata)
+        core.attachments.append(self.cache)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -148,6 +153,9 @@ class DataStore:
                 logger=self._log,
             )
             await core.wb.start()
+            redis = core.l2 if isinstance(core.l2, RedisTier) else None
+            await self.cache.attach(redis, core.bus, core.spawn)
+            core.lease = self.cache.lease if redis is not None else None
         except BaseException:
             await self._shutdown()
             raise
@@ -445,9 +453,13 @@ class DataStore:
         several instances start at once). Drift is reported, never applied."""
         self._check_open()
         l3 = [rt.b.cs for rt in self._core.routes.values() if rt.b.l3_on]
+        l3.append(self.cache.table)  # the keyed cache's durable table, created additively
         from strata import migrations  # Alembic is heavy: imported when needed
 
-        return await migrations.migrate(self.config, l3, dry_run=dry_run)
+        report = await migrations.migrate(self.config, l3, dry_run=dry_run)
+        if not dry_run:
+            self.cache.enable_durable()  # the keyed cache's table exists now
+        return report
 
     async def migrate_from(self, directory: str) -> list[migrations.MigrationRecord]:
         self._check_open()

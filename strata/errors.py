@@ -17,7 +17,9 @@
     │   └── SchemaNotRegisteredError     an operation named a schema never registered
     ├── ValidationError                  a value handed to Strata is not acceptable
     │   ├── MissingPrimaryKeyError       set() of a value without its primary key
-    │   └── InvalidValueError            wrong model type, undecodable row (.schema)
+    │   ├── InvalidValueError            wrong model type, undecodable row (.schema)
+    │   ├── ValueTooLargeError           payload over Config.max_value_bytes (.size, .limit)
+    │   └── InvalidKeyError              keyed-cache key empty, or ':' / '*' in a segment (.key)
     ├── NotFoundError                    get() of an id that no tier holds (.schema, .id)
     ├── QueryError
     │   ├── InvalidQueryError            unknown / hostile identifier, bad lookup (.identifier)
@@ -31,6 +33,7 @@
     │   ├── TierUnavailableError         could not reach it / timed out
     │   └── IntegrityError               L3 refused the data (unique, not null, ...)
     ├── MigrationError                   migrate refused or failed (.diffs)
+    ├── LockTimeoutError                 ds.cache lock not acquired within its wait (.key, .wait)
     ├── TxError
     │   ├── TxFailedError                commit failed; caches untouched
     │   │   └── SerializationError       retryable conflict (serialization / deadlock)
@@ -123,6 +126,26 @@ class MissingPrimaryKeyError(ValidationError):
 
 class InvalidValueError(ValidationError):
     pass
+
+
+class ValueTooLargeError(ValidationError):
+    def __init__(self, message: str, *, size: int, limit: int, schema: str | None = None) -> None:
+        super().__init__(message, schema=schema)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidKeyError(ValidationError):
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class LockTimeoutError(StrataError):
+    def __init__(self, message: str, *, key: str, wait: float | None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.wait = wait
 
 
 class NotFoundError(StrataError):

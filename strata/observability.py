@@ -59,6 +59,19 @@ class Stats:
     l1_evictions: int = 0
     negative_hits: int = 0
     dead_letters: int = 0
+    # the keyed cache (ds.cache): hits per tier (l3 = the durable table), misses, loader
+    # calls, stale values served, background refreshes, single-flight waits for another
+    # holder's lease, lock acquisitions that had to wait, calls refused by rate_limit
+    cache_l1_hits: int = 0
+    cache_l2_hits: int = 0
+    cache_l3_hits: int = 0
+    cache_misses: int = 0
+    cache_loader_calls: int = 0
+    cache_stale_served: int = 0
+    cache_refreshes: int = 0
+    cache_lease_waits: int = 0
+    cache_lock_waits: int = 0
+    cache_rate_limited: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -90,6 +103,16 @@ class Counters:
     invalidations_received: int
     negative_hits: int
     dead_letters: int
+    cache_l1_hits: int
+    cache_l2_hits: int
+    cache_l3_hits: int
+    cache_misses: int
+    cache_loader_calls: int
+    cache_stale_served: int
+    cache_refreshes: int
+    cache_lease_waits: int
+    cache_lock_waits: int
+    cache_rate_limited: int
 
     def __init__(self) -> None:
         for name in COUNTER_NAMES:
@@ -104,8 +127,10 @@ class Counters:
 class Observer(Protocol):
     """Receives exactly one call per public operation (for metrics or tracing).
 
-    ``op``: the public method ("get", "set_many", "search", "tx", "tx.get", ...);
-    ``schema``: the schema's name ("" for an operation on no schema: "tx", "flush_dirty");
+    ``op``: the public method ("get", "set_many", "search", "tx", "tx.get", ...,
+    "cache.get", "cache.remember", ...);
+    ``schema``: the schema's name ("" for an operation on no schema: "tx", "flush_dirty";
+    keyed cache: the namespace path, "" for the root cache);
     ``seconds``: how long it took; ``error``: the exception it raised (None on success);
     ``tier``: "l1" | "l2" | "l3" for the tier that served a read, else None. Called on the
     event loop: keep it quick; an exception from it is logged and counted, never raised.

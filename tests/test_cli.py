@@ -229,9 +229,9 @@ def test_migrate_applies_and_says_what_it_did(
     module, db = app
     assert main(["migrate", "--app", f"{module}:ds"]) == 0
     out = capsys.readouterr().out
-    assert "applied 2 change(s)" in out
+    assert "applied 3 change(s)" in out  # players, its index, and the keyed cache's table
     assert "+ create table players" in out
-    assert {"players", "_strata_migrations"} <= tables(db)
+    assert {"players", "_strata_migrations", "_strata_cache"} <= tables(db)
     assert main(["migrate", "--app", f"{module}:ds"]) == 0
     assert "nothing to apply" in capsys.readouterr().out
 

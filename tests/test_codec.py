@@ -472,3 +472,59 @@ def test_corrupt_ciphertext_raises(account_cs: CompiledSchema, key: str) -> None
 def test_peek_version_of_a_non_envelope_is_none() -> None:
     for value in (b"", b"S", b"hello world, not an envelope", b"Sz0000000000000001"):
         assert peek_version(value) is None
+
+
+# --------------------------------------------------------------------------- size rules
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_large_compressible_row_is_compressed_and_reads_back(
+    cs: CompiledSchema, fmt: Fmt
+) -> None:
+    codec = ModelCodec(cs, None, fmt, compress_min=1024)
+    original = everything(name="x" * 100_000)
+
+    payload = codec.encode(original, 5)
+
+    assert len(payload) < 10_000
+    assert payload[HEADER_SIZE : HEADER_SIZE + 1] == b"Z"
+    assert peek_version(payload) == 5  # the header stays readable for the Lua check
+    value, version = decoded(codec, payload)
+    assert (value.name, version) == (original.name, 5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_payloads_written_without_compression_still_decode(cs: CompiledSchema, fmt: Fmt) -> None:
+    old = ModelCodec(cs, None, fmt).encode(everything(name="y" * 50_000), 3)
+    new = ModelCodec(cs, None, fmt, compress_min=1024)
+
+    value, _ = decoded(new, old)
+
+    assert value.name == "y" * 50_000  # type: ignore[attr-defined]
+
+
+def test_a_row_payload_over_max_bytes_is_refused(cs: CompiledSchema) -> None:
+    from strata.errors import ValueTooLargeError
+
+    codec = ModelCodec(cs, None, compress_min=None, max_bytes=2_000)
+    with pytest.raises(ValueTooLargeError) as caught:
+        codec.encode(everything(name="z" * 5_000), 1)
+    assert (caught.value.limit, caught.value.size > 2_000) == (2_000, True)
+
+
+def test_a_corrupt_compressed_body_is_a_codec_error(cs: CompiledSchema) -> None:
+    codec = ModelCodec(cs, None, compress_min=1024)
+    payload = codec.encode(everything(name="q" * 50_000), 1)
+    with pytest.raises(CodecError):
+        codec.decode(payload[:-20])
+
+
+def test_a_cache_entry_moved_to_another_key_is_refused() -> None:
+    from strata.codec import KIND_JSON, decode_entry, encode_entry
+
+    payload = encode_entry(
+        "{p:cache}:a", KIND_JSON, b"1", fresh_until=0, ttl=0, compress_min=None, max_bytes=None
+    )
+    assert decode_entry("{p:cache}:a", payload).value() == 1
+    with pytest.raises(CodecError):
+        decode_entry("{p:cache}:b", payload)

@@ -36,6 +36,7 @@ def test_all_is_sorted_and_complete() -> None:
         "cli",
         "router",
         "hooks",
+        "cache",
     }
     assert public - modules - set(strata.__all__) == set()
     for name in strata.__all__:
@@ -62,7 +63,7 @@ def test_design_names_are_exported() -> None:
         assert name in strata.__all__
 
 
-@pytest.mark.parametrize("example", ["quickstart.py", "transfer.py"])
+@pytest.mark.parametrize("example", ["quickstart.py", "transfer.py", "keyed_cache.py"])
 def test_example_runs_on_the_embedded_default(example: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     done = subprocess.run(
@@ -84,10 +85,10 @@ def readme_programs() -> list[str]:
 
 
 def test_readme_has_runnable_examples() -> None:
-    assert len(readme_programs()) == 4
+    assert len(readme_programs()) == 5
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     program = readme_programs()[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}

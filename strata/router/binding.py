@@ -84,7 +84,13 @@ class Binding:
         l3 = cs.source.l3
         self.replica_url = l3.read_replica if l3 is not None else None
         if self.l2_on:
-            self.codec = ModelCodec(cs, cipher, "msgpack" if config.codec == "msgpack" else "json")
+            self.codec = ModelCodec(
+                cs,
+                cipher,
+                "msgpack" if config.codec == "msgpack" else "json",
+                compress_min=config.compress_min_bytes,
+                max_bytes=config.max_value_bytes,
+            )
             l2p = cs.source.l2
             prefix = (l2p.key_prefix if l2p is not None else None) or config.key_prefix
             self.key_prefix = f"{prefix}:{cs.name}:{cs.shape}:"
@@ -141,6 +147,13 @@ class Binding:
             f"got {type(value).__name__}",
             schema=self.name,
         )
+
+    def check_size(self, value: BaseModel) -> None:
+        """ValueTooLargeError, before anything is written, when the value's L2 payload would
+        exceed ``Config.max_value_bytes`` (a no-op without a limit or without L2)."""
+        codec = self.codec
+        if codec is not None and codec.max_bytes is not None:
+            codec.encode(value, 0)
 
     def stamp(self, value: BaseModel) -> BaseModel:
         """A private copy of the value with auto timestamps set; the caller's object is

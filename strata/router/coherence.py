@@ -130,6 +130,9 @@ class Coherence:
 
     def on_invalidation(self, msg: Invalidation) -> None:
         core = self.core
+        for attachment in core.attachments:
+            if attachment.on_message(msg):
+                return
         rt = core.routes.get(msg.schema)
         if rt is None:
             return
@@ -170,6 +173,8 @@ class Coherence:
 
     def clear_l1(self) -> None:
         """Messages may have been lost: nothing in L1 can be trusted any more."""
+        for attachment in self.core.attachments:
+            attachment.clear_memory()
         for rt in self.core.routes.values():
             rt.epoch += 1
             rt.negative.clear()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -23,11 +23,22 @@ from strata.router.binding import Binding
 from strata.tiers.base import L1Tier, L2Tier, L3Tier
 
 if TYPE_CHECKING:
-    from strata.invalidation import InvalidationBus
+    from strata.cache.lease import Lease
+    from strata.invalidation import Invalidation, InvalidationBus
     from strata.router.writes import WritePath
     from strata.writebehind import WriteBehindQueue
 
-__all__ = ["Core", "Route"]
+__all__ = ["Attachment", "Core", "Route"]
+
+
+class Attachment(Protocol):
+    """A component that rides the router's tiers and bus (the keyed cache): it sees every
+    bus message first and is cleared with L1 when messages may have been lost."""
+
+    def on_message(self, msg: Invalidation) -> bool:
+        """True when the message was the attachment's own (the router ignores it)."""
+
+    def clear_memory(self) -> None: ...
 
 
 class Route:
@@ -74,6 +85,9 @@ class Core:
         # (schema, id) -> the one load in flight (single flight).
         self.inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel | None, str]]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.attachments: list[Attachment] = []
+        # The cross-instance lease for cold misses (strata.cache.lease), when L2 is Redis.
+        self.lease: Lease | None = None
         self._last_version = 0
 
     def count_error(self, exc: BaseException) -> None:

@@ -178,6 +178,28 @@ class Reads:
                 return None, "gone"
         if not b.l3_on:
             return None, "miss"
+        if core.lease is not None and b.l2_on and not force_l3:
+            return await self._leased_load(rt, id, epoch)
+        return await self._load_l3(rt, id, force_l3, epoch)
+
+    async def _leased_load(self, rt: Route, id: Any, epoch: int) -> tuple[BaseModel | None, str]:
+        """Cold miss: the holder of the key's Redis lease queries L3 and fills L2; other
+        instances wait for that L2 value (``strata.cache.lease``), so a stampede of N
+        instances costs one L3 query."""
+        assert self.core.lease is not None
+
+        async def probe() -> tuple[BaseModel | None, str] | None:
+            found, gone = await self.l2_get(rt, [id])
+            return (found[id], "l2") if id in found else ((None, "gone") if gone else None)
+
+        return await self.core.lease.run(
+            rt.b.key(id) + "\x00lease", probe, lambda: self._load_l3(rt, id, False, epoch)
+        )
+
+    async def _load_l3(
+        self, rt: Route, id: Any, force_l3: bool, epoch: int
+    ) -> tuple[BaseModel | None, str]:
+        core, b = self.core, rt.b
         core.c.l3_queries += 1
         rows = await core.l3.get_many(b.cs, [id])
         if rows:

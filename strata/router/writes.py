@@ -275,7 +275,8 @@ class Writes:
                     schema=rt.name,
                 )
             id = b.check_id(id)
-            prepared[id] = b.stamp(value)
+            prepared[id] = stamped = b.stamp(value)
+            b.check_size(stamped)  # refused before any tier is written
         return prepared
 
     async def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> None:

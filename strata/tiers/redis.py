@@ -441,6 +441,17 @@ class RedisTier:
 
         return await self._run(scan_unlink)
 
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` (which uses ``client``) through the circuit breaker and its error
+        translation, for components built on this tier (the keyed cache). Raises
+        TierUnavailableError / TierError, after ``on_error``."""
+        self._require()
+        try:
+            return await self._run(fn)
+        except TierError as exc:
+            self._report(exc)
+            raise
+
     # ------------------------------------------------------------------ circuit breaker
 
     async def _run(self, call: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
