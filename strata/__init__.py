@@ -7,7 +7,7 @@ from strata.config import Config, WriteMode
 from strata.crypto import generate_key
 from strata.datastore import DataStore
 from strata.fields import Field
-from strata.observability import Observer, Stats
+from strata.observability import Observer, Observers, Stats
 from strata.query import Q, Query
 from strata.schema import Index, MemPolicy, PostgresPolicy, RedisPolicy, Schema, SchemaHooks
 from strata.tiers.memory import Eviction
@@ -23,6 +23,7 @@ __all__ = [
     "Index",
     "MemPolicy",
     "Observer",
+    "Observers",
     "PostgresPolicy",
     "Q",
     "Query",

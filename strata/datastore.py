@@ -54,6 +54,7 @@ from strata.errors import (
 )
 from strata.invalidation import Invalidation, InvalidationBus
 from strata.observability import Counters, Stats, default_logger
+from strata.operation import observed, served
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.runtime import TOMBSTONE_TTL, SchemaRuntime, call_hook
 from strata.schema import (
@@ -102,21 +103,10 @@ class DataStore:
         self._schemas: dict[str, SchemaRuntime] = {}
         self._by_model: dict[type[BaseModel], SchemaRuntime] = {}
         self._l3: L3Tier
-        if config.dialect == "postgresql":
-            self._l3 = PostgresTier(config, logger=self._log)
-        else:
-            self._l3 = SqliteTier(config, logger=self._log)
         self._l2: RedisTier | None = None
         self._bus: InvalidationBus | None = None
-        if config.redis_url is not None:
-            self._l2 = RedisTier(
-                config.redis_url,
-                timeout=config.redis_timeout,
-                max_connections=config.redis_max_connections,
-                logger=self._log,
-                on_error=self._count_error,
-                on_recover=self._on_l2_recover,
-            )
+        self._build_tiers()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop connect() ran on
         self._wb: WriteBehindQueue | None = None
         self._state = _NEW
         self._c = Counters()
@@ -132,6 +122,22 @@ class DataStore:
         self._replica_retry_at: dict[str, float] = {}
         self.instance_id = config.instance_id
         self._negative_ttl = _secs(config.negative_ttl)
+
+    def _build_tiers(self) -> None:
+        config = self.config
+        if config.dialect == "postgresql":
+            self._l3 = PostgresTier(config, logger=self._log)
+        else:
+            self._l3 = SqliteTier(config, logger=self._log)
+        if config.redis_url is not None:
+            self._l2 = RedisTier(
+                config.redis_url,
+                timeout=config.redis_timeout,
+                max_connections=config.redis_max_connections,
+                logger=self._log,
+                on_error=self._count_error,
+                on_recover=self._on_l2_recover,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -195,6 +201,7 @@ class DataStore:
             await self._shutdown()
             raise
         self._state = _OPEN
+        self._loop = asyncio.get_running_loop()
         self._spawn(self._sweeper())
 
     async def close(self) -> None:
@@ -203,7 +210,42 @@ class DataStore:
             self._state = _CLOSED
             return
         self._state = _CLOSED
+        self._loop = None
         await self._shutdown()
+
+    # -- a DataStore used on a new event loop (asyncio.run() twice; issue 15) ------------
+
+    async def _rebind(self) -> None:
+        """The loop ``connect()`` ran on has ended, and its connections and tasks with it:
+        connect again on the running loop. Write-behind writes left in the old queue move to
+        the new one; with Redis, L1 is cleared (invalidations may have been missed)."""
+        leftover = self._wb.leftover() if self._wb is not None else []
+        if isinstance(self._l3, SqliteTier):
+            self._l3.abandon()
+        self._build_tiers()
+        old_replicas, self._replicas = self._replicas, {}
+        for rt in self._schemas.values():
+            if not rt.cs.has_l3:
+                continue
+            self._l3.register(rt.cs)
+            replica = rt.cs.source.l3.read_replica if rt.cs.source.l3 is not None else None
+            if replica is not None and replica in old_replicas:
+                tier = self._replicas.get(replica)
+                if tier is None:
+                    tier = self._replicas[replica] = PostgresTier(
+                        self.config, url=replica, logger=self._log
+                    )
+                tier.register(rt.cs)
+        self._tasks.clear()
+        self._inflight.clear()
+        self._bus = self._wb = None
+        if self._l2 is not None:
+            self._clear_l1()
+        self._state, self._loop = _NEW, None
+        await self.connect()
+        assert self._wb is not None
+        for write in leftover:
+            await self._wb.put(write)
 
     async def _shutdown(self) -> None:
         try:
@@ -347,6 +389,7 @@ class DataStore:
                 hit = l1.get(id)
                 if hit is not None:
                     c.l1_hits += 1
+                    served("l1")
                     out = hit.model_copy(deep=rt.mutable)
                     return out if hooks.after_get is None else await self._deliver(rt, out)
             if rt.negative:
@@ -367,6 +410,7 @@ class DataStore:
             c.l2_hits += 1
         else:
             c.l1_hits += 1
+        served(tier)
         return await self._deliver(rt, loaded)
 
     async def _deliver(self, rt: SchemaRuntime, value: BaseModel) -> BaseModel:
@@ -1280,3 +1324,35 @@ def _secs(value: Any) -> float:
 
 def _wire_id(id: Any) -> str | int:
     return id if isinstance(id, str | int) else str(id)
+
+
+# -- the operation template: Observer call and event-loop check per public verb (issue 15;
+# the router split replaces this block with its own template) ------------------------------
+
+
+def _instrument() -> None:
+    for op in (
+        "get",
+        "get_many",
+        "exists",
+        "set",
+        "set_many",
+        "delete",
+        "delete_many",
+        "search",
+        "search_cached",
+        "count",
+        "invalidate",
+        "invalidate_all",
+        "warm_cache",
+        "flush_dirty",
+        "retry_tx",
+        "migrate",
+        "migrate_from",
+        "migration_status",
+        "close",
+    ):
+        setattr(DataStore, op, observed(op)(getattr(DataStore, op)))
+
+
+_instrument()

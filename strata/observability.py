@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-__all__ = ["Counters", "Observer", "Stats", "default_logger"]
+__all__ = ["Counters", "Observer", "Observers", "Stats", "default_logger"]
 
 
 def default_logger() -> logging.Logger:
@@ -87,8 +87,46 @@ class Counters:
 
 
 class Observer(Protocol):
-    """Receives one call per public operation (for metrics or tracing)."""
+    """Receives one call per public operation (for metrics or tracing).
+
+    ``op`` is the public method name (``"get"``, ``"set_many"``, ``"tx.get"``, ...),
+    ``schema`` the schema name (``""`` when the operation has none), ``seconds`` its
+    duration, ``error`` what it raised (``None`` on success) and ``tier`` the tier that
+    served a read (``"l1"``, ``"l2"`` or ``"l3"``; ``None`` for writes and misses).
+    """
 
     def on_operation(
-        self, op: str, schema: str, seconds: float, error: BaseException | None
+        self,
+        op: str,
+        schema: str,
+        seconds: float,
+        error: BaseException | None,
+        tier: str | None,
     ) -> None: ...
+
+
+class Observers:
+    """Several observers as one: ``Config(observer=Observers(metrics, tracing))``.
+
+    Each is called in order; one that raises is logged and the others still run.
+    """
+
+    __slots__ = ("_log", "observers")
+
+    def __init__(self, *observers: Observer, logger: logging.Logger | None = None) -> None:
+        self.observers = observers
+        self._log = logger or default_logger()
+
+    def on_operation(
+        self,
+        op: str,
+        schema: str,
+        seconds: float,
+        error: BaseException | None,
+        tier: str | None,
+    ) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_operation(op, schema, seconds, error, tier)
+            except Exception:
+                self._log.exception("observer %r failed on %s", observer, op)

@@ -34,6 +34,7 @@ def test_all_is_sorted_and_complete() -> None:
         "migrations",
         "cli",
         "runtime",
+        "operation",
     }
     assert public - modules - set(strata.__all__) == set()
     for name in strata.__all__:
