@@ -99,3 +99,23 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_quickstart_says_which_tier_served_each_read_and_why_a_field_is_default(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    reads = [line for line in done.stdout.splitlines() if line.startswith("read")]
+    assert ["served by L1" in r or "<- L1" in r for r in reads] == [True, False, False, True]
+    assert ["L3 (the database)" in r for r in reads] == [False, True, True, False]
+    assert "omit_cache=True" in done.stdout
+    assert "password_hash still 'x'" in done.stdout
