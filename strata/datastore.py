@@ -54,6 +54,7 @@ from strata.errors import (
 )
 from strata.invalidation import Invalidation, InvalidationBus
 from strata.observability import Counters, Stats, default_logger
+from strata import oplog
 from strata.operation import observed, served
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.runtime import TOMBSTONE_TTL, SchemaRuntime, call_hook
@@ -169,6 +170,12 @@ class DataStore:
         try:
             if self._l2 is not None:
                 await self._l2.connect()
+                if cfg.require_redis and not self._l2.available:
+                    raise TierUnavailableError(
+                        f"Redis at {hide_password(cfg.redis_url or '')} is unreachable and "
+                        "Config.require_redis is set: refusing to start without L2",
+                        tier="l2",
+                    )
                 self._bus = InvalidationBus(
                     self._l2.client,
                     cfg.invalidation_channel,
@@ -203,6 +210,7 @@ class DataStore:
         self._state = _OPEN
         self._loop = asyncio.get_running_loop()
         self._spawn(self._sweeper())
+        oplog.log_connect(self)
 
     async def close(self) -> None:
         """Flush write-behind, end background tasks, close connections. Idempotent."""
@@ -212,6 +220,7 @@ class DataStore:
         self._state = _CLOSED
         self._loop = None
         await self._shutdown()
+        oplog.log_close(self)
 
     # -- a DataStore used on a new event loop (asyncio.run() twice; issue 15) ------------
 
@@ -1284,7 +1293,10 @@ class DataStore:
         l3 = [rt.cs for rt in self._schemas.values() if rt.l3_on]
         from strata import migrations  # Alembic is heavy: imported when needed
 
-        return await migrations.migrate(self.config, l3, dry_run=dry_run)
+        oplog.quiet_alembic()
+        report = await migrations.migrate(self.config, l3, dry_run=dry_run)
+        oplog.log_migrate(self._log, report)
+        return report
 
     async def migrate_from(self, directory: str) -> list[migrations.MigrationRecord]:
         self._check_open()
