@@ -33,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from strata import oplog
 from strata.codec import Tombstone
 from strata.config import Config, WriteMode, hide_password, seconds
 from strata.crypto import FieldCipher
@@ -54,7 +55,6 @@ from strata.errors import (
 )
 from strata.invalidation import Invalidation, InvalidationBus
 from strata.observability import Counters, Stats, default_logger
-from strata import oplog
 from strata.operation import observed, served
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.runtime import TOMBSTONE_TTL, SchemaRuntime, call_hook

@@ -28,9 +28,7 @@ def log_connect(ds: DataStore) -> None:
     l2 = "redis " + hide_password(cfg.redis_url) if cfg.redis_url else "none"
     if ds._l2 is not None and not ds._l2.available:
         l2 += " (unreachable: degraded to L1 + L3)"
-    modes = ", ".join(
-        f"{rt.name}={rt.cs.write_mode.value}" for rt in ds._schemas.values()
-    )
+    modes = ", ".join(f"{rt.name}={rt.cs.write_mode.value}" for rt in ds._schemas.values())
     ds._log.info(
         "strata connected: L1 memory, L2 %s, L3 %s; bus %s; schemas: %s",
         l2,

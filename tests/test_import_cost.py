@@ -26,9 +26,7 @@ PROBE = textwrap.dedent(
 
 
 def test_import_strata_loads_neither_alembic_nor_the_sqlalchemy_orm() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "none"
 
@@ -43,8 +41,6 @@ def test_alembic_loads_once_migrations_run() -> None:
         "asyncio.run(main())\n"
         'print("alembic" in sys.modules)',
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
