@@ -80,4 +80,3 @@ async def test_require_redis_connects_when_redis_answers(settings: dict[str, Any
     ds = DataStore(Config(**settings, require_redis=True))
     async with ds:
         assert ds._l2 is not None and ds._l2.available
-
