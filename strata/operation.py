@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from asyncio import _get_running_loop, get_running_loop
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -78,9 +79,9 @@ def observed(
     """Wrap a DataStore verb: loop check, then one Observer call per operation."""
 
     def wrap(fn: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., Coroutine[Any, Any, R]]:
-        @functools.wraps(fn)
-        async def operation(ds: DataStore, /, *args: Any, **kwargs: Any) -> R:
-            if ds._loop is not None:
+        async def observed_call(ds: DataStore, args: tuple[Any, ...], kwargs: Any) -> R:
+            bound = ds._loop
+            if bound is not None and bound is not get_running_loop():
                 await check_loop(ds)
             observer = ds._observer
             if observer is None:
@@ -102,6 +103,15 @@ def observed(
                 except Exception as exc:  # a broken observer must not break the operation
                     ds._log.exception("observer failed on %s", op)
                     ds._count_error(exc)
+
+        @functools.wraps(fn)
+        def operation(ds: DataStore, /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+            # Hot path (no observer, same loop): hand back the verb's own coroutine, so the
+            # template costs no extra coroutine frame on an L1 hit.
+            bound = ds._loop
+            if ds._observer is None and (bound is None or bound is _get_running_loop()):
+                return fn(ds, *args, **kwargs)
+            return observed_call(ds, args, kwargs)
 
         return operation
 
