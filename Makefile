@@ -1,5 +1,5 @@
 # Strata developer and CI entry points. On a fresh clone, any target below (but clean)
-# first creates .venv and installs the project with its dev extra.
+# first creates .venv and installs the project with its dev extra (demo: runtime deps only).
 #
 #   make test         lint, make sure PostgreSQL + Redis answer, then ONE pytest run over
 #                     tests/ and integration/ (what CI runs: .ci/run)
@@ -8,7 +8,7 @@
 #   make lint         ruff check, ruff format --check, mypy --strict strata, and the
 #                     user-side typing: examples/, tests/typing/ (assert_type checks)
 #   make fmt          ruff format + import sorting (rewrites files)
-#   make demo         examples/quickstart.py on embedded SQLite
+#   make demo         examples/quickstart.py on embedded SQLite (installs runtime deps only)
 #   make bench        python -m benchmarks (when benchmarks/__main__.py exists)
 #   make clean        remove caches and build output (keeps .venv; distclean removes it)
 #
@@ -18,6 +18,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 PYTEST_ARGS ?=
 
 SHELL := bash
@@ -33,8 +34,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-demo: $(STAMP)
-	env -u STRATA_DATABASE_URL $(BIN)/python examples/quickstart.py
+# The demo needs only the runtime dependencies (no dev extra): its own stamp, so a fresh
+# clone's `make demo` installs in seconds. A venv that has the dev extra has them too.
+$(RUNTIME_STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing strata (runtime dependencies only) into $(VENV)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+demo: $(RUNTIME_STAMP)
+	env -u STRATA_DATABASE_URL -u STRATA_REDIS_URL $(BIN)/python examples/quickstart.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

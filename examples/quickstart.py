@@ -15,6 +15,24 @@ from pydantic import BaseModel
 
 from strata import Config, DataStore, Field, Index, MemPolicy, Schema, errors
 
+TIERS = {"l1": "L1 (this process's memory)", "l2": "L2 (Redis)", "l3": "L3 (the database)"}
+
+
+class ServedBy:
+    """An Observer: remembers which tier served the last read, so the demo can say so."""
+
+    def __init__(self) -> None:
+        self.tier: str | None = None
+
+    def on_operation(
+        self, op: str, schema: str, seconds: float, error: BaseException | None, tier: str | None
+    ) -> None:
+        if op == "get":
+            self.tier = tier
+
+    def __str__(self) -> str:
+        return TIERS.get(self.tier or "", "no tier (not found)")
+
 
 class Player(BaseModel):
     id: str = Field(primary_key=True)
@@ -28,7 +46,8 @@ class Player(BaseModel):
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        config = Config.from_env()
+        served = ServedBy()
+        config = Config.from_env(observer=served)
         if config.database_url is None:  # embedded: a throwaway SQLite file for the demo
             config = config.with_(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}")
         ds = DataStore(config)
@@ -45,11 +64,27 @@ async def main() -> None:
             stored = await ds.set(Player, Player(id="p1", username="ann", password_hash="x"))
             print(f"stored   {stored.username!r} created_at={stored.created_at:%H:%M:%S}")
 
-            p = await ds.get(Player, "p1")  # an L1 hit: typed as Player
-            print(f"read     {p.username!r} level={p.level} password_hash={p.password_hash!r}")
+            p = await ds.get(Player, "p1")  # typed as Player
+            print(f"read     {p.username!r} level={p.level}  <- served by {served}")
+            print(
+                f"         password_hash={p.password_hash!r}: the field is omit_cache=True, so "
+                "it is stored in L3 only and never cached; a cached copy carries its default"
+            )
+            p = await ds.get(Player, "p1", force_l3=True)
+            print(f"read     password_hash={p.password_hash!r} with force_l3=True  <- {served}")
 
-            await ds.set(Player, p.model_copy(update={"level": p.level + 1}))
-            print(f"levelled {(await ds.get(Player, 'p1')).level}")
+            await ds.invalidate(Player, "p1")  # drop the cached copies
+            p = await ds.get(Player, "p1")
+            print(f"read     after invalidate  <- served by {served} (and cached again)")
+            p = await ds.get(Player, "p1")
+            print(f"read     once more         <- served by {served}")
+
+            # Writing back a whole model read from a cache would store its defaults: read
+            # the full row (force_l3) before a read-modify-write of a schema with such fields.
+            full = await ds.get(Player, "p1", force_l3=True)
+            await ds.set(Player, full.model_copy(update={"level": full.level + 1}))
+            p = await ds.get(Player, "p1", force_l3=True)
+            print(f"levelled {p.level}, password_hash still {p.password_hash!r}")
 
             await ds.set_many(
                 Player, [Player(id=f"p{i}", username=f"user{i}") for i in range(2, 6)]

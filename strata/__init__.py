@@ -8,7 +8,7 @@ from strata.config import Config, WriteMode
 from strata.crypto import generate_key
 from strata.datastore import DataStore
 from strata.fields import Field
-from strata.observability import Observer, Stats
+from strata.observability import Observer, Observers, Stats
 from strata.query import Projection, Q, Query
 from strata.schema import (
     Eviction,
@@ -34,6 +34,7 @@ __all__ = [
     "Index",
     "MemPolicy",
     "Observer",
+    "Observers",
     "PostgresPolicy",
     "Projection",
     "Q",

@@ -1,11 +1,12 @@
 """The ``strata`` command: migrations, checks and cache warming for an application's store.
 
     strata migrate  --app MODULE:ATTR [--dry-run]       additive migration (or only its SQL)
-    strata check    --app MODULE:ATTR                   exit 1 when the database differs (CI)
+    strata check    --app MODULE:ATTR [--json]          exit 1 when the database differs (CI)
     strata status   --app MODULE:ATTR                   the migration ledger as a table
     strata revision --app MODULE:ATTR -m MESSAGE        an Alembic revision file (additive)
     strata sql      --app MODULE:ATTR DIRECTORY         NNN_name.sql files (migrate_from)
-    strata warm     --app MODULE:ATTR SCHEMA [--limit N]  rows from L3 into the caches
+    strata warm     --app MODULE:ATTR SCHEMA [--limit N]  rows from L3 into Redis (L2)
+    strata rotate-key --app MODULE:ATTR [--batch N]     re-encrypt to the active key (resumable)
 
 ``MODULE:ATTR`` names a DataStore with its schemas registered, or a zero-argument function
 (sync or async) returning one; ``STRATA_APP`` is the default. The module is imported from
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import re
 import sys
@@ -227,6 +229,17 @@ async def cmd_check(args: argparse.Namespace) -> int:
     cfg = store.config
     planned = await migrations.plan(cfg, _l3(store))
     found = len(planned.changes) + len(planned.drift) + len(planned.refused)
+    if args.json:
+        doc = {
+            "ok": not found,
+            "database": _where(cfg),
+            "tables": len(_l3(store)),
+            "pending": [c.description for c in planned.changes],
+            "drift": [str(d) for d in planned.drift],
+            "refused": [str(r) for r in planned.refused],
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_FAILURE if found else EXIT_OK
     if not found:
         tables = len(_l3(store))
         print(f"ok: {_where(cfg)} matches the models ({tables} table(s))")
@@ -316,7 +329,15 @@ async def cmd_warm(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ConfigError("--limit must be 0 (every row) or positive")
     compiled = store.schemas[args.schema]
-    tiers = [t for t, on in (("L1", compiled.has_l1), ("L2", _has_l2(store, compiled))) if on]
+    if not _has_l2(store, compiled):
+        # L1 is this command's own memory: whatever it loaded there would vanish on exit.
+        why = "no redis_url is configured" if store.config.redis_url is None else "its l2=None"
+        raise ConfigError(
+            f"nothing to warm: {args.schema} has no shared cache tier ({why}); warm fills "
+            "Redis (L2), which every instance reads. Each process's L1 fills on its own reads "
+            "(or call ds.warm_cache() in that process)"
+        )
+    tiers = [t for t, on in (("L1", compiled.has_l1), ("L2", True)) if on]
     # a copy: the application's own store object is left as it was (unconnected or open)
     async with rebuilt(store) as store:
         total = await store.count(args.schema)
@@ -328,6 +349,27 @@ async def cmd_warm(args: argparse.Namespace) -> int:
         progress.finish(loaded)
     into = " and ".join(tiers) if tiers else "no cache tier (the schema has none configured)"
     print(f"warmed {loaded} row(s) of {args.schema} into {into}")
+    return EXIT_OK
+
+
+async def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from strata.rotate import rotate_key
+
+    if args.batch < 1:
+        raise ConfigError("--batch must be at least 1")
+
+    def progress(schema: str, done: int, total: int) -> None:
+        print(f"rotating {schema}: {done}/{total} rows scanned", file=sys.stderr, flush=True)
+
+    async with rebuilt(await _store(args)) as store:
+        report = await rotate_key(store, batch=args.batch, progress=progress)
+    for name, n in report.rotated.items():
+        print(
+            f"{name}: {n} row(s) re-encrypted to key {report.active_key_id!r}, "
+            f"{report.current[name]} already on it"
+        )
+    if not report.rotated:
+        print("no schema has encrypted fields: nothing to rotate")
     return EXIT_OK
 
 
@@ -431,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("migrate", cmd_migrate, "apply additive changes (tables, columns, indexes)")
     p.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
-    command("check", cmd_check, "exit 1 listing each difference between models and database")
+    p = command("check", cmd_check, "exit 1 listing each difference between models and database")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p = command("status", cmd_status, "show the migration ledger")
     p.add_argument("--statements", action="store_true", help="also print each run's SQL")
     p = command("revision", cmd_revision, "write an Alembic revision file (additive ops)")
@@ -447,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("warm", cmd_warm, "load rows from the database into the caches")
     p.add_argument("schema", metavar="SCHEMA", help="the schema name to warm")
     p.add_argument("--limit", type=int, default=0, help="at most N rows (default 0: all)")
+    p = command("rotate-key", cmd_rotate_key, "re-encrypt encrypted columns to the active key")
+    p.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
     return parser
 
 

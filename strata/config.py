@@ -107,6 +107,9 @@ class Config:
     # Errors Strata absorbs (logged, counted in Stats.errors, not raised): a failing hook
     # after a durable write, an L2 outage, a corrupt cached payload, ...
     on_error: Callable[[BaseException], None] | None = None
+    # Fail at connect (TierUnavailableError) when Redis is unreachable, instead of running
+    # degraded on L1 + L3; a ConfigError without redis_url.
+    require_redis: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -159,6 +162,8 @@ class Config:
         if not self.key_prefix or ":" in self.key_prefix:
             raise ConfigError(f"key_prefix must be non-empty without ':', got {self.key_prefix!r}")
         self.dialect  # validates database_url  # noqa: B018
+        if self.require_redis and self.redis_url is None:
+            raise ConfigError("require_redis is set but redis_url is not (STRATA_REDIS_URL)")
         if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
             "redis",
             "rediss",
@@ -250,6 +255,13 @@ class Config:
                     f"STRATA_DEFAULT_WRITE_MODE must be one of "
                     f"{[m.value for m in WriteMode]}, got {env['STRATA_DEFAULT_WRITE_MODE']!r}"
                 ) from exc
+        if env.get("STRATA_REQUIRE_REDIS"):
+            flag = env["STRATA_REQUIRE_REDIS"].strip().lower()
+            if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(
+                    f"STRATA_REQUIRE_REDIS must be true/false (1/0, yes/no, on/off), got {flag!r}"
+                )
+            values["require_redis"] = flag in ("1", "true", "yes", "on")
         values.update(overrides)
         return cls(**values)
 

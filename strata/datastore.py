@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from strata import oplog
 from strata.cache import KeyedCache
 from strata.config import Config, hide_password, seconds
 from strata.crypto import FieldCipher
 from strata.errors import (
+    ConfigError,
     InvalidModelError,
     InvalidValueError,
     LifecycleError,
     SchemaDuplicateError,
     SerializationError,
+    TierUnavailableError,
 )
 from strata.hooks import HookRunner
 from strata.observability import Counters, Stats, default_logger
@@ -35,7 +38,7 @@ from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.queries import Queries
 from strata.router.reads import Reads
-from strata.router.template import CLOSED, OPEN, OperationTemplate
+from strata.router.template import CLOSED, NEW, OPEN, OperationTemplate
 from strata.router.txhost import RouterTxHost
 from strata.router.writes import Writes, choose_path
 from strata.schema import CompiledSchema, Schema, compile_schema
@@ -110,6 +113,7 @@ class DataStore:
         self._queries = Queries(core, self._reads)
         self._ops = ops = OperationTemplate(self._c, config.observer, self._log)
         self._run = ops.run
+        ops.rebind = self._rebind
         self._get, self._l1_hit = self._reads.get, self._reads.l1_hit
         self._routes = ops.routes
         self._tx_host = RouterTxHost(ops, core, self._reads, self._writes, self._queries)
@@ -139,7 +143,15 @@ class DataStore:
         try:
             if core.l2 is not None:
                 await core.l2.connect()
+                if cfg.require_redis and not core.l2.available:
+                    raise TierUnavailableError(
+                        f"Redis at {hide_password(cfg.redis_url or '')} is unreachable and "
+                        "Config.require_redis is set: refusing to start without L2",
+                        tier="l2",
+                    )
                 await self._coherence.start_bus(core.l2)
+            elif cfg.require_redis:
+                raise ConfigError("Config.require_redis is set but no redis_url is configured")
             core.wb = WriteBehindQueue(
                 self._writes.apply_queued,
                 flush_interval=_secs(cfg.write_behind_flush_interval),
@@ -160,15 +172,49 @@ class DataStore:
             await self._shutdown()
             raise
         self._ops.state = OPEN
+        self._ops.loop = asyncio.get_running_loop()
         core.spawn(self._coherence.sweep_forever())
+        oplog.log_connect(self, core.l2, core.bus is not None)
 
     async def close(self) -> None:
         """Flush write-behind, end background tasks, close connections. Idempotent."""
         if self._ops.state is not OPEN:
             self._ops.state = CLOSED
             return
+        await self._ensure_loop()
         self._ops.state = CLOSED
+        self._ops.loop = None
         await self._shutdown()
+        oplog.log_close(self)
+
+    # -- a DataStore used on a new event loop (asyncio.run() called again) ---------------
+
+    async def _ensure_loop(self) -> None:
+        if self._ops.state is OPEN and self._ops.loop is not asyncio.get_running_loop():
+            await self._rebind()
+
+    async def _rebind(self) -> None:
+        """The loop ``connect()`` ran on has ended, and its connections and tasks with it:
+        forget them (tiers that can, ``abandon()``), connect again on the running loop, and
+        move the write-behind writes left in the old queue to the new one. With Redis, L1 is
+        cleared: invalidations may have been missed meanwhile."""
+        core = self._core
+        leftover = core.wb.leftover() if core.wb is not None else []
+        for tier in (core.l3, core.l2, *self._queries.replicas.values()):
+            abandon = getattr(tier, "abandon", None)  # an optional capability of a tier
+            if abandon is not None:
+                abandon()
+        self._hooks.abandon()
+        core.tasks.clear()
+        core.inflight.clear()
+        core.bus = core.wb = None
+        if core.l2 is not None:
+            self._coherence.clear_l1()
+        self._ops.state, self._ops.loop = NEW, None
+        await self.connect()
+        assert core.wb is not None
+        for write in leftover:
+            await core.wb.put(write)
 
     async def _shutdown(self) -> None:
         core = self._core
@@ -452,11 +498,14 @@ class DataStore:
         """Create missing tables, columns and indexes (additive only; idempotent; safe when
         several instances start at once). Drift is reported, never applied."""
         self._check_open()
+        await self._ensure_loop()
         l3 = [rt.b.cs for rt in self._core.routes.values() if rt.b.l3_on]
         l3.append(self.cache.table)  # the keyed cache's durable table, created additively
         from strata import migrations  # Alembic is heavy: imported when needed
 
+        oplog.quiet_alembic()
         report = await migrations.migrate(self.config, l3, dry_run=dry_run)
+        oplog.log_migrate(self._log, report)
         if not dry_run:
             self.cache.enable_durable()  # the keyed cache's table exists now
         return report

@@ -72,6 +72,10 @@ class HookRunner:
         if not task.cancelled() and task.exception() is not None:
             self.failed(what, task.exception())  # type: ignore[arg-type]
 
+    def abandon(self) -> None:
+        """Forget hook tasks of an event loop that has ended (they ended with it)."""
+        self._tasks.clear()
+
     async def close(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:

@@ -10,7 +10,15 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-__all__ = ["COUNTER_NAMES", "LIVE_NAMES", "Counters", "Observer", "Stats", "default_logger"]
+__all__ = [
+    "COUNTER_NAMES",
+    "LIVE_NAMES",
+    "Counters",
+    "Observer",
+    "Observers",
+    "Stats",
+    "default_logger",
+]
 
 
 def default_logger() -> logging.Logger:
@@ -144,3 +152,30 @@ class Observer(Protocol):
         error: BaseException | None,
         tier: str | None,
     ) -> None: ...
+
+
+class Observers:
+    """Several observers as one: ``Config(observer=Observers(metrics, tracing))``.
+
+    Each is called in order; one that raises is logged and the others still run.
+    """
+
+    __slots__ = ("_log", "observers")
+
+    def __init__(self, *observers: Observer, logger: logging.Logger | None = None) -> None:
+        self.observers = observers
+        self._log = logger or default_logger()
+
+    def on_operation(
+        self,
+        op: str,
+        schema: str,
+        seconds: float,
+        error: BaseException | None,
+        tier: str | None,
+    ) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_operation(op, schema, seconds, error, tier)
+            except Exception:
+                self._log.exception("observer %r failed on %s", observer, op)

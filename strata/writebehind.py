@@ -697,18 +697,35 @@ class WriteBehindQueue:
         self._settle()
         return letters
 
+    def leftover(self) -> list[PendingWrite]:
+        """Every write not yet applied (queued, retrying, in flight), oldest first: what a
+        DataStore moves to a new queue when the event loop this one ran on has ended."""
+        return [e.write for e in sorted(self._entries(), key=lambda e: e.seq)]
+
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             if self._stopping:
                 return
-            exc: BaseException | None = asyncio.CancelledError("the flusher task was cancelled")
+            # Cancelled by someone else: most often asyncio.run() ending with the DataStore
+            # still open, which is not a crash. The writes left stay here until the DataStore
+            # is used on the next loop (they move to its new queue) or closed.
+            exc: BaseException = asyncio.CancelledError("the flusher task was cancelled")
+            if self.pending:
+                self._log.warning(
+                    "write-behind: the flusher was cancelled (event loop ended?) with %d "
+                    "writes not yet in L3; they are written when the DataStore is next used",
+                    self.pending,
+                )
+            else:
+                self._log.debug("write-behind: the flusher was cancelled with nothing pending")
         else:
-            exc = task.exception()
-        if exc is None:
-            return
+            maybe = task.exception()
+            if maybe is None:
+                return
+            exc = maybe
+            self._log.error("write-behind: the flusher crashed", exc_info=exc)
+            self._report(exc)
         self._crash = exc
-        self._log.error("write-behind: the flusher crashed", exc_info=exc)
-        self._report(exc)
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(

@@ -3,6 +3,7 @@ and messages, and the commands on embedded SQLite (no server)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import uuid
@@ -435,18 +436,30 @@ def test_example_app_resolves_from_the_project_root(monkeypatch: pytest.MonkeyPa
     assert store.config.database_schema == "ignored_by_sqlite"
 
 
-def test_warm_loads_rows_and_reports_the_count(
+def test_warm_refuses_when_there_is_no_shared_tier_to_warm(
     app: tuple[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module, db = app
+    module, _ = app
     assert main(["migrate", "--app", f"{module}:ds"]) == 0
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO players (id, username, level, _strata_version) VALUES (?, ?, 1, 1)",
-            [(f"p{i}", f"user{i}") for i in range(25)],
-        )
     capsys.readouterr()
-    assert main(["warm", "--app", f"{module}:ds", "players", "--limit", "10"]) == 0
-    captured = capsys.readouterr()
-    assert "warmed 10 row(s) of players into L1" in captured.out
-    assert "10/10 rows" in captured.err
+    assert main(["warm", "--app", f"{module}:ds", "players"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to warm" in err
+    assert "no redis_url is configured" in err
+
+
+def test_check_json_reports_pending_changes_then_ok(
+    app: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    module, _ = app
+    assert main(["check", "--app", f"{module}:ds", "--json"]) == 1
+    before = json.loads(capsys.readouterr().out)
+    assert before["ok"] is False
+    assert any("players" in p for p in before["pending"])
+    assert before["drift"] == [] and before["refused"] == []
+    assert main(["migrate", "--app", f"{module}:ds"]) == 0
+    capsys.readouterr()
+    assert main(["check", "--app", f"{module}:ds", "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after == {**after, "ok": True, "pending": [], "drift": [], "refused": []}
+    assert after["tables"] == 2  # players and the keyed cache's _strata_cache

@@ -37,6 +37,11 @@ def test_all_is_sorted_and_complete() -> None:
         "router",
         "hooks",
         "cache",
+        "operation",
+        "oplog",
+        "rotate",
+        "sync",
+        "contrib",
     }
     assert public - modules - set(strata.__all__) == set()
     for name in strata.__all__:
@@ -84,11 +89,14 @@ def readme_programs() -> list[str]:
     return [b.split("\n```", 1)[0] for b in blocks]
 
 
+README_PROGRAMS = 9  # four of them in "Running in production"
+
+
 def test_readme_has_runnable_examples() -> None:
-    assert len(readme_programs()) == 5
+    assert len(readme_programs()) == README_PROGRAMS
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(README_PROGRAMS))
 def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     program = readme_programs()[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
@@ -101,3 +109,23 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_quickstart_says_which_tier_served_each_read_and_why_a_field_is_default(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    reads = [line for line in done.stdout.splitlines() if line.startswith("read")]
+    assert ["served by L1" in r or "<- L1" in r for r in reads] == [True, False, False, True]
+    assert ["L3 (the database)" in r for r in reads] == [False, True, True, False]
+    assert "omit_cache=True" in done.stdout
+    assert "password_hash still 'x'" in done.stdout

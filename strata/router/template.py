@@ -14,6 +14,7 @@ Timing is taken only when an observer is configured: the L1 hit path stays cheap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,10 @@ class OperationTemplate:
         self.observer = observer
         self.log = logger
         self.state = NEW
+        # The event loop connect() ran on, and what to do when an operation arrives on
+        # another one (asyncio.run() called again: the old loop took our connections along).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.rebind: Callable[[], Awaitable[None]] | None = None
         # name and model class -> Route
         self.routes: dict[Any, Route] = {}
 
@@ -89,6 +94,8 @@ class OperationTemplate:
         try:
             if self.state is not OPEN:
                 self.check_open()
+            if self.loop is not asyncio.get_running_loop() and self.rebind is not None:
+                await self.rebind()
             if schema is None:
                 rt = None
             else:

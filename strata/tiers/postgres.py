@@ -319,6 +319,12 @@ class PostgresTier:
             if self._pool is None:
                 await self.connect()
 
+    def abandon(self) -> None:
+        """Forget the pool of an event loop that has ended (it cannot be closed from
+        another loop); ``connect()`` makes a new one."""
+        self._pool = None
+        self._connect_lock = asyncio.Lock()
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None

@@ -271,6 +271,11 @@ class RedisTier:
         self._up = True  # so that a failed first ping reports the outage
         await self.ping()
 
+    def abandon(self) -> None:
+        """Forget the client of an event loop that has ended; ``connect()`` makes a new
+        one."""
+        self._client = None
+
     async def close(self) -> None:
         self._closed = True
         self._up = False

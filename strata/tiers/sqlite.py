@@ -311,6 +311,16 @@ class SqliteTier:
         self._executor.shutdown(wait=True)
         self._executor = None
 
+    def abandon(self) -> None:
+        """Close without the event loop (the loop this tier ran on has ended)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        db, self._db = self._db, None
+        if db is not None:
+            executor.submit(db.close).result()
+        executor.shutdown(wait=True)
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
