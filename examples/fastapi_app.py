@@ -23,7 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from strata import Config, DataStore, Field, MemPolicy, Q, RedisPolicy, Schema, errors
+from strata import Config, DataStore, Field, Q, Schema, errors
 from strata.contrib.fastapi import Store, strata_lifespan
 
 
@@ -43,9 +43,9 @@ class Order(BaseModel):
 
 
 class Rate(BaseModel):
-    """An upstream API's answer, cached in memory (and Redis when configured), not stored."""
+    """An upstream API's answer, kept in the keyed cache (ds.cache), not in a table."""
 
-    id: str = Field(primary_key=True)  # the currency
+    id: str  # the currency
     per_usd: float
 
 
@@ -61,12 +61,9 @@ def create_app(config: Config | None = None, upstream: Upstream = fetch_rate) ->
     ds = DataStore(config or Config.from_env())
     ds.register(Schema(name="items", model=Item))
     ds.register(Schema(name="orders", model=Order))
-    # l3=None: a cache-only schema, 60 s in memory (and Redis, with a redis_url).
-    # TODO(lead): becomes `await ds.cache.namespace("rates").remember(currency, ...)` once
-    # the keyed cache (ds.cache) is merged.
-    ds.register(
-        Schema(name="rates", model=Rate, l1=MemPolicy(ttl=60), l2=RedisPolicy(ttl=60), l3=None)
-    )
+    # The upstream's answers live in the keyed cache: memory (and Redis, with a redis_url),
+    # one upstream call per currency across every instance at a time.
+    rates = ds.cache.namespace("rates", version="v1")
     app = FastAPI(title="Strata shop", lifespan=strata_lifespan(ds, migrate=True))
 
     @app.exception_handler(errors.NotFoundError)
@@ -107,10 +104,11 @@ def create_app(config: Config | None = None, upstream: Upstream = fetch_rate) ->
 
     @app.get("/rates/{currency}")
     async def rate(currency: str, ds: Store) -> Rate:
-        try:
-            return await ds.get(Rate, currency)
-        except errors.NotFoundError:
-            return await ds.set(Rate, Rate(id=currency, per_usd=await upstream(currency)))
+        async def load() -> Rate:
+            return Rate(id=currency, per_usd=await upstream(currency))
+
+        rate: Rate = await rates.remember(currency, load, ttl=60, model=Rate)
+        return rate
 
     return app
 

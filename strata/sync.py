@@ -204,7 +204,8 @@ async def _own_transaction(
         failure = exc
     if failure is None:
         await ctx.__aexit__(None, None, None)
-    elif not await ctx.__aexit__(type(failure), failure, failure.__traceback__):
+    else:  # the transaction never swallows an exception
+        await ctx.__aexit__(type(failure), failure, failure.__traceback__)
         raise failure
 
 

@@ -289,14 +289,13 @@ class TxContext:
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> bool:
+    ) -> None:
         try:
             await self._finish(et, exc)
         except BaseException as failure:
             self._host.finished("tx", self._started, failure)
             raise
         self._host.finished("tx", self._started, exc)
-        return False
 
     async def _finish(self, et: type[BaseException] | None, exc: BaseException | None) -> None:
         tx = self._tx

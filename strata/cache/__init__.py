@@ -50,6 +50,7 @@ __all__ = ["Cost", "KeyedCache", "Lock", "Namespace", "RateLimit"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _BUS_PREFIX = "cache:"  # schema names are identifiers: they never hold ':'
 
 
@@ -589,7 +590,7 @@ class KeyedCache(Namespace):
         self.memory.sweep()
         return 0 if self.durable is None else await self.durable.purge(self.clock())
 
-    def cached(self, ttl: Any = None, key: str | None = None, **options: Any) -> Any:
+    def cached(self, ttl: Any = None, key: str | None = None, **options: Any) -> Callable[[F], F]:
         """Decorator over async functions; see ``strata.cache.decorator``."""
         from strata.cache.decorator import cached
 
