@@ -217,3 +217,23 @@ from integration.stacks import (  # noqa: E402, F401
     l3_env,
     wb_env,
 )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``@pytest.mark.needs(pg=..., bus=..., l1=..., l2=...)`` runs only on
+    the stacks it applies to: the others are deselected here, so nothing is skipped."""
+    from integration.stacks import Stack, applies
+
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("needs")
+        callspec = getattr(item, "callspec", None)
+        stacks = [v for v in callspec.params.values() if isinstance(v, Stack)] if callspec else []
+        if marker is not None and any(not applies(s, **marker.kwargs) for s in stacks):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -217,19 +217,20 @@ l1_async_env = _stack_fixture(L1_ASYNC_STACKS)
 """Write-through-L1-async stacks."""
 
 
-def needs(
-    env: Env, *, pg: bool = False, bus: bool = False, l1: bool = False, l2: bool = False
-) -> None:
-    """Skip where the behaviour does not apply to the stack: PostgreSQL-only features (row
-    locks, deferred constraints, a server to cut), Redis, or instances hearing each other."""
-    if pg and env.stack.l3 != "postgresql":
-        pytest.skip("PostgreSQL only")
-    if l1 and not env.stack.l1:
-        pytest.skip("needs L1")
-    if l2 and not env.stack.l2:
-        pytest.skip("needs Redis (L2)")
-    if bus and not env.stack.bus:
-        pytest.skip("instances hear each other only through Redis")
+def applies(
+    stack: Stack, *, pg: bool = False, bus: bool = False, l1: bool = False, l2: bool = False
+) -> bool:
+    """Whether a behaviour applies to the stack: PostgreSQL-only features (row locks,
+    deferred constraints, a server to cut), L1, Redis, or instances hearing each other.
+    Tests say so with ``@pytest.mark.needs(...)``; the stacks a test does not apply to are
+    deselected at collection (integration/conftest.py), never run and skipped."""
+    if pg and stack.l3 != "postgresql":
+        return False
+    if l1 and not stack.l1:
+        return False
+    if l2 and not stack.l2:
+        return False
+    return not (bus and not stack.bus)
 
 
 def model_id(model: BaseModel) -> Any:

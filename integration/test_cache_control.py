@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from integration.procs import eventually
-from integration.stacks import Env, l2_key, needs
+from integration.stacks import Env, l2_key
 from strata import (
     DataStore,
     Field,
@@ -325,10 +325,10 @@ async def test_schema_without_l3_refuses_search_count_and_warm_cache(env: Env) -
 # -- TTL of a value promoted from L2 -------------------------------------------------------
 
 
+@pytest.mark.needs(l1=True, l2=True)
 async def test_value_promoted_from_l2_expires_from_l1_with_the_remaining_l2_ttl(
     l3_env: Env, redis_client: aioredis.Redis
 ) -> None:
-    needs(l3_env, l1=True, l2=True)
     short = Schema(name="players", model=Player, l1=MemPolicy(ttl=60), l2=RedisPolicy(ttl=2))
     writer = await l3_env.make(short)
     reader = await l3_env.make(short, migrate=False)

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from integration.procs import eventually
-from integration.stacks import Env, l2_key, needs
+from integration.stacks import Env, l2_key
 from strata import DataStore, Field, Q, Schema, SchemaHooks, errors
 
 
@@ -160,10 +160,10 @@ async def test_reads_inside_see_own_writes(
         assert (await a.get(Account, "x", force_l3=True)).balance == 1
 
 
+@pytest.mark.needs(bus=True)
 async def test_commit_is_visible_to_another_process(
     pair: tuple[DataStore, DataStore], l3_env: Env
 ) -> None:
-    needs(l3_env, bus=True)
     a, _ = pair
     config = a.config
     await a.set(Account, Account(id="x", balance=1))
@@ -248,10 +248,10 @@ async def test_timeout_rolls_back_and_raises(
     assert (await a.get(Account, "x")).balance == 1
 
 
+@pytest.mark.needs(pg=True)
 async def test_serialization_failure_is_typed_and_retryable(
     pair: tuple[DataStore, DataStore], l3_env: Env
 ) -> None:
-    needs(l3_env, pg=True)
     a, b = pair
     await a.set(Account, Account(id="x", balance=0))
     await a.flush_dirty()
@@ -310,10 +310,10 @@ async def test_savepoint_rollback_keeps_the_outer_work(
     assert not await a.exists(Account, "inner")
 
 
+@pytest.mark.needs(pg=True)  # a constraint checked only at COMMIT
 async def test_commit_failure_raises_tx_failed_and_leaves_caches_untouched(
     pair: tuple[DataStore, DataStore], l3_env: Env, redis_client: Any
 ) -> None:
-    needs(l3_env, pg=True)  # a constraint checked only at COMMIT
     a, _ = pair
     await l3_env.raw_query(
         "ALTER TABLE accounts ADD CONSTRAINT owner_once UNIQUE (owner) "

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from integration._servers import FaultProxy
 from integration.procs import eventually
-from integration.stacks import Env, needs
+from integration.stacks import Env
 from strata import DataStore, Field, Schema, SchemaHooks, WriteMode, errors
 
 WAIT = 20.0  # generous: a timeout means the write never landed
@@ -107,10 +107,10 @@ async def test_delete_after_set_leaves_no_row(wb_env: Env) -> None:
             await ds.get(Account, id)
 
 
+@pytest.mark.needs(l2=True)
 async def test_other_instance_reads_the_new_value_from_redis_before_postgresql_has_it(
     wb_env: Env,
 ) -> None:
-    needs(wb_env, l2=True)
     writer = await store(wb_env)
     reader = await store(wb_env, migrate=False)
     await writer.set(Account, Account(id="a", owner="ann", balance=10))
@@ -123,10 +123,10 @@ async def test_other_instance_reads_the_new_value_from_redis_before_postgresql_h
     assert await balances(wb_env) == {"a": 10}
 
 
+@pytest.mark.needs(pg=True)  # a PostgreSQL server to cut
 async def test_failed_flush_keeps_the_writes_and_retries_them_after_postgresql_returns(
     wb_env: Env, pg_url: str
 ) -> None:
-    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     async with FaultProxy.for_url(pg_url) as proxy:
         config = {
             "database_url": proxy.url_for(pg_url),
@@ -186,10 +186,10 @@ async def test_row_postgresql_refuses_is_dead_lettered_after_max_retries_with_th
     assert [tuple(r.values()) for r in rows] == [("first", "taken"), ("third", "free")]
 
 
+@pytest.mark.needs(pg=True)  # a PostgreSQL server to cut
 async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
     wb_env: Env, pg_url: str
 ) -> None:
-    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     hook = HookRecorder()
     accounts = Schema(
         name="accounts",
@@ -222,10 +222,10 @@ async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
     assert await balances(wb_env) == {}
 
 
+@pytest.mark.needs(pg=True)  # a PostgreSQL server to cut
 async def test_flush_dirty_returns_only_after_the_dead_letter_hook_has_run(
     wb_env: Env, pg_url: str
 ) -> None:
-    needs(wb_env, pg=True)  # a PostgreSQL server to cut
     reported: list[Any] = []
 
     async def report(id: Any, value: Any, exc: BaseException) -> None:
