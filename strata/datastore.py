@@ -172,6 +172,7 @@ class DataStore:
                     heartbeat_interval=_secs(cfg.heartbeat_interval),
                     logger=self._log,
                     on_error=self._count_error,
+                    schemas=self._schemas.keys,  # cluster: one sharded channel per schema
                 )
                 await self._bus.start()
                 if self._l2.available:
@@ -1191,6 +1192,9 @@ class DataStore:
                 rt.l1.clear()
 
     def _on_l2_recover(self) -> None:
+        assert self._l2 is not None
+        if self._l2.take_possible_loss():  # Sentinel/Cluster failover: drop all of L2
+            self._l2_missed_overflow = True
         self._clear_l1()
         self._spawn(self._drop_l2_missed())
 
