@@ -290,7 +290,7 @@ class SentinelSet(_Group):
         reply = _command(LOOPBACK, port, "SENTINEL", "REPLICAS", SERVICE)
         # Sentinel has discovered the replica and the other sentinels.
         info = _command(LOOPBACK, port, "SENTINEL", "MASTER", SERVICE)
-        return b"slave" in reply and b"num-other-sentinels\r\n:2" in info
+        return b"slave" in reply and b"num-other-sentinels\r\n$1\r\n2" in info
 
     def master_port(self) -> int | None:
         for port in self.sentinel_ports:
