@@ -337,7 +337,7 @@ class RedisClusterSet(_Group):
     def __init__(self, *, node_timeout_ms: int = 1000) -> None:
         super().__init__("strata-cluster-")
         self.node_timeout_ms = node_timeout_ms
-        self.ports = [free_port() for _ in range(6)]
+        self.ports = [_cluster_port() for _ in range(6)]
         self.by_port: dict[int, _Proc] = {}
 
     @property
@@ -416,6 +416,20 @@ class RedisClusterSet(_Group):
 
     def kill(self, port: int) -> None:
         self.by_port[port].kill()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _bulk(host: str, port: int, *args: str) -> bytes:

@@ -209,4 +209,4 @@ def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> 
 
 
 # The tier-contract fixtures (``env``, ``l3_env``) live beside the stacks they build.
-from integration.stacks import env, l2_env, l3_env  # noqa: E402, F401
+from integration.stacks import env, l2_env, l3_env, redis_cluster  # noqa: E402, F401

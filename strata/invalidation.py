@@ -321,6 +321,13 @@ class _Transport:
             message = {**message, "type": _SHARDED_KINDS.get(kind, kind)}
         return cast("dict[str, Any] | None", message)
 
+    async def close(self, pubsub: Any) -> None:
+        if self.sharded:  # one pubsub per node, each with its own connection
+            for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
+                with contextlib.suppress(Exception):
+                    await node_pubsub.aclose()
+        await pubsub.aclose()
+
     async def publish(self, channel: str, payload: bytes) -> None:
         if isinstance(self.client, RedisCluster):
             await self.client.spublish(channel, payload)
@@ -793,7 +800,7 @@ class InvalidationBus:
 
     async def _discard(self, pubsub: _PubSub) -> None:
         try:
-            await pubsub.aclose()
+            await self._transport.close(pubsub)
         except Exception:  # closing a broken connection may complain; it is closed anyway
             self._log.debug("closing the invalidation pubsub failed", exc_info=True)
         if self._pubsub is pubsub:

@@ -93,7 +93,11 @@ class Connection:
     async def disconnect_idle(self) -> None:
         """Drop idle sockets (they may be half-dead after an outage)."""
         if self.cluster:
-            return  # RedisCluster replaces a failed node's connections itself
+            # A failed node may be dropped from the slot map by the next refresh, with its
+            # sockets still open: close them while the node is still known.
+            for node in self.client.get_nodes():
+                await node.disconnect()
+            return
         await self.client.connection_pool.disconnect(inuse_connections=False)
 
 
