@@ -152,7 +152,9 @@ async def scan_unlink(client: Any, pattern: str, node: Any) -> int:
     cursor: int = 0
     extra = {} if node is None else {"target_nodes": node}
     while True:
-        cursor, batch = await client.scan(cursor, match=pattern, count=_SCAN_BATCH, **extra)
+        reply, batch = await client.scan(cursor, match=pattern, count=_SCAN_BATCH, **extra)
+        # RedisCluster answers with a cursor per node name.
+        cursor = reply[node.name] if isinstance(reply, dict) else reply
         if batch:
             removed += int(await client.unlink(*batch))
         if cursor == 0:
