@@ -215,6 +215,7 @@ from integration.stacks import (  # noqa: E402, F401
     l1_async_env,
     l2_env,
     l3_env,
+    redis_cluster,
     wb_env,
 )
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from integration._scaleout import RedisClusterSet
 from strata import Config, DataStore, Schema, WriteMode, generate_key
 from strata.schema import MemPolicy
 
@@ -31,6 +33,7 @@ class Stack:
     l1: bool = True
     l2: bool = False
     write_mode: WriteMode = WriteMode.WRITE_THROUGH
+    cluster: bool = False  # L2 is the session's private Redis Cluster (redis_cluster)
 
     def adapt(self, schema: Schema) -> Schema:
         return dataclasses.replace(
@@ -63,6 +66,7 @@ STACKS = [
     Stack("write-behind", "postgresql", l2=True, write_mode=WB),
     Stack("write-behind+sqlite", "sqlite", write_mode=WB),
     Stack("write-behind+l2+sqlite", "sqlite", l2=True, write_mode=WB),
+    Stack("l1+cluster+pg", "postgresql", l2=True, cluster=True),
 ]
 L3_STACKS = [s for s in STACKS if s.l3 is not None]
 PG_STACKS = [s for s in STACKS if s.l3 == "postgresql"]
@@ -83,6 +87,15 @@ class Env:
     pg_url: str
     pg_schema: str
     sqlite_path: Path
+    redis_url: str = ""
+
+    def redis(self) -> Any:
+        """A raw client on this stack's Redis (a ``RedisCluster`` on the cluster stack)."""
+        if self.stack.cluster:
+            return aioredis.RedisCluster.from_url(
+                self.redis_url.replace("redis+cluster://", "redis://").split(",")[0]
+            )
+        return aioredis.Redis.from_url(self.redis_url)
 
     async def raw_query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         """Rows of ``sql`` run on L3 behind Strata's back (``$1..$n`` placeholders; unqualified
@@ -154,6 +167,8 @@ async def _env(
     stack: Stack, pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Env]:
     stores: list[DataStore] = []
+    if stack.cluster:
+        redis_url = _cluster_url()
     sqlite = tmp_path / "contract.db"
     channel = f"{redis_prefix}:inv:{uuid.uuid4().hex[:6]}"
 
@@ -181,10 +196,31 @@ async def _env(
         return ds
 
     try:
-        yield Env(stack, make, pg_url, pg_schema, sqlite)
+        yield Env(stack, make, pg_url, pg_schema, sqlite, redis_url)
     finally:
         for ds in stores:
             await ds.close()
+
+
+_CLUSTER: list[RedisClusterSet] = []
+
+
+def _cluster_url() -> str:
+    """The session's private 3 + 3 node Redis Cluster, started on first use (see
+    ``redis_cluster``, which stops it at the end of the session)."""
+    if not _CLUSTER:
+        _CLUSTER.append(RedisClusterSet().__enter__())
+    return _CLUSTER[0].url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_cluster() -> Iterator[list[RedisClusterSet]]:
+    """Stops the session's Redis Cluster (if a test started one) when the session ends."""
+    try:
+        yield _CLUSTER
+    finally:
+        while _CLUSTER:
+            _CLUSTER.pop().close()
 
 
 def _stack_fixture(stacks: list[Stack]) -> Any:

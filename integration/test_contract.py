@@ -7,7 +7,7 @@ import enum
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 from pydantic import BaseModel
@@ -275,13 +275,17 @@ async def test_raw_l3_row_holds_what_each_field_flag_promises(l3_env: Env) -> No
     assert row["created_at"] is not None and row["_strata_version"] > 0
 
 
-async def test_cached_copies_never_hold_omit_cache_fields_or_plaintext(
-    l2_env: Env, redis_client: Any
-) -> None:
+async def test_cached_copies_never_hold_omit_cache_fields_or_plaintext(l2_env: Env) -> None:
     ds = await l2_env.make(Schema(name="players", model=Player))
     await ds.set(Player, Player(id="p", password_hash="pw-secret", api_key="sk-plain"))
-    keys = [k async for k in redis_client.scan_iter(match=f"{ds.config.key_prefix}:players:*")]
-    values = [await redis_client.get(k) for k in keys]
+    prefix = ds.config.key_prefix
+    pattern = f"{{{prefix}:players}}:*" if l2_env.stack.cluster else f"{prefix}:players:*"
+    redis_client = l2_env.redis()
+    try:
+        keys = [k async for k in redis_client.scan_iter(match=pattern)]
+        values = [await redis_client.get(k) for k in keys]
+    finally:
+        await redis_client.aclose()
     payloads = [v for v in values if v and v.startswith(b"S")]
     assert payloads
     for payload in payloads:

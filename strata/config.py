@@ -10,14 +10,23 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from strata.errors import ConfigError
 
 if TYPE_CHECKING:
     from strata.observability import Observer
 
-__all__ = ["DEFAULT_DATABASE_URL", "Config", "WriteMode", "hide_password", "seconds"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "PGBOUNCER_HINT",
+    "Config",
+    "RedisTarget",
+    "WriteMode",
+    "hide_password",
+    "parse_redis_url",
+    "seconds",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///strata.db"
 
@@ -50,10 +59,125 @@ def hide_password(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     if parts.password is None:
+        if "@" in parts.netloc and parts.scheme in ("redis+sentinel", "redis+cluster"):
+            # ``redis+sentinel://secret@host...``: a lone token before "@" is the password.
+            return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+#: Appended to the errors a pooler in transaction mode causes with named prepared statements.
+PGBOUNCER_HINT = (
+    "; behind pgbouncer (or another pooler) in transaction mode prepared statements cannot "
+    "work: set Config(prepared_statements=False) (STRATA_PREPARED_STATEMENTS=0)"
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(var: str, text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{var} must be one of 1/0, true/false, yes/no, on/off; got {text!r}")
+
+
+_REDIS_SCHEMES = "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A parsed ``redis_url``.
+
+    ``kind`` is ``"standalone"`` (``url`` is handed to redis-py as is), ``"sentinel"``
+    (``hosts`` are the sentinels, ``service`` the monitored master's name, ``db`` and
+    ``password`` apply to the master and replicas) or ``"cluster"`` (``hosts`` are the
+    startup nodes; the rest of the topology is discovered).
+    """
+
+    kind: str
+    url: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+
+    @property
+    def where(self) -> str:
+        """``host:port[,host:port]`` (sentinel: ``.../service``) for messages, no password."""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.hosts)
+        if self.kind == "sentinel":
+            return f"sentinel {hosts}/{self.service}"
+        if self.kind == "cluster":
+            return f"cluster {hosts}"
+        return hosts
+
+
+def _hosts(url: str, netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    hosts: list[tuple[str, int]] = []
+    for part in netloc.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep:
+            host, port = port, str(default_port)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"redis_url has a bad host:port {part!r}: {hide_password(url)!r}")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """``redis_url`` as a ``RedisTarget``; ``ConfigError`` for anything else.
+
+    ``redis+sentinel://[[user:]password@]host:port[,host:port]/service_name[/db]`` and
+    ``redis+cluster://[[user:]password@]host:port[,host:port]`` (no database number: a
+    cluster only has db 0).
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"redis_url must be a string, got {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        raise ConfigError(f"redis_url must be {_REDIS_SCHEMES}, got {hide_password(url)!r}")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget("standalone", url)
+    netloc, _, path = rest.partition("/")
+    path, _, _query = path.partition("?")
+    username = password = None
+    if "@" in netloc:
+        auth, netloc = netloc.rsplit("@", 1)
+        user, colon, secret = auth.partition(":")
+        username, password = (user or None, secret) if colon else (None, user)
+        password = unquote(password) if password else None
+        username = unquote(username) if username else None
+    hosts = _hosts(url, netloc, 26379 if scheme == "redis+sentinel" else 6379)
+    segments = [s for s in path.split("/") if s]
+    if scheme == "redis+cluster":
+        if segments and segments != ["0"]:
+            raise ConfigError(
+                f"redis+cluster:// takes no database number (a cluster has db 0 only): "
+                f"{hide_password(url)!r}"
+            )
+        return RedisTarget("cluster", url, hosts, password=password, username=username)
+    if not segments or len(segments) > 2:
+        raise ConfigError(
+            "redis+sentinel:// needs the master's service name: "
+            f"redis+sentinel://host:port[,host:port]/service_name[/db], got {hide_password(url)!r}"
+        )
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise ConfigError(f"redis_url database must be a number: {hide_password(url)!r}")
+        db = int(segments[1])
+    return RedisTarget(
+        "sentinel", url, hosts, unquote(segments[0]), db, password=password, username=username
+    )
 
 
 @dataclass(frozen=True)
@@ -68,6 +192,7 @@ class Config:
     pool_timeout: float = 10.0
     redis_max_connections: int = 50
     redis_timeout: float = 0.5
+    prepared_statements: bool = True
     default_l1_ttl: Seconds | None = 60.0
     default_l2_ttl: Seconds | None = 1800.0
     negative_ttl: Seconds = 2.0
@@ -164,14 +289,12 @@ class Config:
         self.dialect  # validates database_url  # noqa: B018
         if self.require_redis and self.redis_url is None:
             raise ConfigError("require_redis is set but redis_url is not (STRATA_REDIS_URL)")
-        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-        ):
+        if not isinstance(self.prepared_statements, bool):
             raise ConfigError(
-                f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url!r}"
+                f"prepared_statements must be True or False, got {self.prepared_statements!r}"
             )
+        if self.redis_url is not None:
+            parse_redis_url(self.redis_url)  # validates redis_url
 
     @property
     def resolved_database_url(self) -> str:
@@ -247,6 +370,10 @@ class Config:
                     values[name] = kind(env[var])
                 except ValueError as exc:
                     raise ConfigError(f"{var} must be a number, got {env[var]!r}") from exc
+        if env.get("STRATA_PREPARED_STATEMENTS"):
+            values["prepared_statements"] = _flag(
+                "STRATA_PREPARED_STATEMENTS", env["STRATA_PREPARED_STATEMENTS"]
+            )
         if env.get("STRATA_DEFAULT_WRITE_MODE"):
             try:
                 values["default_write_mode"] = WriteMode(env["STRATA_DEFAULT_WRITE_MODE"].lower())

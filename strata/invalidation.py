@@ -47,12 +47,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
 import orjson
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from strata.config import hide_password
@@ -260,6 +261,80 @@ class _PubSub(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Sharded pub/sub (Redis Cluster) names its events with an "s"; the bus speaks plain names.
+_SHARDED_KINDS: Final = {
+    "smessage": "message",
+    "ssubscribe": "subscribe",
+    "sunsubscribe": "unsubscribe",
+}
+
+
+class _Transport:
+    """How the bus reaches Redis: classic pub/sub on one channel, or (on a Redis Cluster)
+    sharded pub/sub, SSUBSCRIBE / SPUBLISH, on one channel per schema,
+    ``{channel}:{schema}``: each channel lives on the shard its name hashes to, and an
+    instance subscribes only to the schemas it has registered, so it hears only what it
+    caches. Heartbeats go to every subscribed channel (each shard proves itself)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | RedisCluster,
+        channel: str,
+        schemas: Callable[[], Iterable[str]] | None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.sharded = isinstance(client, RedisCluster)
+        self._schemas = schemas
+
+    def channel_for(self, schema: str) -> str:
+        return f"{self.channel}:{schema}" if self.sharded else self.channel
+
+    def channels(self) -> list[str]:
+        if not self.sharded or self._schemas is None:
+            return [self.channel]
+        names = sorted(set(self._schemas()))
+        return [self.channel_for(n) for n in names] or [self.channel]
+
+    def pubsub(self) -> Any:
+        return self.client.pubsub()
+
+    async def subscribe(self, pubsub: Any, channels: list[str]) -> None:
+        if self.sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
+    async def unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
+        if self.sharded:
+            await pubsub.sunsubscribe(*channels)
+        else:
+            await pubsub.unsubscribe(*channels)
+
+    async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
+        if not self.sharded:
+            return cast("dict[str, Any] | None", await pubsub.get_message(timeout=timeout))
+        message = await pubsub.get_sharded_message(timeout=timeout)
+        if message is not None:
+            kind = message.get("type")
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            message = {**message, "type": _SHARDED_KINDS.get(kind, kind)}
+        return cast("dict[str, Any] | None", message)
+
+    async def close(self, pubsub: Any) -> None:
+        if self.sharded:  # one pubsub per node, each with its own connection
+            for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
+                with contextlib.suppress(Exception):
+                    await node_pubsub.aclose()
+        await pubsub.aclose()
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        if isinstance(self.client, RedisCluster):
+            await self.client.spublish(channel, payload)
+        else:
+            await self.client.publish(channel, payload)
+
+
 class _SubscriptionLost(TierUnavailableError):
     """Raised inside the listener when the subscription is presumed dead."""
 
@@ -267,8 +342,11 @@ class _SubscriptionLost(TierUnavailableError):
         super().__init__(message, tier="l2")
 
 
-def _describe_client(client: redis.asyncio.Redis) -> str:
+def _describe_client(client: redis.asyncio.Redis | RedisCluster) -> str:
     """Where the client points, password hidden, for log lines."""
+    if isinstance(client, RedisCluster):
+        nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_nodes()[:3])
+        return f"cluster {nodes}"
     kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}"
@@ -301,7 +379,7 @@ class InvalidationBus:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redis.asyncio.Redis | RedisCluster,
         channel: str,
         instance_id: str,
         *,
@@ -311,6 +389,7 @@ class InvalidationBus:
         logger: logging.Logger | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         publisher: Callable[[str, bytes], Awaitable[bool]] | None = None,
+        schemas: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         if not channel:
             raise ValueError("channel must be a non-empty string")
@@ -323,7 +402,11 @@ class InvalidationBus:
         # the bus's own heartbeats and subscription use the client directly.
         self._publisher = publisher
         self._channel = channel
-        self._channel_bytes = channel.encode()
+        # ``schemas`` (the names this instance caches) matters on a cluster only: one
+        # sharded channel per schema (see _Transport).
+        self._transport = _Transport(client, channel, schemas)
+        self._subscribed: list[str] = [channel]
+        self._beats: dict[bytes, float] = {}
         self._instance_id = instance_id
         self._on_message = on_message
         self._on_reset = on_reset
@@ -346,7 +429,6 @@ class InvalidationBus:
         self._pubsub: _PubSub | None = None
         self._connected = False
         self._connected_event = asyncio.Event()
-        self._last_beat = 0.0
         self._publish_failing = False
         self._reported_kinds: set[str] = set()
         self._failures = 0  # consecutive failed subscribe attempts (drives the backoff)
@@ -414,7 +496,7 @@ class InvalidationBus:
                 # so is a courtesy, never worth waiting on a sick connection for.
                 with contextlib.suppress(*_OUTAGE_ERRORS):
                     async with asyncio.timeout(min(1.0, self._interval)):
-                        await pubsub.unsubscribe(self._channel)
+                        await self._transport.unsubscribe(pubsub, self._subscribed)
             await self._discard(pubsub)
 
     async def publish(self, message: Invalidation) -> bool:
@@ -426,12 +508,14 @@ class InvalidationBus:
         """
         payload = message.encode()
         if self._publisher is not None:
-            if not await self._publisher(self._channel, payload):
+            # The tier publishes with SPUBLISH on a cluster, on the schema's own channel.
+            channel = self._transport.channel_for(message.schema)
+            if not await self._publisher(channel, payload):
                 return False  # the tier reported (or skipped it while known to be down)
             self.sent += 1
             return True
         try:
-            await self._client.publish(self._channel, payload)
+            await self._transport.publish(self._transport.channel_for(message.schema), payload)
         except _OUTAGE_ERRORS as exc:
             if not self._publish_failing:
                 self._publish_failing = True
@@ -473,7 +557,7 @@ class InvalidationBus:
 
     async def _listen_forever(self) -> None:
         while not self._stopping:
-            pubsub = cast(_PubSub, self._client.pubsub())
+            pubsub = cast(_PubSub, self._transport.pubsub())
             self._pubsub = pubsub
             try:
                 await self._session(pubsub)
@@ -497,7 +581,7 @@ class InvalidationBus:
         loop = asyncio.get_running_loop()
         # Subscribed: whatever was published before this point is lost to us.
         self._reset("subscribed")
-        self._last_beat = loop.time()
+        self._beat_all(loop.time())
         self._set_connected(True)
         if self._outage_since is not None:
             self._log.info(
@@ -556,19 +640,20 @@ class InvalidationBus:
         # Two bounds: asyncio.timeout_at for a connect or handshake that never answers, and
         # the loop's own deadline check, in case the timeout's cancellation is swallowed
         # (see stop()).
+        channels = self._transport.channels()
+        self._subscribed = channels
+        waiting = {c.encode() for c in channels}
         async with asyncio.timeout_at(deadline):
-            await pubsub.subscribe(self._channel)
+            await self._transport.subscribe(pubsub, channels)
             while not self._stopping:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError("no confirmation of SUBSCRIBE")
-                message = await pubsub.get_message(timeout=remaining)
-                if (
-                    message is not None
-                    and message.get("type") == "subscribe"
-                    and _channel_of(message) == self._channel_bytes
-                ):
-                    return
+                message = await self._transport.get_message(pubsub, remaining)
+                if message is not None and message.get("type") == "subscribe":
+                    waiting.discard(_channel_of(message))
+                    if not waiting:
+                        return
 
     async def _pump(self, pubsub: _PubSub) -> None:
         """Deliver messages until the subscription is lost (raises) or the bus stops."""
@@ -583,7 +668,7 @@ class InvalidationBus:
                 # reconnecting inside it (its retries, a handshake that never answers):
                 # the outer bound keeps the heartbeat deadline in force even then.
                 async with asyncio.timeout(wait + self._interval):
-                    message = await pubsub.get_message(timeout=wait)
+                    message = await self._transport.get_message(pubsub, wait)
             except TimeoutError:
                 silence = loop.time() - self._last_beat
                 raise _SubscriptionLost(
@@ -593,8 +678,8 @@ class InvalidationBus:
                 continue
             kind = message.get("type")
             if kind == "message":
-                self._handle(message.get("data"), loop.time())
-            elif kind == "subscribe" and _channel_of(message) == self._channel_bytes:
+                self._handle(message.get("data"), loop.time(), _channel_of(message))
+            elif kind == "subscribe" and _channel_of(message) in self._beats:
                 # redis-py reconnected the pubsub connection by itself and resubscribed:
                 # anything published while it was away is lost.
                 self._log.warning(
@@ -609,19 +694,19 @@ class InvalidationBus:
                     )
                 )
                 self._reset("resubscribed by driver")
-                self._last_beat = loop.time()
-            elif kind == "unsubscribe" and _channel_of(message) == self._channel_bytes:
+                self._beat_all(loop.time())
+            elif kind == "unsubscribe" and _channel_of(message) in self._beats:
                 raise _SubscriptionLost("unsubscribed by the server")
 
-    def _handle(self, data: object, now: float) -> None:
+    def _handle(self, data: object, now: float, channel: bytes = b"") -> None:
         try:
             decoded = decode_message(cast(bytes, data))
         except CodecError as exc:
             self._malformed(exc, data)
             return
         if isinstance(decoded, Heartbeat):
-            if decoded.origin == self._instance_id:
-                self._last_beat = now
+            if decoded.origin == self._instance_id and channel in self._beats:
+                self._beats[channel] = now
             return
         if decoded.origin == self._instance_id:
             return  # our own write: our L1 is already right
@@ -664,7 +749,8 @@ class InvalidationBus:
             payload = Heartbeat(origin=self._instance_id, seq=seq).encode()
             try:
                 async with asyncio.timeout(self._interval):
-                    await self._client.publish(self._channel, payload)
+                    for channel in list(self._subscribed):
+                        await self._transport.publish(channel, payload)
             except _OUTAGE_ERRORS as exc:
                 # The listener notices the missing heartbeat and reports the outage once.
                 self._log.debug("invalidation heartbeat %d not published: %r", seq, exc)
@@ -672,6 +758,18 @@ class InvalidationBus:
                 self._log.exception("unexpected error publishing an invalidation heartbeat")
 
     # -- helpers
+
+    @property
+    def _last_beat(self) -> float:
+        """When the quietest subscribed channel last carried our own heartbeat."""
+        return min(self._beats.values(), default=0.0)
+
+    def _beat_all(self, now: float) -> None:
+        self._beats = {c.encode(): now for c in self._subscribed}
+
+    def channel_for(self, schema: str) -> str:
+        """The channel ``schema``'s invalidations travel on (``channel`` unless sharded)."""
+        return self._transport.channel_for(schema)
 
     def _set_connected(self, value: bool) -> None:
         self._connected = value
@@ -713,7 +811,7 @@ class InvalidationBus:
 
     async def _discard(self, pubsub: _PubSub) -> None:
         try:
-            await pubsub.aclose()
+            await self._transport.close(pubsub)
         except Exception:  # closing a broken connection may complain; it is closed anyway
             self._log.debug("closing the invalidation pubsub failed", exc_info=True)
         if self._pubsub is pubsub:

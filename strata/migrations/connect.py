@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from strata.config import Config, hide_password
+from strata.config import PGBOUNCER_HINT, Config, hide_password
 from strata.errors import MigrationError, StrataError, TierUnavailableError
 
 __all__ = [
@@ -59,8 +59,36 @@ def unavailable(config: Config, exc: BaseException) -> TierUnavailableError:
     return TierUnavailableError(f"cannot reach {_where(config)}: {detail}", tier="l3")
 
 
+# SQLSTATEs of a named prepared statement that is missing or already taken: what a pooler
+# in transaction mode (pgbouncer) does to prepared statements.
+_PREPARED_STATEMENT_STATES = frozenset({"26000", "42P05"})
+
+
+def server_error(exc: BaseException) -> str | None:
+    """The SQLSTATE when ``exc`` (or what it wraps) is an error *answered* by the server
+    (so the server was reached), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _refused(config: Config, exc: BaseException, doing: str) -> MigrationError:
+    """A server's refusal, named as such (not as "cannot reach")."""
+    detail = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig else exc
+    hint = PGBOUNCER_HINT if server_error(exc) in _PREPARED_STATEMENT_STATES else ""
+    return MigrationError(f"{doing} failed on {_where(config)}: {detail}{hint}")
+
+
 def translate(config: Config, exc: BaseException, doing: str) -> StrataError:
     """A driver error as a StrataError: lost connections are TierUnavailableError."""
+    if server_error(exc) in _PREPARED_STATEMENT_STATES:
+        return _refused(config, exc, doing)
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated or isinstance(exc.orig, OSError):
             return unavailable(config, exc)
@@ -80,14 +108,19 @@ def _sa_url(config: Config) -> str:
 @contextlib.asynccontextmanager
 async def pg_connection(config: Config) -> AsyncIterator[AsyncConnection]:
     """An async connection for one run; closed (and its engine disposed) on exit."""
-    engine = create_async_engine(
-        _sa_url(config), poolclass=NullPool, connect_args={"timeout": config.pool_timeout}
-    )
+    connect_args: dict[str, Any] = {"timeout": config.pool_timeout}
+    if not config.prepared_statements:
+        # pgbouncer in transaction mode: neither SQLAlchemy's statement cache nor asyncpg's
+        # (so every statement is unnamed and lives inside one transaction).
+        connect_args.update(prepared_statement_cache_size=0, statement_cache_size=0)
+    engine = create_async_engine(_sa_url(config), poolclass=NullPool, connect_args=connect_args)
     try:
         conn = engine.connect()
         try:
             await conn.start()
         except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+            if server_error(exc) is not None:  # reached, and it said no
+                raise _refused(config, exc, "connect") from exc
             raise unavailable(config, exc) from exc
         try:
             yield conn

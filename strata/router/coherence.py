@@ -56,6 +56,7 @@ class Coherence:
             logger=core.log,
             on_error=core.count_error,
             publisher=self.publish_via_l2,
+            schemas=core.routes.keys,  # cluster: one sharded channel per schema
         )
         await bus.start()
         if l2.available:
@@ -237,6 +238,11 @@ class Coherence:
     # -- L2 repair -----------------------------------------------------------------------
 
     def on_l2_recover(self) -> None:
+        # Sentinel/Cluster: a promoted replica may lack acknowledged writes, so all of L2
+        # this instance wrote is dropped (a capability of replicated Redis tiers).
+        possible_loss = getattr(self.core.l2, "take_possible_loss", None)
+        if possible_loss is not None and possible_loss():
+            self._l2_missed_overflow = True
         self.clear_l1()
         self.core.spawn(self.drop_l2_missed())
 

@@ -2,8 +2,10 @@
 
 Statements are compiled once per schema at ``register`` by SQLAlchemy Core (the Table is the
 one description) and run through asyncpg, whose per-connection statement cache keeps them
-prepared. ``set_many`` goes through COPY into a temporary table and one upsert; ``get_many``
-uses ``= ANY($1)``. Every driver exception is translated here into the StrataError tree.
+prepared. ``Config(prepared_statements=False)`` (pgbouncer in transaction mode) turns that
+cache off: asyncpg then uses unnamed statements only, which never outlive a transaction.
+``set_many`` goes through COPY into a temporary table and one upsert; ``get_many`` uses
+``= ANY($1)``. Every driver exception is translated here into the StrataError tree.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from strata.config import Config, hide_password
+from strata.config import PGBOUNCER_HINT, Config, hide_password
 from strata.errors import (
     ConfigError,
     IntegrityError,
@@ -187,6 +189,8 @@ def translate_errors(what: str, url: str) -> Iterator[None]:
         raise TierUnavailableError(
             f"{what}: PostgreSQL at {hide_password(url)} is unavailable: {exc}", tier="l3"
         ) from exc
+    except (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError) as exc:
+        raise TierError(f"{what}: {exc}{PGBOUNCER_HINT}", tier="l3") from exc
     except asyncpg.DataError as exc:
         raise TierError(f"{what}: PostgreSQL refused a value: {exc}", tier="l3") from exc
     except asyncpg.PostgresError as exc:
@@ -311,6 +315,9 @@ class PostgresTier:
                 timeout=cfg.pool_timeout,
                 init=_init_connection,
                 reset=_keep_session,
+                # Behind pgbouncer in transaction mode a server connection is not this
+                # client's between transactions: no named statements may outlive one.
+                statement_cache_size=0 if not cfg.prepared_statements else 100,
             )
 
     async def ensure_connected(self) -> None:

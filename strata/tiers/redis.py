@@ -38,24 +38,30 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import peek_version
 from strata.config import hide_password
 from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
+from strata.tiers.redis_topology import (
+    Connection,
+    connect_client,
+    get_by_slot,
+    hash_tagged,
+    scan_unlink,
+    set_by_slot,
+)
 
 __all__ = ["RedisTier"]
 
 T = TypeVar("T")
+Client = aioredis.Redis | RedisCluster
 
 _log = logging.getLogger(__name__)
 
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 5.0
 _ERROR_LOG_INTERVAL = 30.0
-_SCAN_BATCH = 500
-_POOL_HEADROOM = 8
 
 # Errors that mean "Redis is not there" (as opposed to Redis answering with an error).
 _OUTAGE: tuple[type[BaseException], ...] = (
@@ -142,7 +148,7 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(
-        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[bytes | int | str]
+        self, client: Client, keys: Sequence[str], args: Sequence[bytes | int | str]
     ) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -184,6 +190,10 @@ async def _get_one(client: aioredis.Redis, key: str) -> list[Any]:
         finally:
             await pool.release(conn)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _same(key: str) -> str:
+    return key
 
 
 def _where(url: str) -> str:
@@ -230,7 +240,10 @@ class RedisTier:
         self.on_error = on_error
         self.on_recover = on_recover
         self._log = logger or _log
-        self._client: aioredis.Redis | None = None
+        self._client: Client | None = None
+        self._conn: Connection | None = None
+        self._key = _same  # the physical key of a logical one (cluster: hash-tagged)
+        self.possible_loss = False  # see take_possible_loss()
         self._closed = False
         # circuit breaker
         self._up = False
@@ -255,33 +268,28 @@ class RedisTier:
             raise LifecycleError("RedisTier is closed")
         if self._client is not None:
             return
-        # The tier bounds its own concurrency with a semaphore (cheaper than redis-py's
-        # BlockingConnectionPool); the headroom serves the pub/sub bus and direct client use.
-        pool = aioredis.ConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections + _POOL_HEADROOM,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            decode_responses=False,
-            # One immediate retry on a fresh connection covers a pooled socket that died with
-            # a restarted server; anything longer is the circuit breaker's job.
-            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
-        )
-        self._client = aioredis.Redis.from_pool(pool)
+        conn = connect_client(self.url, timeout=self.timeout, max_connections=self.max_connections)
+        self._conn = conn
+        self._client = conn.client
+        if conn.where:
+            self.where = conn.where
+        if conn.cluster:
+            self._key = hash_tagged
         self._up = True  # so that a failed first ping reports the outage
         await self.ping()
 
     def abandon(self) -> None:
         """Forget the client of an event loop that has ended; ``connect()`` makes a new
         one."""
-        self._client = None
+        self._conn = self._client = None
+        self._slots = asyncio.Semaphore(self.max_connections)  # bound to the old loop
 
     async def close(self) -> None:
         self._closed = True
         self._up = False
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        conn, self._conn, self._client = self._conn, None, None
+        if conn is not None:
+            await conn.aclose()
 
     @property
     def available(self) -> bool:
@@ -289,11 +297,28 @@ class RedisTier:
         return self._up and self._client is not None
 
     @property
-    def client(self) -> aioredis.Redis:
-        """The underlying client (its pool is shared with the pub/sub bus)."""
+    def client(self) -> Client:
+        """The underlying client (its pool is shared with the pub/sub bus): a
+        ``redis.asyncio.Redis``, or a ``RedisCluster`` for ``redis+cluster://``."""
         return self._require()
 
-    def _require(self) -> aioredis.Redis:
+    @property
+    def cluster(self) -> bool:
+        """True for ``redis+cluster://``: keys are hash-tagged, pub/sub is sharded."""
+        return self._conn is not None and self._conn.cluster
+
+    def physical_key(self, key: str) -> str:
+        """The key as stored in Redis (on a cluster: ``{prefix:schema}:...``)."""
+        return self._key(key)
+
+    def take_possible_loss(self) -> bool:
+        """True (once) after an outage of a replicated deployment (Sentinel, Cluster): a
+        failover may have promoted a replica that missed the last acknowledged writes, so
+        what L2 holds may be older than them and must be dropped."""
+        lost, self.possible_loss = self.possible_loss, False
+        return lost
+
+    def _require(self) -> Client:
         client = self._client
         if client is None:
             raise LifecycleError(
@@ -319,7 +344,11 @@ class RedisTier:
         if not keys:
             return []
         try:
-            if len(keys) == 1:
+            if isinstance(client, RedisCluster):
+                flat = await self._run(
+                    lambda: get_by_slot(_GET, client, [self._key(k) for k in keys])
+                )
+            elif len(keys) == 1:
                 flat = await self._run(lambda: _get_one(client, keys[0]))
             else:
                 flat = await self._run(lambda: _GET(client, keys, ()))
@@ -355,13 +384,17 @@ class RedisTier:
                 raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
             if peek_version(payload) is None:
                 raise ValueError(f"payload for {key!r} is not a codec envelope")
-            keys.append(key)
+            keys.append(self._key(key))
             args.append(payload)
             args.append(_ttl_ms(ttl))
-        if bump is not None:
-            keys.append(bump)
         try:
-            applied = await self._run(lambda: _SET(client, keys, args))
+            if isinstance(client, RedisCluster):
+                tag = None if bump is None else self._key(bump)
+                applied = await self._run(lambda: set_by_slot(_SET, client, keys, args, tag))
+            else:
+                if bump is not None:
+                    keys.append(bump)
+                applied = await self._run(lambda: _SET(client, keys, args))
         except TierError as exc:
             self._report(exc)
             return [False] * len(items)
@@ -372,16 +405,20 @@ class RedisTier:
         client = self._require()
         if not keys:
             return
+        physical = [self._key(k) for k in keys]
         try:
-            await self._run(lambda: client.delete(*keys))
+            # (RedisCluster splits a multi-key DEL per slot itself.)
+            await self._run(lambda: client.delete(*physical))
         except TierError as exc:
             self._report(exc)
 
     async def publish(self, channel: str, message: bytes) -> int:
-        """Number of subscribers reached; 0 (and reported) while Redis is unreachable."""
+        """Number of subscribers reached; 0 (and reported) while Redis is unreachable.
+        On a cluster this is SPUBLISH (sharded pub/sub: only the channel's shard carries it)."""
         client = self._require()
+        send = client.spublish if isinstance(client, RedisCluster) else client.publish
         try:
-            receivers: int = await self._run(lambda: client.publish(channel, message))
+            receivers: int = await self._run(lambda: send(channel, message))
         except TierError as exc:
             self._report(exc)
             return 0
@@ -392,6 +429,7 @@ class RedisTier:
         unreachable."""
         client = self._require()
         px = _ttl_ms(ttl) or None
+        key = self._key(key)
         try:
             await self._run(lambda: client.set(key, value, px=px))
         except TierError as exc:
@@ -405,8 +443,10 @@ class RedisTier:
         """``(generation, payload at f"{prefix}{generation}:{digest}")`` in one round trip;
         ``(0, None)`` while Redis is unreachable."""
         client = self._require()
+        # On a cluster the result key shares the counter's hash tag, hence its slot.
+        keys, args = [self._key(counter)], [self._key(prefix), digest]
         try:
-            raw, payload = await self._run(lambda: _GENERATION(client, [counter], [prefix, digest]))
+            raw, payload = await self._run(lambda: _GENERATION(client, keys, args))
         except TierError as exc:
             self._report(exc)
             return 0, None
@@ -415,6 +455,7 @@ class RedisTier:
     async def get_raw(self, key: str) -> bytes | None:
         """A plain GET (generation counters); None while Redis is unreachable."""
         client = self._require()
+        key = self._key(key)
         try:
             value = await self._run(lambda: client.get(key))
         except TierError as exc:
@@ -425,6 +466,7 @@ class RedisTier:
     async def incr(self, key: str) -> int:
         """INCR. Raises TierUnavailableError / TierError: a counter cannot be faked."""
         client = self._require()
+        key = self._key(key)
         value: int = await self._run(lambda: client.incr(key))
         return value
 
@@ -433,18 +475,18 @@ class RedisTier:
         path). Returns how many keys were removed. Raises TierUnavailableError / TierError,
         so an admin knows the keys may still be there."""
         client = self._require()
+        pattern = self._key(pattern)
 
-        async def scan_unlink() -> int:
-            removed = 0
-            cursor: int = 0
-            while True:
-                cursor, batch = await client.scan(cursor, match=pattern, count=_SCAN_BATCH)
-                if batch:
-                    removed += await client.unlink(*batch)
-                if cursor == 0:
-                    return removed
+        async def run() -> int:
+            if isinstance(client, RedisCluster):
+                # SCAN is per node: every primary, each with its own cursor.
+                removed = 0
+                for node in client.get_primaries():
+                    removed += await scan_unlink(client, pattern, node)
+                return removed
+            return await scan_unlink(client, pattern, None)
 
-        return await self._run(scan_unlink)
+        return await self._run(run)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` (which uses ``client``) through the circuit breaker and its error
@@ -524,11 +566,13 @@ class RedisTier:
             self._backoff = _BACKOFF_MIN
             self._retry_at = now + self._backoff
             self._log.warning("L2 Redis unavailable at %s: %s", self.where, _describe(exc))
+            conn = self._conn
+            if conn is not None and conn.kind != "standalone":
+                self.possible_loss = True  # a failover may be under way
             # Idle sockets may be half-dead: let the probes open fresh ones.
-            client = self._client
-            if client is not None:
+            if conn is not None:
                 try:
-                    await client.connection_pool.disconnect(inuse_connections=False)
+                    await conn.disconnect_idle()
                 except Exception:  # best effort on a pool that is failing anyway
                     self._log.debug("disconnecting idle Redis connections failed", exc_info=True)
         elif probe:
