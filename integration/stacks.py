@@ -254,10 +254,18 @@ l1_async_env = _stack_fixture(L1_ASYNC_STACKS)
 
 
 def applies(
-    stack: Stack, *, pg: bool = False, bus: bool = False, l1: bool = False, l2: bool = False
+    stack: Stack,
+    *,
+    pg: bool = False,
+    bus: bool = False,
+    l1: bool = False,
+    l2: bool = False,
+    shared_redis: bool = False,
 ) -> bool:
     """Whether a behaviour applies to the stack: PostgreSQL-only features (row locks,
-    deferred constraints, a server to cut), L1, Redis, or instances hearing each other.
+    deferred constraints, a server to cut), L1, Redis, instances hearing each other, or a
+    test that reads raw keys from the shared standalone Redis (``redis_client``: not the
+    cluster stack's private cluster).
     Tests say so with ``@pytest.mark.needs(...)``; the stacks a test does not apply to are
     deselected at collection (integration/conftest.py), never run and skipped."""
     if pg and stack.l3 != "postgresql":
@@ -265,6 +273,8 @@ def applies(
     if l1 and not stack.l1:
         return False
     if l2 and not stack.l2:
+        return False
+    if shared_redis and stack.cluster:
         return False
     return not (bus and not stack.bus)
 

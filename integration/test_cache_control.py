@@ -200,6 +200,7 @@ async def test_l1_async_never_loses_a_write(l1_async_env: Env) -> None:
 # -- invalidate, invalidate_all, warm_cache ------------------------------------------------
 
 
+@pytest.mark.needs(shared_redis=True)  # reads raw keys in the shared Redis
 async def test_invalidate_drops_the_key_from_l1_and_l2_on_every_instance(
     bus_env: Env, redis_client: aioredis.Redis
 ) -> None:
@@ -224,6 +225,7 @@ async def test_invalidate_drops_the_key_from_l1_and_l2_on_every_instance(
     assert (await b.get(Player, "k")).name == "in-db"
 
 
+@pytest.mark.needs(shared_redis=True)  # reads raw keys in the shared Redis
 async def test_invalidate_all_drops_every_key_of_the_schema_on_every_instance(
     bus_env: Env, redis_client: aioredis.Redis
 ) -> None:
@@ -249,6 +251,7 @@ async def test_invalidate_all_drops_every_key_of_the_schema_on_every_instance(
         assert {k: v.name for k, v in got.items()} == dict.fromkeys(ids, "in-db")
 
 
+@pytest.mark.needs(shared_redis=True)  # reads raw keys in the shared Redis
 async def test_warm_cache_loads_every_row_into_redis_and_l1(
     l3_env: Env, redis_client: aioredis.Redis
 ) -> None:
@@ -269,6 +272,7 @@ async def test_warm_cache_loads_every_row_into_redis_and_l1(
     assert after.l3_queries == before.l3_queries
 
 
+@pytest.mark.needs(shared_redis=True)  # reads raw keys in the shared Redis
 async def test_warm_cache_with_a_limit_loads_that_many_rows(
     l3_env: Env, redis_client: aioredis.Redis
 ) -> None:
@@ -285,6 +289,7 @@ async def test_warm_cache_with_a_limit_loads_that_many_rows(
 SESSIONS = Schema(name="sessions", model=Session, l3=None)
 
 
+@pytest.mark.needs(shared_redis=True)  # reads raw keys in the shared Redis
 async def test_schema_without_l3_keeps_its_values_in_redis(
     l2_env: Env, redis_client: aioredis.Redis
 ) -> None:
@@ -325,7 +330,7 @@ async def test_schema_without_l3_refuses_search_count_and_warm_cache(env: Env) -
 # -- TTL of a value promoted from L2 -------------------------------------------------------
 
 
-@pytest.mark.needs(l1=True, l2=True)
+@pytest.mark.needs(l1=True, l2=True, shared_redis=True)
 async def test_value_promoted_from_l2_expires_from_l1_with_the_remaining_l2_ttl(
     l3_env: Env, redis_client: aioredis.Redis
 ) -> None:

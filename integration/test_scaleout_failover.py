@@ -64,6 +64,11 @@ async def _write_until(
         await asyncio.sleep(0)
 
 
+def _l2_up(ds: DataStore) -> bool:
+    l2 = ds._core.l2
+    return l2 is not None and l2.available
+
+
 def _cleaned_up(ds: DataStore) -> bool:
     """No L2 clean-up pending after a recovery (what L2 held is dropped, or never lost)."""
     l2 = ds._core.l2
@@ -93,12 +98,13 @@ async def _failover_leaves_no_stale_read(
         kill()
         await eventually(healthy, timeout=30, interval=0.1)
         # L2 works again within a few seconds: a write reaches Redis and is read from it.
-        await eventually(lambda: writer._l2 is not None and writer._l2.available, timeout=15)
+        await eventually(lambda: _l2_up(writer), timeout=15)
         stop.set()
         await task
         assert failures == []
-        await eventually(lambda: reader._l2 is not None and reader._l2.available, timeout=15)
-        await eventually(lambda: reader._bus is not None and reader._bus.connected, timeout=15)
+        await eventually(lambda: _l2_up(reader), timeout=15)
+        bus = reader._core.bus
+        await eventually(lambda: bus is not None and bus.connected, timeout=15)
         # The failover is over once the writer's L2 clean-up after it has succeeded.
         await eventually(lambda: _cleaned_up(writer), timeout=15, interval=0.05)
         stale = []
