@@ -78,6 +78,8 @@ class Config:
     write_behind_retry_base: Seconds = 0.2
     write_behind_retry_max: Seconds = 10.0
     write_behind_max_pending: int = 100_000
+    write_behind_claim_after: Seconds = 30.0
+    write_behind_wait_timeout: Seconds = 30.0
     invalidation_channel: str = "strata:invalidation"
     heartbeat_interval: Seconds = 2.0
     key_prefix: str = "strata"
@@ -98,6 +100,8 @@ class Config:
             "write_behind_flush_interval",
             "write_behind_retry_base",
             "write_behind_retry_max",
+            "write_behind_claim_after",
+            "write_behind_wait_timeout",
             "heartbeat_interval",
             "sweep_interval",
         ):

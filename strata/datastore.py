@@ -33,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from strata import wbjournal
 from strata.codec import Tombstone
 from strata.config import Config, WriteMode, hide_password, seconds
 from strata.crypto import FieldCipher
@@ -53,6 +54,7 @@ from strata.errors import (
     UnsupportedOperationError,
 )
 from strata.invalidation import Invalidation, InvalidationBus
+from strata.journal import DeadLetterEntry, Journal, JournalWrite
 from strata.observability import Counters, Stats, default_logger
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.runtime import TOMBSTONE_TTL, SchemaRuntime, call_hook
@@ -118,6 +120,7 @@ class DataStore:
                 on_recover=self._on_l2_recover,
             )
         self._wb: WriteBehindQueue | None = None
+        self._journal: Journal | None = None
         self._state = _NEW
         self._c = Counters()
         self._inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel | None, str]]] = {}
@@ -191,6 +194,7 @@ class DataStore:
                 logger=self._log,
             )
             await self._wb.start()
+            self._journal = wbjournal.start(self)
         except BaseException:
             await self._shutdown()
             raise
@@ -207,6 +211,8 @@ class DataStore:
 
     async def _shutdown(self) -> None:
         try:
+            if self._journal is not None:
+                await self._journal.close(_secs(self.config.write_behind_claim_after))
             if self._wb is not None:
                 await self._wb.close()
         finally:
@@ -661,6 +667,8 @@ class DataStore:
     async def _write_behind(
         self, rt: SchemaRuntime, prepared: dict[Any, BaseModel]
     ) -> list[tuple[Any, BaseModel, int]]:
+        if self._journaled(rt):
+            return await wbjournal.write(self, rt, prepared)
         assert self._wb is not None
         items = []
         for i, v in prepared.items():
@@ -702,7 +710,7 @@ class DataStore:
         items: Sequence[tuple[Any, BaseModel, int]],
         sealed: Mapping[Any, dict[str, bytes]] | None = None,
     ) -> None:
-        if rt.l2_on:
+        if rt.l2_on and not self._journaled(rt):  # the journal script wrote L2 already
             assert self._l2 is not None and rt.codec is not None
             codec = rt.codec
             cts = sealed or {}
@@ -737,7 +745,9 @@ class DataStore:
             await self._delete(rt, wanted)
 
     async def _delete(self, rt: SchemaRuntime, ids: list[Any]) -> None:
-        if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
+        if self._journaled(rt):
+            version = await wbjournal.delete(self, rt, ids)
+        elif rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on:
             assert self._wb is not None
             version = self._next_version()
             for i in ids:
@@ -755,7 +765,7 @@ class DataStore:
     async def _cache_deletes(self, rt: SchemaRuntime, ids: list[Any], version: int) -> None:
         """Versioned tombstones in L2 and L1, then tell the other instances."""
         self._after_write(rt, ids)
-        if rt.l2_on:
+        if rt.l2_on and not self._journaled(rt):
             assert self._l2 is not None and rt.codec is not None
             tomb = rt.codec.tombstone(version)
             keys = [rt.key(i) for i in ids]
@@ -1058,12 +1068,43 @@ class DataStore:
         self._check_open()
         if self._wb is not None:
             await self._wb.flush(timeout)
+        if self._journal is not None:
+            await self._journal.flush(timeout)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Write-behind writes that failed ``write_behind_max_retry`` times."""
         return self._wb.dead_letters() if self._wb is not None else []
 
+    async def list_dead_letters(self, schema: SchemaRef | None = None) -> list[DeadLetterEntry]:
+        """Write-behind writes L3 refused, from Redis (every instance sees them) and from
+        this process's in-process queue."""
+        self._check_open()
+        return await wbjournal.dead_letters(self, schema)
+
+    async def retry_dead_letters(
+        self, schema: SchemaRef | None = None, ids: Iterable[Any] | None = None
+    ) -> int:
+        """Journal the dead letters again (after the cause is fixed); returns how many."""
+        self._check_open()
+        return await wbjournal.retry(self, schema, ids)
+
+    async def drop_dead_letters(
+        self, schema: SchemaRef | None = None, ids: Iterable[Any] | None = None
+    ) -> int:
+        """Forget dead letters for good; returns how many."""
+        self._check_open()
+        return await wbjournal.drop(self, schema, ids)
+
     # -- write-behind ------------------------------------------------------------------
+
+    def _journaled(self, rt: SchemaRuntime) -> bool:
+        return self._journal is not None and wbjournal.journaled(self._journal, rt)
+
+    async def _apply_journal(self, schema: str, writes: list[JournalWrite]) -> None:
+        await wbjournal.apply(self, self._schemas[schema], writes)
+
+    async def _on_journal_refused(self, letter: DeadLetterEntry) -> None:
+        await wbjournal.refused(self, letter)
 
     async def _apply_write_behind(self, schema: str, writes: list[PendingWrite]) -> None:
         rt = self._schemas[schema]
@@ -1260,7 +1301,8 @@ class DataStore:
         return self._c.snapshot(
             l1_entries=l1,
             l1_evictions=evictions,
-            dirty_count=self._wb.pending if self._wb is not None else 0,
+            dirty_count=(self._wb.pending if self._wb is not None else 0)
+            + (self._journal.approx_pending if self._journal is not None else 0),
         )
 
     def __repr__(self) -> str:
