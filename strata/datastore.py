@@ -300,6 +300,7 @@ class DataStore:
                 tier.register(cs)
         rt = SchemaRuntime(cs, self.config, self._cipher, self._on_hook_error)
         self._schemas[cs.name] = rt
+        wbjournal.warn_if_embedded(self, rt)
         self._by_model[cs.model] = rt
         return cs
 

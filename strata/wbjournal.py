@@ -166,3 +166,14 @@ async def drop(ds: DataStore, schema: Any, ids: Iterable[Any] | None) -> int:
     if ds._journal is None:
         return 0
     return await ds._journal.forget_dead_letters(letters)
+
+
+def warn_if_embedded(ds: DataStore, rt: SchemaRuntime) -> None:
+    """Without Redis, write-behind queues in process: say at register what a crash loses."""
+    if rt.mode is WriteMode.WRITE_BEHIND and rt.l3_on and ds._l2 is None:
+        ds._log.warning(
+            "%s: write-behind without Redis keeps its queue in this process; a crash loses up "
+            "to write_behind_flush_interval of acknowledged writes (configure redis_url for "
+            "the crash-safe journal)",
+            rt.name,
+        )
