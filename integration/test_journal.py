@@ -8,7 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from integration.procs import eventually
-from integration.test_write_behind import ACCOUNTS, Account, balances, store
+from integration.test_write_behind import Account, balances, store
 
 WAIT = 20.0
 
