@@ -21,8 +21,8 @@ good. So whenever the subscription may have missed something, the whole L1 is dr
 
     subscription confirmed ──► on_reset() ──► connected = True ──► deliver messages
           ▲                                                             │
-          │                              connection error, or no own heartbeat
-          │                              for 3 x heartbeat_interval (blackholed link)
+          │                              connection error, or two own heartbeats
+          │                              unanswered (blackholed link)
           │                                                             │
           │                                                             ▼
     backoff 0.1 s .. 5 s ◄── close pubsub ◄── on_reset() ◄── connected = False (one warning)
@@ -72,8 +72,10 @@ _HEARTBEAT_OP: Final = "heartbeat"
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 5.0
-#: The subscription is presumed dead after this many heartbeat intervals without our own.
-MISSED_HEARTBEATS: Final = 3
+#: The subscription is presumed dead once this many of our own heartbeats went unanswered:
+#: the oldest unanswered one was sent ``MISSED_HEARTBEATS - 1`` intervals plus half an
+#: interval (the echo allowance) ago, and the socket held no echo when drained.
+MISSED_HEARTBEATS: Final = 2
 
 # Failures that mean "Redis is unreachable or misbehaving", retried in the background.
 # The builtin TimeoutError comes from our own asyncio.timeout() guards.
@@ -329,7 +331,9 @@ class InvalidationBus:
         self._on_reset = on_reset
         self._on_error = on_error
         self._interval = float(heartbeat_interval)
-        self._dead_after = MISSED_HEARTBEATS * self._interval
+        # Measured from the oldest heartbeat sent and not yet heard back, so a stalled event
+        # loop (which sent nothing either) is not mistaken for a silent link.
+        self._dead_after = (MISSED_HEARTBEATS - 0.5) * self._interval
         # Long enough for a slow connect + SUBSCRIBE round trip, short enough that a
         # blackholed connection attempt is abandoned and retried.
         self._subscribe_timeout = max(self._dead_after, 1.0)
@@ -347,6 +351,7 @@ class InvalidationBus:
         self._connected = False
         self._connected_event = asyncio.Event()
         self._last_beat = 0.0
+        self._unanswered: dict[int, float] = {}  # heartbeat seq -> loop time it was sent
         self._publish_failing = False
         self._reported_kinds: set[str] = set()
         self._failures = 0  # consecutive failed subscribe attempts (drives the backoff)
@@ -498,6 +503,7 @@ class InvalidationBus:
         # Subscribed: whatever was published before this point is lost to us.
         self._reset("subscribed")
         self._last_beat = loop.time()
+        self._unanswered.clear()
         self._set_connected(True)
         if self._outage_since is not None:
             self._log.info(
@@ -574,10 +580,15 @@ class InvalidationBus:
         """Deliver messages until the subscription is lost (raises) or the bus stops."""
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            silence = loop.time() - self._last_beat
+            silence = self._silence(loop.time())
             if silence > self._dead_after:
-                raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
-            wait = min(self._interval, self._dead_after - silence) + 0.01
+                await self._drain(pubsub)
+                silence = self._silence(loop.time())
+                if silence > self._dead_after:
+                    raise _SubscriptionLost(
+                        f"{len(self._unanswered)} heartbeats unanswered for {silence:.1f} s"
+                    )
+            wait = min(self._interval / 2, max(self._dead_after - silence, 0.0)) + 0.01
             try:
                 # get_message(timeout=wait) returns within `wait`, unless redis-py is busy
                 # reconnecting inside it (its retries, a handshake that never answers):
@@ -585,33 +596,54 @@ class InvalidationBus:
                 async with asyncio.timeout(wait + self._interval):
                     message = await pubsub.get_message(timeout=wait)
             except TimeoutError:
-                silence = loop.time() - self._last_beat
+                silence = self._silence(loop.time())
+                if silence <= self._dead_after:
+                    continue  # the loop stalled, not the link: judge by the heartbeats
                 raise _SubscriptionLost(
                     f"no heartbeat for {silence:.1f} s (the driver is stuck reconnecting)"
                 ) from None
+            if message is not None:
+                self._dispatch(message, loop.time())
+
+    def _silence(self, now: float) -> float:
+        """How long the oldest heartbeat sent and not yet heard back has been out."""
+        if len(self._unanswered) < MISSED_HEARTBEATS:
+            return 0.0
+        return now - min(self._unanswered.values())
+
+    async def _drain(self, pubsub: _PubSub) -> None:
+        """Handle whatever the socket already holds, before judging the link by it."""
+        loop = asyncio.get_running_loop()
+        for _ in range(10_000):
+            async with asyncio.timeout(self._interval):
+                message = await pubsub.get_message(timeout=0)
             if message is None:
-                continue
-            kind = message.get("type")
-            if kind == "message":
-                self._handle(message.get("data"), loop.time())
-            elif kind == "subscribe" and _channel_of(message) == self._channel_bytes:
-                # redis-py reconnected the pubsub connection by itself and resubscribed:
-                # anything published while it was away is lost.
-                self._log.warning(
-                    "invalidation subscription to %r on %s was re-established by the driver; "
-                    "L1 cleared",
-                    self._channel,
-                    self._where,
+                return
+            self._dispatch(message, loop.time())
+
+    def _dispatch(self, message: Mapping[str, Any], now: float) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            self._handle(message.get("data"), now)
+        elif kind == "subscribe" and _channel_of(message) == self._channel_bytes:
+            # redis-py reconnected the pubsub connection by itself and resubscribed:
+            # anything published while it was away is lost.
+            self._log.warning(
+                "invalidation subscription to %r on %s was re-established by the driver; "
+                "L1 cleared",
+                self._channel,
+                self._where,
+            )
+            self._report(
+                TierUnavailableError(
+                    f"invalidation subscription on {self._where} was interrupted", tier="l2"
                 )
-                self._report(
-                    TierUnavailableError(
-                        f"invalidation subscription on {self._where} was interrupted", tier="l2"
-                    )
-                )
-                self._reset("resubscribed by driver")
-                self._last_beat = loop.time()
-            elif kind == "unsubscribe" and _channel_of(message) == self._channel_bytes:
-                raise _SubscriptionLost("unsubscribed by the server")
+            )
+            self._reset("resubscribed by driver")
+            self._last_beat = now
+            self._unanswered.clear()
+        elif kind == "unsubscribe" and _channel_of(message) == self._channel_bytes:
+            raise _SubscriptionLost("unsubscribed by the server")
 
     def _handle(self, data: object, now: float) -> None:
         try:
@@ -622,6 +654,9 @@ class InvalidationBus:
         if isinstance(decoded, Heartbeat):
             if decoded.origin == self._instance_id:
                 self._last_beat = now
+                # An echo proves the link delivers; any earlier unanswered beat is moot.
+                for seq in [s for s in self._unanswered if s <= decoded.seq]:
+                    del self._unanswered[seq]
             return
         if decoded.origin == self._instance_id:
             return  # our own write: our L1 is already right
@@ -662,6 +697,7 @@ class InvalidationBus:
                 break
             seq += 1
             payload = Heartbeat(origin=self._instance_id, seq=seq).encode()
+            self._unanswered[seq] = asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(self._interval):
                     await self._client.publish(self._channel, payload)
