@@ -117,7 +117,7 @@ class Reads:
                 gone.add(id)
                 continue
             value, version = decoded
-            if rt.l1 is not None:
+            if rt.l1 is not None and core.l1_fillable():
                 rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
             out[id] = value  # freshly decoded: owned by nobody else
         return out, gone
@@ -228,7 +228,7 @@ class Reads:
                 [(b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items]
             )
         l1 = rt.l1
-        if l1 is not None:
+        if l1 is not None and self.core.l1_fillable():
             ttl = ttl_min(b.l2_ttl if b.l2_on else None, b.l1_ttl)
             for i, v, ver in items:
                 l1.set(i, b.l1_copy(v), ver, ttl=ttl)
