@@ -74,3 +74,22 @@ async def test_writes_made_while_redis_was_cut_off_reach_the_other_instance_on_r
             assert {i: v.name for i, v in (await ds.get_many(Item, ids)).items()} == (
                 dict.fromkeys(ids, "during")
             )
+
+
+async def test_an_instance_whose_bus_is_down_does_not_serve_what_it_read_meanwhile(
+    settings: dict[str, Any], redis_url: str
+) -> None:
+    async with (
+        FaultProxy.for_url(redis_url) as proxy,
+        store(settings, redis_url=proxy.url_for(redis_url)) as reader,
+        store(settings, redis_url=redis_url) as writer,
+    ):
+        await writer.set(Item, Item(id="k", name="before"))
+        await proxy.cut()
+        await eventually(lambda: not reader._core.bus.connected, timeout=WAIT)
+        assert (await reader.get(Item, "k")).name == "before"  # from PostgreSQL
+
+        await writer.set(Item, Item(id="k", name="after"))  # its message cannot arrive
+
+        assert (await reader.get(Item, "k")).name == "after"
+        assert (await reader.get_many(Item, ["k"]))["k"].name == "after"
