@@ -224,9 +224,12 @@ class Reads:
         if b.l2_on and l2 is not None and b.codec is not None:
             codec = b.codec
             cts = sealed or {}
-            await l2.set_many(
+            written = await l2.set_many(
                 [(b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items]
             )
+            # A fill Redis refused (it holds a newer version, or could not be reached) is
+            # not kept in L1 either: L1 may have forgotten the newer write's tombstone.
+            items = [item for item, ok in zip(items, written, strict=True) if ok]
         l1 = rt.l1
         if l1 is not None and self.core.l1_fillable():
             ttl = ttl_min(b.l2_ttl if b.l2_on else None, b.l1_ttl)
