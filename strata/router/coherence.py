@@ -5,7 +5,10 @@
                                        caching another shape ─► drop our L2 copies too
     the bus reconnects / misses heartbeats ─► clear every L1 (messages may be lost)
     an L2 write fails ─► remember the key; Redis recovers ─► drop the remembered keys, new
-                         search generation for every schema, clear every L1
+                         search generation for every schema, clear every L1, and publish
+                         the repaired ids, so every instance drops what it read meanwhile
+    the bus is down ─► no L1 fill (``Core.l1_fillable``): nothing filled during an outage
+                       outlives it
 
 Publishing goes through the L2 tier (``L2Tier.publish``), behind its circuit breaker: while
 Redis is known to be down a write does not wait on a publish that cannot arrive; the keys it
@@ -280,6 +283,36 @@ class Coherence:
             self._l2_missed.update(keys)
             self._l2_missed_overflow = overflow
             self._l2_dirty_schemas |= dirty | {rt.name for rt in core.routes.values()}
+            return
+        await self._publish_repair(keys, dirty if not overflow else set(core.routes))
+
+    async def _publish_repair(self, keys: list[str], whole: Iterable[str]) -> None:
+        """Other instances may have re-read the repaired rows (from Redis or PostgreSQL)
+        while this one could neither write Redis nor publish: tell them to drop them."""
+        core = self.core
+        whole = set(whole)
+        for rt in list(core.routes.values()):
+            if rt.name in whole:
+                await self.publish_raw(
+                    Invalidation(schema=rt.name, op="invalidate_all", origin=core.instance_id)
+                )
+                continue
+            prefix = rt.b.key_prefix
+            if not prefix:
+                continue
+            ids = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+            for start in range(0, len(ids), 1000):
+                chunk = tuple(ids[start : start + 1000])
+                await self.publish_raw(
+                    Invalidation(
+                        schema=rt.name,
+                        op="set",
+                        origin=core.instance_id,
+                        ids=chunk,
+                        versions=(None,) * len(chunk),
+                        shape=rt.b.cs.shape,
+                    )
+                )
 
 
 def _wire_id(id: Any) -> str | int:

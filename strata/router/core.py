@@ -106,6 +106,11 @@ class Core:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def l1_fillable(self) -> bool:
+        """False while the invalidation bus is down: other instances' messages cannot reach
+        this one, so an L1 copy taken now could outlive the outage stale (DESIGN section 4)."""
+        return self.bus is None or self.bus.connected
+
     def next_version(self) -> int:
         """Versions for writes that do not go through L3 first (write-behind, l3=None):
         a hybrid clock in microseconds, strictly increasing within this process."""

@@ -117,7 +117,7 @@ class Reads:
                 gone.add(id)
                 continue
             value, version = decoded
-            if rt.l1 is not None:
+            if rt.l1 is not None and core.l1_fillable():
                 rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
             out[id] = value  # freshly decoded: owned by nobody else
         return out, gone
@@ -224,11 +224,14 @@ class Reads:
         if b.l2_on and l2 is not None and b.codec is not None:
             codec = b.codec
             cts = sealed or {}
-            await l2.set_many(
+            written = await l2.set_many(
                 [(b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items]
             )
+            # A fill Redis refused (it holds a newer version, or could not be reached) is
+            # not kept in L1 either: L1 may have forgotten the newer write's tombstone.
+            items = [item for item, ok in zip(items, written, strict=True) if ok]
         l1 = rt.l1
-        if l1 is not None:
+        if l1 is not None and self.core.l1_fillable():
             ttl = ttl_min(b.l2_ttl if b.l2_on else None, b.l1_ttl)
             for i, v, ver in items:
                 l1.set(i, b.l1_copy(v), ver, ttl=ttl)
