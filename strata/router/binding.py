@@ -50,6 +50,7 @@ class Binding:
         "model",
         "mutable",
         "name",
+        "omitted",
         "pk_column",
         "pk_field",
         "query_prefix",
@@ -103,6 +104,13 @@ class Binding:
         for f in cs.omit_cache_fields | cs.omit_l1_fields | cs.transient_fields:
             reset[f] = default_of(cs.model, f)
         self.l1_reset = reset
+        # Omitted fields (omit_cache / omit_l1) by column: a cached copy does not know them,
+        # so a write of a value that did not assign them keeps what L3 stores.
+        self.omitted = {
+            c.name: c.field
+            for c in cs.columns
+            if c.field in cs.omit_cache_fields or c.field in cs.omit_l1_fields
+        }
 
     def key(self, id: Any) -> str:
         return f"{self.key_prefix}{id}"
@@ -110,8 +118,18 @@ class Binding:
     def l1_copy(self, value: BaseModel) -> BaseModel:
         """The private copy L1 keeps: omitted fields at their defaults, nothing shared."""
         if self.l1_reset:
-            return value.model_copy(update=self.l1_reset, deep=True)
+            copy = value.model_copy(update=self.l1_reset, deep=True)
+            # Their values are unknown here, not assigned: a set of this copy keeps them.
+            copy.__pydantic_fields_set__.difference_update(self.l1_reset)
+            return copy
         return value.model_copy(deep=self.mutable)
+
+    def kept(self, value: BaseModel) -> frozenset[str]:
+        """The omitted columns this value did not assign: an existing row keeps them."""
+        if not self.omitted:
+            return frozenset()
+        assigned = value.model_fields_set
+        return frozenset(c for c, f in self.omitted.items() if f not in assigned)
 
     def out(self, value: BaseModel) -> BaseModel:
         return value.model_copy(deep=self.mutable)

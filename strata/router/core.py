@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from strata.clock import HybridClock
 from strata.config import Config
 from strata.crypto import FieldCipher
 from strata.hooks import HookRunner
@@ -88,7 +88,8 @@ class Core:
         self.attachments: list[Attachment] = []
         # The cross-instance lease for cold misses (strata.cache.lease), when L2 is Redis.
         self.lease: Lease | None = None
-        self._last_version = 0
+        # Every version this instance mints; advanced past every version it observes.
+        self.clock = HybridClock()
 
     def count_error(self, exc: BaseException) -> None:
         """An error a component absorbed (and logged: outages are logged once, not per
@@ -112,11 +113,9 @@ class Core:
         return self.bus is None or self.bus.connected
 
     def next_version(self) -> int:
-        """Versions for writes that do not go through L3 first (write-behind, l3=None):
-        a hybrid clock in microseconds, strictly increasing within this process."""
-        v = max(time.time_ns() // 1000, self._last_version + 1)
-        self._last_version = v
-        return v
+        """A new version from the hybrid clock (strata.clock): write-behind and l3=None
+        writes carry it; L3 takes GREATEST(it, old version + 1)."""
+        return self.clock.now()
 
     def forget_readers(self, rt: Route, ids: list[Any] | dict[Any, Any]) -> None:
         """A write happened: forget what a concurrent reader may have learnt before it."""

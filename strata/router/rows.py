@@ -32,6 +32,7 @@ class RowMapper:
         "column_fields",
         "cs",
         "encrypted",
+        "encrypted_columns",
         "enum_by_name",
         "json_fields",
         "model",
@@ -55,6 +56,7 @@ class RowMapper:
             c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
         }
         self.encrypted = cs.encrypted
+        self.encrypted_columns = frozenset(c.name for c in cs.encrypted)
         self.renames = [(c.name, c.field) for c in cs.columns if c.name != c.field]
         self.enum_by_name = [
             c

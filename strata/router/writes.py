@@ -213,8 +213,18 @@ async def upsert(
 ) -> list[Item]:
     """The L3 upsert; returns (id, value as stored, row version). With ``versioned`` the
     rows carry their own version and a newer stored row wins (it is left out)."""
-    core.c.l3_queries += 1
-    returned = await core.l3.upsert_many(b.cs, list(rows.values()), tx=tx, versioned=versioned)
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for i, v in prepared.items():
+        groups.setdefault(b.kept(v), []).append(rows[i])
+    returned: dict[Any, dict[str, Any]] = {}
+    for kept, group in groups.items():
+        core.c.l3_queries += 1
+        if kept:
+            returned.update(
+                await core.l3.upsert_many(b.cs, group, tx=tx, versioned=versioned, kept=kept)
+            )
+        else:
+            returned.update(await core.l3.upsert_many(b.cs, group, tx=tx, versioned=versioned))
     items = []
     keep = b.cs.auto_now_add
     for i, v in prepared.items():
@@ -222,11 +232,23 @@ async def upsert(
         if ret is None:  # versioned: L3 already holds a newer write of this row
             continue
         if keep:  # an existing row keeps its own auto_now_add values
-            kept = {f: ret[b.cs.by_field[f].name] for f in keep}
-            if any(getattr(v, f) != kv for f, kv in kept.items()):
-                v = v.model_copy(update=kept)
+            kept_values = {f: ret[b.cs.by_field[f].name] for f in keep}
+            if any(getattr(v, f) != kv for f, kv in kept_values.items()):
+                v = v.model_copy(update=kept_values)
+        v = _stored_omitted(b, v, ret)
         items.append((i, v, int(ret[VERSION_COLUMN])))
     return items
+
+
+def _stored_omitted(b: Binding, v: BaseModel, ret: dict[str, Any]) -> BaseModel:
+    """The value with the omitted columns L3 kept (returned as stored), so no cache gets a
+    default for them."""
+    stored = {
+        f: ret[c]
+        for c, f in b.omitted.items()
+        if c in ret and f not in v.model_fields_set and c not in b.rows.encrypted_columns
+    }
+    return v.model_copy(update=stored) if stored else v
 
 
 class Writes:
@@ -342,16 +364,19 @@ class Writes:
         core = self.core
         rt = core.routes[schema]
         b = rt.b
-        sets = []
+        sets: dict[frozenset[str], list[dict[str, Any]]] = {}
         for w in writes:
             if w.op == "set":  # the queued model becomes its L3 row only now
                 row = b.rows.to_row(w.row, w.id)
                 row[VERSION_COLUMN] = w.version
-                sets.append(row)
+                sets.setdefault(b.kept(w.row), []).append(row)
         deletes = [w.id for w in writes if w.op == "delete"]
-        if sets:
+        for kept, group in sets.items():
             core.c.l3_queries += 1
-            await core.l3.upsert_many(b.cs, sets, versioned=True, returning=False)
+            if kept:  # columns the writer did not assign: the stored row keeps them
+                await core.l3.upsert_many(b.cs, group, versioned=True, returning=False, kept=kept)
+            else:
+                await core.l3.upsert_many(b.cs, group, versioned=True, returning=False)
         if deletes:
             core.c.l3_queries += 1
             await core.l3.delete_many(b.cs, deletes)

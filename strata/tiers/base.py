@@ -154,10 +154,13 @@ class L3Tier(Protocol):
         tx: TxHandle | None = None,
         versioned: bool = False,
         returning: bool = True,
+        kept: frozenset[str] = frozenset(),
     ) -> dict[Any, Row]:
         """Insert or update. Returns, per primary key, the key, every ``auto_now_add``
         column as stored (an existing row keeps its own) and the new ``_strata_version``.
-        ``versioned``: rows carry their version and only replace older rows."""
+        ``versioned``: rows carry their version and only replace older rows. ``kept``:
+        columns an existing row keeps (a new row takes the given value); they are returned
+        as stored. The router passes ``kept`` only when it is not empty."""
 
     async def delete_many(
         self, schema: CompiledSchema, ids: Sequence[Any], *, tx: TxHandle | None = None

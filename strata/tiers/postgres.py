@@ -70,7 +70,9 @@ def _quote(name: str) -> str:
     return _DIALECT.identifier_preparer.quote(name)
 
 
-def _build(cs: CompiledSchema) -> _Statements:
+def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statements:
+    """``kept``: columns an existing row keeps (the caller did not assign them); they are
+    returned, so the caches get the stored value."""
     table = cs.table
     pk = table.c[cs.pk.name]
     seq = f"{_quote(table.schema)}._strata_version_seq" if table.schema else "_strata_version_seq"
@@ -78,8 +80,9 @@ def _build(cs: CompiledSchema) -> _Statements:
     data_cols = [c.name for c in cs.columns]
     selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
     returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
+    returning += [table.c[n] for n in sorted(kept)]
     returning.append(table.c[VERSION_COLUMN])
-    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name}
+    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name} | kept
 
     ids = sa.bindparam("ids", type_=sa.ARRAY(pk.type))
     get_many, _ = _compile(sa.select(*selected).where(pk == sa.any_(ids)))
@@ -297,6 +300,7 @@ class PostgresTier:
         self._pool: asyncpg.Pool | None = None
         self._connect_lock = asyncio.Lock()
         self._stmts: dict[str, _Statements] = {}
+        self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
 
     @property
     def url(self) -> str:
@@ -385,11 +389,13 @@ class PostgresTier:
         tx: Any = None,
         versioned: bool = False,
         returning: bool = True,
+        kept: frozenset[str] = frozenset(),
     ) -> dict[Any, Row]:
         """``versioned``: rows carry their own ``_strata_version`` (write-behind) and only
         replace a stored row with an older version. ``returning=False`` (versioned only)
-        skips reading back what was stored and returns ``{}``."""
-        st = self._stmts[schema.name]
+        skips reading back what was stored and returns ``{}``. ``kept``: columns an
+        existing row keeps (returned as stored)."""
+        st = self._statements(schema, kept)
         cols = st.columns
         quiet = versioned and not returning
         with translate_errors(f"{schema.name}: set", self._url):
@@ -410,6 +416,14 @@ class PostgresTier:
                 records = await self._copy_upsert(st, rows, tx, versioned, quiet)
         pk = schema.pk.name
         return {r[pk]: dict(r) for r in records}
+
+    def _statements(self, schema: CompiledSchema, kept: frozenset[str]) -> _Statements:
+        if not kept:
+            return self._stmts[schema.name]
+        st = self._kept_stmts.get((schema.name, kept))
+        if st is None:
+            st = self._kept_stmts[(schema.name, kept)] = _build(schema, kept)
+        return st
 
     async def _copy_upsert(
         self, st: _Statements, rows: Sequence[Row], tx: Any, versioned: bool, quiet: bool

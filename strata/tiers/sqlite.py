@@ -107,14 +107,17 @@ def _compile(stmt: Any) -> str:
     return str(stmt.compile(dialect=_DIALECT))
 
 
-def _build(cs: CompiledSchema) -> _Statements:
+def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statements:
+    """``kept``: columns an existing row keeps (the caller did not assign them); they are
+    returned, so the caches get the stored value."""
     table = cs.table.to_metadata(sa.MetaData(), schema=None)  # type: ignore[arg-type]
     pk = table.c[cs.pk.name]
     data_cols = [c.name for c in cs.columns]
     selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
     returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
+    returning += [table.c[n] for n in sorted(kept)]
     returning.append(table.c[VERSION_COLUMN])
-    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name}
+    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name} | kept
 
     def upsert(if_newer: bool) -> str:
         values: dict[str, Any] = {n: sa.bindparam(n) for n in [*data_cols, VERSION_COLUMN]}
@@ -235,6 +238,7 @@ class SqliteTier:
         self._path = config.sqlite_path
         self._log = logger
         self._stmts: dict[str, _Statements] = {}
+        self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         # One connection, so one transaction at a time: a Tx holds the lock from BEGIN to
@@ -381,8 +385,13 @@ class SqliteTier:
         tx: Any = None,
         versioned: bool = False,
         returning: bool = True,  # SQLite returns the rows anyway, at no extra cost
+        kept: frozenset[str] = frozenset(),
     ) -> dict[Any, Row]:
         st = self._stmts[schema.name]
+        if kept:  # columns an existing row keeps: a statement of their own, built once
+            st = self._kept_stmts.get((schema.name, kept)) or self._kept_stmts.setdefault(
+                (schema.name, kept), _build(schema, kept)
+            )
         sql = st.upsert_if_newer if versioned else st.upsert
 
         def work() -> dict[Any, Row]:
