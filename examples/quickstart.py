@@ -79,10 +79,10 @@ async def main() -> None:
             p = await ds.get(Player, "p1")
             print(f"read     once more         <- served by {served}")
 
-            # Writing back a whole model read from a cache would store its defaults: read
-            # the full row (force_l3) before a read-modify-write of a schema with such fields.
-            full = await ds.get(Player, "p1", force_l3=True)
-            await ds.set(Player, full.model_copy(update={"level": full.level + 1}))
+            # Writing back a copy read from a cache keeps the stored omit_cache value: a
+            # field the copy did not assign is left as PostgreSQL (or SQLite) has it.
+            cached = await ds.get(Player, "p1")
+            await ds.set(Player, cached.model_copy(update={"level": cached.level + 1}))
             p = await ds.get(Player, "p1", force_l3=True)
             print(f"levelled {p.level}, password_hash still {p.password_hash!r}")
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from pydantic import BaseModel
 
-from integration.stacks import Env, needs
+from integration.stacks import Env
 from strata import Field, Schema, WriteMode
 
 pytestmark = pytest.mark.xfail(
@@ -27,7 +27,6 @@ def _schema(env: Env, mode: WriteMode) -> Schema:
 async def test_write_through_after_write_behind_is_read_by_another_instance(
     bus_env: Env,
 ) -> None:
-    needs(bus_env, l2=True)
     behind = await bus_env.make(_schema(bus_env, WriteMode.WRITE_BEHIND), adapt=False)
     await behind.set(Doc, Doc(id="d", body="old"))
     await behind.flush_dirty()
@@ -39,7 +38,6 @@ async def test_write_through_after_write_behind_is_read_by_another_instance(
 
 
 async def test_delete_after_write_behind_reaches_another_instance(bus_env: Env) -> None:
-    needs(bus_env, l2=True)
     behind = await bus_env.make(_schema(bus_env, WriteMode.WRITE_BEHIND), adapt=False)
     await behind.set(Doc, Doc(id="d", body="old"))
     await behind.flush_dirty()
