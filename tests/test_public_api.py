@@ -37,6 +37,7 @@ def test_all_is_sorted_and_complete() -> None:
         "router",
         "hooks",
         "cache",
+        "clock",
         "operation",
         "oplog",
         "rotate",
