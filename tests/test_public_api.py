@@ -38,7 +38,6 @@ def test_all_is_sorted_and_complete() -> None:
         "hooks",
         "cache",
         "clock",
-        "operation",
         "oplog",
         "rotate",
         "sync",
