@@ -837,3 +837,17 @@ def test_default_limit_applies_on_sqlite(db: sqlite3.Connection, cs: CompiledSch
 def test_compiled_sqlite_count(db: sqlite3.Connection, cs: CompiledSchema) -> None:
     compiled = compile_count(Q().filter(region="eu").limit(1).order_by("level"), cs, "sqlite")
     assert run(db, compiled) == [(2,)]
+
+
+def test_pages_share_one_statement_text_with_limit_and_offset_bound(cs: CompiledSchema) -> None:
+    # Inlined literals made every page a new prepared statement (issue 14).
+    for compile_ in (pg, lite):
+        first = compile_(Q().order_by("id").limit(25), cs)
+        later = compile_(Q().order_by("id").limit(25).offset(300), cs)
+        other_size = compile_(Q().order_by("id").limit(50).offset(300), cs)
+        assert first.sql == later.sql == other_size.sql
+        assert "300" not in later.sql and "25" not in first.sql
+        assert first.args == (25, 0)
+        assert later.args == (25, 300)
+        assert other_size.args == (50, 300)
+        assert first.digest() != later.digest()
