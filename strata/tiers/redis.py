@@ -29,11 +29,10 @@ ends. ``on_recover`` tells the router that invalidations were lost while Redis w
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -43,6 +42,7 @@ from redis.asyncio.cluster import RedisCluster
 from strata.codec import peek_version
 from strata.config import hide_password
 from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
+from strata.tiers.redis_scripts import GENERATION, GET, SET, get_one
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
@@ -70,126 +70,6 @@ _OUTAGE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-# KEYS = keys. Returns payload, pttl, payload, pttl, ... (false, -2 for a miss; a key that
-# holds another type is a miss too).
-_GET_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'string' then
-    out[2 * i - 1] = value
-    out[2 * i] = redis.call('PTTL', key)
-  else
-    out[2 * i - 1] = false
-    out[2 * i] = -2
-  end
-end
-return out
-"""
-
-# KEYS = keys [+ a generation counter to INCR], ARGV = payload, ttl ms (0 = no expiry), ...
-# Returns 1 (written) or 0 (kept: the key holds a newer envelope) per key. Versions are
-# compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
-# server's collation locale the way string comparison does.
-_SET_LUA = """
-local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
-local function newer(current, new)
-  local ch = tonumber(string.sub(current, 3, 10), 16)
-  local nh = tonumber(string.sub(new, 3, 10), 16)
-  if ch ~= nh then return ch > nh end
-  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
-end
-local n = #ARGV / 2
-local applied = {}
-for i = 1, n do
-  local key = KEYS[i]
-  local new = ARGV[2 * i - 1]
-  local ttl = tonumber(ARGV[2 * i])
-  local current = redis.pcall('GET', key)
-  if type(current) == 'string' and string.find(current, ENVELOPE) and newer(current, new) then
-    applied[i] = 0
-  else
-    if ttl > 0 then
-      redis.call('SET', key, new, 'PX', ttl)
-    else
-      redis.call('SET', key, new)
-    end
-    applied[i] = 1
-  end
-end
-if #KEYS > n then
-  redis.call('INCR', KEYS[n + 1])
-end
-return applied
-"""
-
-# KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
-# (as its decimal text, "0" when unset) and the payload at prefix .. generation .. ":" .. digest
-# (the result key is derived here, so it is not declared in KEYS: standalone Redis only).
-_GENERATION_LUA = """
-local gen = redis.pcall('GET', KEYS[1])
-if type(gen) ~= 'string' or not string.find(gen, '^%d+$') then
-  gen = '0'
-end
-local payload = redis.pcall('GET', ARGV[1] .. gen .. ':' .. ARGV[2])
-if type(payload) ~= 'string' then
-  payload = false
-end
-return {gen, payload}
-"""
-
-
-class _Script:
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(
-        self, client: Client, keys: Sequence[str], args: Sequence[bytes | int | str]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:
-            # First use, or the server restarted: EVAL runs it and caches it again.
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-_GET = _Script(_GET_LUA)
-_SET = _Script(_SET_LUA)
-_GENERATION = _Script(_GENERATION_LUA)
-
-
-async def _get_one(client: aioredis.Redis, key: str) -> list[Any]:
-    """GET + PTTL pipelined on one pooled connection: the single-key hot path.
-
-    For one key this beats both EVALSHA (no Lua on the server) and redis-py's Pipeline
-    (no per-command bookkeeping); for batches one script reply is cheaper than 2n replies.
-    """
-    pool = client.connection_pool
-    for attempt in (1, 2):
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(conn.pack_commands((("GET", key), ("PTTL", key))))
-            try:
-                value = await conn.read_response()
-            except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
-                value = None
-            pttl = await conn.read_response()
-            return [value, pttl]
-        except rexc.ConnectionError:
-            # A pooled socket that died with a restarted server: one retry on a fresh one.
-            await conn.disconnect(nowait=True)
-            if attempt == 2:
-                raise
-        except BaseException:
-            await conn.disconnect(nowait=True)  # replies may still be in flight
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _same(key: str) -> str:
@@ -346,12 +226,12 @@ class RedisTier:
         try:
             if isinstance(client, RedisCluster):
                 flat = await self._run(
-                    lambda: get_by_slot(_GET, client, [self._key(k) for k in keys])
+                    lambda: get_by_slot(GET, client, [self._key(k) for k in keys])
                 )
             elif len(keys) == 1:
-                flat = await self._run(lambda: _get_one(client, keys[0]))
+                flat = await self._run(lambda: get_one(client, keys[0]))
             else:
-                flat = await self._run(lambda: _GET(client, keys, ()))
+                flat = await self._run(lambda: GET(client, keys, ()))
         except TierError as exc:
             self._report(exc)
             return [(None, None)] * len(keys)
@@ -390,11 +270,11 @@ class RedisTier:
         try:
             if isinstance(client, RedisCluster):
                 tag = None if bump is None else self._key(bump)
-                applied = await self._run(lambda: set_by_slot(_SET, client, keys, args, tag))
+                applied = await self._run(lambda: set_by_slot(SET, client, keys, args, tag))
             else:
                 if bump is not None:
                     keys.append(bump)
-                applied = await self._run(lambda: _SET(client, keys, args))
+                applied = await self._run(lambda: SET(client, keys, args))
         except TierError as exc:
             self._report(exc)
             return [False] * len(items)
@@ -446,7 +326,7 @@ class RedisTier:
         # On a cluster the result key shares the counter's hash tag, hence its slot.
         keys, args = [self._key(counter)], [self._key(prefix), digest]
         try:
-            raw, payload = await self._run(lambda: _GENERATION(client, keys, args))
+            raw, payload = await self._run(lambda: GENERATION(client, keys, args))
         except TierError as exc:
             self._report(exc)
             return 0, None
