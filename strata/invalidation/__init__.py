@@ -8,9 +8,14 @@
     publish(Invalidation) ─ PUBLISH ─► {"schema","id","op", ──► listener task
                                         "origin","version"}       │
                                                                   ├─ own origin ──► ignored
+                                                                  ├─ other prefix ──► ignored
                                                                   ├─ malformed ──► log, on_error
                                                                   └─ else ──► on_message(msg):
                                                                               drop L1 key(s)
+
+Messages carry the writer's ``key_prefix`` (its app): two apps sharing one Redis (and even
+one channel) ignore each other's. Left at its default, the channel itself is
+``{key_prefix}:invalidation``.
 
 Publish only after the L3 commit (write-behind: after the L2 write), so that a reader woken by
 the message cannot fetch the old row again. A batch write publishes one message carrying

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -85,6 +86,7 @@ class InvalidationBus:
         publisher: Callable[[str, bytes], Awaitable[bool]] | None = None,
         schemas: Callable[[], Iterable[str]] | None = None,
         transport: Transport | None = None,
+        prefix: str | None = None,
     ) -> None:
         if not channel:
             raise ValueError("channel must be a non-empty string")
@@ -104,6 +106,9 @@ class InvalidationBus:
         self._subscribed: list[str] = [channel]
         self._beats: dict[bytes, float] = {}
         self._instance_id = instance_id
+        # Our app's key prefix: stamped on what we publish; messages of another prefix
+        # (another app on the same Redis and channel) are ignored.
+        self._prefix = prefix
         self._on_message = on_message
         self._on_reset = on_reset
         self._on_error = on_error
@@ -119,6 +124,7 @@ class InvalidationBus:
         self.received = 0
         self.resets = 0
         self.malformed = 0
+        self.foreign = 0  # messages of another prefix, ignored
 
         self._listener: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
@@ -202,6 +208,8 @@ class InvalidationBus:
         (an id that is neither str nor int). The wait is bounded by the client's
         ``socket_timeout``.
         """
+        if self._prefix is not None and message.prefix is None:
+            message = dataclasses.replace(message, prefix=self._prefix)
         payload = message.encode()
         if self._publisher is not None:
             # The tier publishes with SPUBLISH on a cluster, on the schema's own channel.
@@ -406,6 +414,13 @@ class InvalidationBus:
             return
         if decoded.origin == self._instance_id:
             return  # our own write: our L1 is already right
+        if (
+            decoded.prefix is not None
+            and self._prefix is not None
+            and decoded.prefix != self._prefix
+        ):
+            self.foreign += 1  # another app sharing this Redis and channel
+            return
         try:
             self._on_message(decoded)
         except Exception as exc:

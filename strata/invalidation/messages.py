@@ -42,6 +42,9 @@ class Invalidation:
     ids: tuple[str | int, ...] = ()
     versions: tuple[int | None, ...] = ()
     shape: str | None = None  # the writer's cache shape: other shapes drop their own L2 copy
+    # The writer's ``Config.key_prefix`` (its app): the bus stamps it on publish, and a
+    # receiver of another prefix ignores the message. None: a sender that predates it.
+    prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -88,6 +91,8 @@ class Invalidation:
             body["versions"] = list(self.versions)
         if self.shape is not None:
             body["shape"] = self.shape
+        if self.prefix is not None:
+            body["prefix"] = self.prefix
         try:
             return orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -161,6 +166,9 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> Invalidation | 
     shape = body.get("shape")
     if shape is not None and not isinstance(shape, str):
         raise _field_error("shape", "a string or null")
+    prefix = body.get("prefix")
+    if prefix is not None and not isinstance(prefix, str):
+        raise _field_error("prefix", "a string or null")
     try:
         return Invalidation(
             schema=schema,
@@ -171,6 +179,7 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> Invalidation | 
             ids=tuple(ids),
             versions=tuple(versions),
             shape=shape,
+            prefix=prefix,
         )
     except ValueError as exc:
         raise CodecError(f"invalidation message: {exc}") from exc
