@@ -24,6 +24,12 @@ While open, calls fail fast without touching the network: reads are misses, writ
 applied, deletes and publishes are dropped, and ``on_error`` is called for each (the router
 counts them in ``Stats.errors``). The outage is logged once when it starts and once when it
 ends. ``on_recover`` tells the router that invalidations were lost while Redis was away.
+
+Refused writes. Redis may answer a write with an error (OOM under ``noeviction``, READONLY
+on a demoted master) and keep the key's old value, which would then be served after the
+write was acknowledged. So a refused ``set_many`` deletes its keys; when even DEL is refused,
+the keys are remembered and the circuit opens as for an outage (reads are misses, the router
+records the writes for repair), and the probe deletes those keys before Redis serves again.
 """
 
 from __future__ import annotations
@@ -124,6 +130,9 @@ class RedisTier:
         self._conn: Connection | None = None
         self._key = _same  # the physical key of a logical one (cluster: hash-tagged)
         self.possible_loss = False  # see take_possible_loss()
+        # Physical keys a refused write could not overwrite nor delete: deleted by the next
+        # probe, before Redis serves anything again.
+        self._unwritten: set[str] = set()
         self._closed = False
         # circuit breaker
         self._up = False
@@ -267,6 +276,7 @@ class RedisTier:
             keys.append(self._key(key))
             args.append(payload)
             args.append(_ttl_ms(ttl))
+        written = list(keys)
         try:
             if isinstance(client, RedisCluster):
                 tag = None if bump is None else self._key(bump)
@@ -275,8 +285,12 @@ class RedisTier:
                 if bump is not None:
                     keys.append(bump)
                 applied = await self._run(lambda: SET(client, keys, args))
+        except TierUnavailableError as exc:
+            self._report(exc)
+            return [False] * len(items)
         except TierError as exc:
             self._report(exc)
+            await self._drop_refused(written)
             return [False] * len(items)
         return [bool(flag) for flag in applied]
 
@@ -289,8 +303,57 @@ class RedisTier:
         try:
             # (RedisCluster splits a multi-key DEL per slot itself.)
             await self._run(lambda: client.delete(*physical))
-        except TierError as exc:
+        except TierUnavailableError as exc:
             self._report(exc)
+        except TierError as exc:  # refused (READONLY): the keys still hold their values
+            self._report(exc)
+            self._refusing(exc, physical)
+
+    async def _drop_refused(self, physical: list[str]) -> None:
+        """A refused write (OOM, READONLY) left each key's old value in Redis, where it
+        would be served after the write was acknowledged: delete the keys. When Redis
+        refuses even that, stop serving from it until a probe could (``_refusing``)."""
+        client = self._require()
+        try:
+            await self._run(lambda: client.delete(*physical))
+        except TierUnavailableError:
+            self._unwritten.update(physical)  # the circuit is open: the probe deletes them
+        except TierError as exc:
+            self._refusing(exc, physical)
+
+    def _refusing(self, exc: BaseException, physical: list[str]) -> None:
+        """Redis answers but keeps values we could neither overwrite nor delete: open the
+        circuit, as for an outage (reads are misses, writes are recorded for repair), and
+        let the probe delete those keys before anything is served from Redis again."""
+        self._unwritten.update(physical)
+        if not self._up or self._closed:
+            return
+        now = time.monotonic()
+        self._up = False
+        self._epoch += 1
+        self._down_since = now
+        self._failures = 1
+        self._backoff = _BACKOFF_MIN
+        self._retry_at = now + self._backoff
+        self._log.warning(
+            "L2 Redis at %s refuses writes (%s); serving from L3 until it takes them again",
+            self.where,
+            _describe(exc),
+        )
+
+    async def _delete_unwritten(self, client: Client) -> None:
+        """The probe's first step while keys wait for deletion (see ``_refusing``)."""
+        keys = list(self._unwritten)
+        try:
+            await client.delete(*keys)
+        except rexc.ResponseError as exc:
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            self._retry_at = time.monotonic() + self._backoff
+            self._failures += 1
+            raise TierUnavailableError(
+                f"L2 Redis at {self.where} still refuses writes: {exc}", tier="l2"
+            ) from exc
+        self._unwritten.difference_update(keys)
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Number of subscribers reached; 0 (and reported) while Redis is unreachable.
@@ -394,6 +457,8 @@ class RedisTier:
                     probe = self._gate(force)  # the circuit opened while this call waited
                 epoch = self._epoch
                 try:
+                    if probe and self._unwritten:
+                        await self._delete_unwritten(self._require())
                     result = await call()
                 except rexc.MaxConnectionsError as exc:  # pool drained by other users
                     self._log_error(exc)
