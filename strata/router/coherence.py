@@ -28,8 +28,11 @@ from strata.invalidation import Invalidation, InvalidationBus
 from strata.router.binding import TOMBSTONE_TTL
 from strata.router.core import Core, Route
 from strata.tiers.base import L2Tier
+from strata.tiers.redis_topology import glob_escape
 
-__all__ = ["Coherence"]
+__all__ = ["Coherence", "invalidation_channel"]
+
+DEFAULT_CHANNEL = "strata:invalidation"  # Config.invalidation_channel's default
 
 _MISSED_MAX = 100_000
 
@@ -51,7 +54,7 @@ class Coherence:
             return
         bus = core.bus = InvalidationBus(
             l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
-            cfg.invalidation_channel,
+            invalidation_channel(cfg.invalidation_channel, cfg.key_prefix),
             core.instance_id,
             on_message=self.on_invalidation,
             on_reset=self.clear_l1,
@@ -60,6 +63,7 @@ class Coherence:
             on_error=core.count_error,
             publisher=self.publish_via_l2,
             schemas=core.routes.keys,  # cluster: one sharded channel per schema
+            prefix=cfg.key_prefix,
         )
         await bus.start()
         if l2.available:
@@ -220,7 +224,7 @@ class Coherence:
         core = self.core
         assert core.l2 is not None
         try:
-            await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+            await core.l2.delete_pattern(glob_escape(rt.b.key_prefix) + "*")
             await core.l2.incr(rt.b.gen_key)
         except TierError as exc:
             core.count_error(exc)
@@ -276,7 +280,7 @@ class Coherence:
                 if not rt.b.l2_on:
                     continue
                 if overflow or rt.name in dirty:
-                    await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+                    await core.l2.delete_pattern(glob_escape(rt.b.key_prefix) + "*")
                 await core.l2.incr(rt.b.gen_key)
         except TierError as exc:  # down again: the next recovery redoes all of it
             core.count_error(exc)
@@ -317,3 +321,13 @@ class Coherence:
 
 def _wire_id(id: Any) -> str | int:
     return id if isinstance(id, str | int) else str(id)
+
+
+def invalidation_channel(configured: str, key_prefix: str) -> str:
+    """The channel the bus uses. Left at its default, it is scoped by the app's key prefix
+    (``{key_prefix}:invalidation``; the default prefix keeps the historic name), so two apps
+    sharing one Redis do not share a channel by accident. A channel set by hand is used as
+    given; the messages on it still carry their prefix, and other prefixes' are ignored."""
+    if configured == DEFAULT_CHANNEL:
+        return f"{key_prefix}:invalidation"
+    return configured

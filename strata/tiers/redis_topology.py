@@ -41,6 +41,7 @@ __all__ = [
     "by_slot",
     "connect_client",
     "get_by_slot",
+    "glob_escape",
     "hash_tagged",
     "scan_unlink",
     "set_by_slot",
@@ -49,6 +50,15 @@ __all__ = [
 _POOL_HEADROOM = 8
 _SCAN_BATCH = 500
 Script = Callable[[Any, Sequence[str], Sequence[bytes | int | str]], Awaitable[Any]]
+
+
+_GLOB_SPECIALS = frozenset("*?[]\\")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH): ``X*`` matches only
+    ``X*``, not ``Xx``. Key prefixes and ids may hold any of ``* ? [ ] \\``."""
+    return "".join("\\" + c if c in _GLOB_SPECIALS else c for c in text)
 
 
 def hash_tagged(key: str) -> str:
