@@ -19,7 +19,7 @@ from pydantic_core import PydanticSerializationError
 
 from strata.crypto import FieldCipher
 from strata.errors import InvalidQueryError, InvalidValueError
-from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, enum_to_text
+from strata.schema import VERSION_COLUMN, ColumnKind, ColumnSpec, CompiledSchema, enum_to_text
 
 __all__ = ["RowMapper"]
 
@@ -95,21 +95,32 @@ class RowMapper:
 
     def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
         """Canonical L3 row (column -> value); encrypted columns sealed here."""
+        return self._columns(value, id, self.column_fields, self.cs.columns)
+
+    def partial_row(self, values: Mapping[str, Any], id: Any) -> dict[str, Any]:
+        """Canonical L3 columns for some fields only (``patch``), values already validated:
+        checked and normalised as a whole value would be (NaN, naive datetimes)."""
+        value = self.normalised(self.model.model_construct(**values))
+        specs = [self.cs.by_field[f] for f in values]
+        return self._columns(value, id, set(values), specs)
+
+    def _columns(
+        self, value: BaseModel, id: Any, fields: set[str], specs: Sequence[ColumnSpec]
+    ) -> dict[str, Any]:
         try:
             # warnings="error": a model_construct() value of the wrong type is refused here
             # rather than stored as whatever the driver makes of it.
-            data = value.model_dump(include=self.column_fields, warnings="error")
-            if self.json_fields:
-                data.update(
-                    value.model_dump(mode="json", include=self.json_fields, warnings="error")
-                )
+            data = value.model_dump(include=fields, warnings="error")
+            json_fields = self.json_fields & fields
+            if json_fields:
+                data.update(value.model_dump(mode="json", include=json_fields, warnings="error"))
         except (PydanticSerializationError, TypeError, ValueError) as exc:
             # model_construct() lets any value in; it shows here, before any tier is touched.
             raise InvalidValueError(
                 f"{self.name}: {id!r} cannot be stored: {exc}", schema=self.name
             ) from exc
         row: dict[str, Any] = {}
-        for spec in self.cs.columns:
+        for spec in specs:
             v = data[spec.field]
             if v is not None:
                 kind = spec.kind
