@@ -34,8 +34,10 @@ from strata.errors import (
     ConflictError,
     InvalidValueError,
     NotFoundError,
+    StrataError,
     UnsupportedOperationError,
 )
+from strata.hooks import HookRaised
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.writes import Writes
@@ -95,9 +97,14 @@ class VersionedWrites:
 
     async def _apply(self, rt: Route, id: Any, fn: UpdateFn[Any], current: BaseModel) -> BaseModel:
         """``fn(value)``: the new value, or None after changing ``value`` in place."""
-        out = fn(current)
-        if inspect.isawaitable(out):
-            out = await out
+        try:
+            out = fn(current)
+            if inspect.isawaitable(out):
+                out = await out
+        except StrataError:
+            raise
+        except Exception as exc:  # the caller's own code: its exception reaches them as is
+            raise HookRaised(exc) from exc
         new = current if out is None else rt.b.check_value(out)
         if rt.b.check_id(getattr(new, rt.b.pk_field, None)) != id:
             raise InvalidValueError(
