@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from integration.procs import eventually
 from integration.stacks import Env, l2_key
 from strata import Config, DataStore, Field, RedisPolicy, Schema, errors
 
@@ -80,3 +81,42 @@ async def test_a_naive_datetime_reads_back_utc_from_every_tier_and_instance(env:
         seen.append((await reader.get(Event, "t", force_l3=True)).at)
     assert seen == [expected] * len(seen)
     assert all(at is not None and at.utcoffset() == timedelta(0) for at in seen)
+
+
+async def test_get_many_of_a_missing_id_asks_l3_once_like_get(l3_env: Env) -> None:
+    ds = await l3_env.make(Schema(name="events", model=Event, l2=RedisPolicy()))
+    before = ds.stats().l3_queries
+    for _ in range(20):
+        assert await ds.get_many(Event, ["missing"]) == {}
+    assert ds.stats().l3_queries - before == 1
+
+
+@pytest.mark.needs(bus=True)
+async def test_get_many_sees_another_instances_write_of_an_id_it_found_missing(
+    l3_env: Env,
+) -> None:
+    schema = Schema(name="events", model=Event, l2=RedisPolicy())
+    reader = await l3_env.make(schema)
+    writer = await l3_env.make(schema)
+    assert await reader.get_many(Event, ["late"]) == {}  # remembered as missing
+    await writer.set(Event, Event(id="late", data={"v": 1}))
+    await writer.flush_dirty()
+    found = await eventually(lambda: reader.get_many(Event, ["late"]), timeout=10)
+    assert found["late"].data == {"v": 1}
+
+
+@pytest.mark.parametrize("verb", ["get", "get_many", "set", "set_many", "delete"])
+async def test_an_empty_primary_key_is_refused_on_every_stack(env: Env, verb: str) -> None:
+    ds = await env.make(Schema(name="events", model=Event, l2=RedisPolicy()))
+    calls = {
+        "get": lambda: ds.get(Event, ""),
+        "get_many": lambda: ds.get_many(Event, [""]),
+        "set": lambda: ds.set(Event, Event(id="")),
+        "set_many": lambda: ds.set_many(Event, [Event(id="")]),
+        "delete": lambda: ds.delete(Event, ""),
+    }
+    with pytest.raises(errors.MissingPrimaryKeyError):
+        await calls[verb]()
+    await ds.flush_dirty()
+    if env.stack.l3 is not None:
+        assert await env.raw_row("events", "") is None
