@@ -260,3 +260,13 @@ def test_the_sync_facade_has_update_and_patch(tmp_path: Path) -> None:
         assert ds.update(Counter, "c", lambda c: c.model_copy(update={"n": c.n + 1})).n == 1
         assert ds.patch(Counter, "c", label="s").label == "s"
         assert ds.get(Counter, "c").n == 1
+
+
+async def test_update_returning_a_new_value_keeps_the_omitted_fields_it_did_not_assign(
+    two: tuple[DataStore, DataStore],
+) -> None:
+    a, _ = two
+    stored = await a.update(Counter, "c", lambda c: Counter(id="c", n=c.n + 1))
+    row = raw(a)
+    assert row is not None and (row["n"], row["secret"]) == (1, "S")
+    assert stored.secret == "S"

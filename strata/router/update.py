@@ -83,8 +83,10 @@ class VersionedWrites:
             prepared = await self.writes.prepare(rt, [new])
             value = prepared[id]
             row = b.rows.to_row(value, id)
-            # The row's own key and the auto_now_add values it was created with stay.
+            # The row's own key and the auto_now_add values it was created with stay, and so
+            # do omitted columns the new value did not assign (as for ``set``).
             fixed = {b.pk_column} | {b.cs.by_field[f].name for f in b.cs.auto_now_add}
+            fixed |= b.kept(value)
             values = {c: v for c, v in row.items() if c not in fixed}
             core.c.l3_queries += 1
             stored = await core.l3.update_columns(b.cs, id, values, if_version=version)
