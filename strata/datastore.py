@@ -10,7 +10,6 @@ write mode (``router/writes.py``), queries (``router/queries.py``), coherence
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -24,10 +23,8 @@ from strata.crypto import FieldCipher
 from strata.errors import (
     ConfigError,
     InvalidModelError,
-    InvalidValueError,
     LifecycleError,
     SchemaDuplicateError,
-    SerializationError,
     TierUnavailableError,
 )
 from strata.hooks import HookRunner
@@ -40,6 +37,7 @@ from strata.router.queries import Queries
 from strata.router.reads import Reads
 from strata.router.template import CLOSED, NEW, OPEN, OperationTemplate
 from strata.router.txhost import RouterTxHost
+from strata.router.update import UpdateFn, VersionedWrites
 from strata.router.writes import Writes, choose_path
 from strata.schema import CompiledSchema, Schema, compile_schema
 from strata.tiers.base import Id, L1Factory, L1Tier, L2Tier, L3Tier
@@ -47,7 +45,7 @@ from strata.tiers.memory import MemoryTier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier
-from strata.tx import Tx, TxContext
+from strata.tx import Tx, TxContext, retry
 from strata.writebehind import DeadLetter, WriteBehindQueue
 
 if TYPE_CHECKING:
@@ -111,6 +109,7 @@ class DataStore:
         self._reads = Reads(core)
         self._writes = Writes(core, self._coherence, self._reads)
         self._queries = Queries(core, self._reads)
+        self._versioned = VersionedWrites(core, self._coherence, self._writes)
         self._ops = ops = OperationTemplate(self._c, config.observer, self._log)
         self._run = ops.run
         ops.rebind = self._rebind
@@ -434,17 +433,32 @@ class DataStore:
     ) -> T:
         """Run ``fn(tx)`` in a transaction, again (up to ``attempts`` times in all) when it
         fails with a retryable ``SerializationError``; the last one is raised."""
-        if attempts < 1:
-            raise InvalidValueError("retry_tx needs attempts >= 1")
-        for attempt in range(attempts):
-            try:
-                async with self.tx(isolation=isolation, timeout=timeout) as tx:
-                    return await fn(tx)
-            except SerializationError:
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(backoff * (2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retry(
+            lambda: self.tx(isolation=isolation, timeout=timeout), fn, attempts, backoff
+        )
+
+    # -- version-checked writes (router/update.py) -------------------------------------
+
+    @overload
+    async def update(
+        self, schema: type[M], id: Id, fn: UpdateFn[M], *, attempts: int = ...
+    ) -> M: ...
+    @overload
+    async def update(
+        self, schema: str, id: Id, fn: UpdateFn[Any], *, attempts: int = ...
+    ) -> BaseModel: ...
+    async def update(self, schema: SchemaRef, id: Id, fn: Any, *, attempts: int = 10) -> Any:
+        """Read from L3, ``fn(value)``, write only if the row's version is unchanged; else
+        again (``attempts`` in all), then ``ConflictError``. See ``strata.router.update``."""
+        return await self._run("update", schema, self._versioned.update, id, fn, attempts)
+
+    @overload
+    async def patch(self, schema: type[M], id: Id, /, **fields: Any) -> M: ...
+    @overload
+    async def patch(self, schema: str, id: Id, /, **fields: Any) -> BaseModel: ...
+    async def patch(self, schema: SchemaRef, id: Id, /, **fields: Any) -> Any:
+        """Write only the named fields of an existing row, in L3, with a new version."""
+        return await self._run("patch", schema, self._versioned.patch, id, fields)
 
     # -- cache control -----------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def readme_programs() -> list[str]:
     return [b.split("\n```", 1)[0] for b in blocks]
 
 
-README_PROGRAMS = 9  # four of them in "Running in production"
+README_PROGRAMS = 10  # four of them in "Running in production"
 
 
 def test_readme_has_runnable_examples() -> None:

@@ -181,3 +181,16 @@ class L3Tier(Protocol):
 
     def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         """Every row in primary-key order, ``batch`` rows at a time."""
+
+    async def update_columns(
+        self,
+        schema: CompiledSchema,
+        id: Any,
+        values: Row,
+        *,
+        if_version: int | None = None,
+        tx: TxHandle | None = None,
+    ) -> Row | None:
+        """UPDATE only the given columns (canonical values) of one existing row, with a new
+        version; with ``if_version``, only while the row still has that version (``ds.update``).
+        Returns the whole row as stored, or None when no row matched (``ds.patch``)."""

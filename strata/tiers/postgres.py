@@ -495,3 +495,42 @@ class PostgresTier:
             last = records[-1][schema.pk.name]
             if len(records) < batch:
                 return
+
+    # -- version-checked and partial writes (ds.update / ds.patch) ----------------------
+
+    async def update_columns(
+        self,
+        schema: CompiledSchema,
+        id: Any,
+        values: Row,
+        *,
+        if_version: int | None = None,
+        tx: Any = None,
+    ) -> Row | None:
+        """UPDATE only the given columns of one existing row, with a new version; with
+        ``if_version``, only while the row still has that version. Returns the whole row as
+        stored (new version included), or None when no row matched."""
+        cache: dict[tuple[str, tuple[str, ...], bool], str]
+        cache = self.__dict__.setdefault("_update_sql", {})
+        columns = tuple(values)
+        key = (schema.name, columns, if_version is not None)
+        sql = cache.get(key)
+        if sql is None:
+            table = schema.table
+            seq = "_strata_version_seq"
+            seq = f"{_quote(table.schema)}.{seq}" if table.schema else seq
+            sets = [f"{_quote(c)} = ${n}" for n, c in enumerate(columns, 1)]
+            sets.append(f"{_quote(VERSION_COLUMN)} = nextval('{seq}')")
+            where = f"{_quote(schema.pk.name)} = ${len(columns) + 1}"
+            if if_version is not None:
+                where += f" AND {_quote(VERSION_COLUMN)} = ${len(columns) + 2}"
+            names = [*(c.name for c in schema.columns), VERSION_COLUMN]
+            sql = cache[key] = (
+                f"UPDATE {_qualified(schema)} SET {', '.join(sets)} WHERE {where} "
+                f"RETURNING {', '.join(_quote(n) for n in names)}"
+            )
+        args = [*values.values(), id, *([] if if_version is None else [if_version])]
+        with translate_errors(f"{schema.name}: update", self._url):
+            conn = self.pool if tx is None else tx.conn
+            record = await conn.fetchrow(sql, *args)
+        return dict(record) if record is not None else None
