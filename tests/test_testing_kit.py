@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from strata import Field, MemPolicy, Schema
-from strata.testing import MemoryL2, MemoryRedis, eventually, where
-from strata.testing.contract import L1TierContract, L2TierContract
+from strata import Config, Field, MemPolicy, Schema
+from strata.migrations import migrate
+from strata.schema import CompiledSchema
+from strata.testing import MemoryL2, MemoryRedis, embedded_config, eventually, where
+from strata.testing.contract import L1TierContract, L2TierContract, L3TierContract
 from strata.testing.plugin import StoreFactory
-from strata.tiers.base import L1Tier, L2Tier
+from strata.tiers.base import L1Tier, L2Tier, L3Tier
 from strata.tiers.memory import MemoryTier
+from strata.tiers.sqlite import SqliteTier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,3 +120,18 @@ def test_the_sample_project_passes_with_only_the_plugin() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
+
+
+class TestSqliteTier(L3TierContract):
+    @pytest.fixture
+    def l3_config(self, tmp_path: Path) -> Config:
+        return embedded_config(tmp_path)
+
+    @pytest.fixture
+    async def l3_tier(self, l3_config: Config, l3_schema: CompiledSchema) -> AsyncIterator[L3Tier]:
+        await migrate(l3_config, [l3_schema])
+        tier = SqliteTier(l3_config, logger=logging.getLogger("strata.test"))
+        tier.register(l3_schema)
+        await tier.connect()
+        yield tier
+        await tier.close()

@@ -13,25 +13,29 @@ Subclass one in a test module and give it a fixture that yields the tier, connec
             await tier.close()
 
 Each suite asserts what the router relies on (``L1TierContract``: version-checked fills and
-tombstones; ``L2TierContract``: "only if newer" writes, expiry, generations, patterns).
+tombstones; ``L2TierContract``: "only if newer" writes, expiry, generations, patterns;
+``L3TierContract``: upserts that bump versions, versioned upserts that never replace a newer
+row, kept columns, version-stamped deletes, transactions, ordered iteration).
 Strata runs them against its own tiers. The tests are async: they need pytest-asyncio.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
 from strata.codec import ModelCodec, Tombstone
+from strata.columns import VERSION_COLUMN
 from strata.config import Config
 from strata.fields import Field
-from strata.schema import Schema, compile_schema
-from strata.tiers.base import L1Tier, L2Tier
+from strata.schema import CompiledSchema, Schema, compile_schema
+from strata.tiers.base import L1Tier, L2Tier, L3Tier, Row
 
-__all__ = ["L1TierContract", "L2TierContract"]
+__all__ = ["L1TierContract", "L2TierContract", "L3TierContract", "l3_contract_schema"]
 
 
 class _Item(BaseModel):
@@ -198,3 +202,114 @@ class L2TierContract:
 
     async def test_the_tier_reports_itself_available(self, l2_tier: L2Tier) -> None:
         assert l2_tier.available
+
+
+class _Row(BaseModel):
+    id: str = Field(primary_key=True)
+    n: int = 0
+    note: str = ""
+
+
+def l3_contract_schema(config: Config) -> CompiledSchema:
+    """The schema ``L3TierContract`` writes: a fresh table name per call."""
+    schema = Schema(name=f"contract_{uuid.uuid4().hex[:10]}", model=_Row)
+    return compile_schema(schema, config, has_cipher=False, metadata=sa.MetaData())
+
+
+def _values(rows: list[Row]) -> dict[Any, tuple[int, str]]:
+    return {r["id"]: (r["n"], r["note"]) for r in rows}
+
+
+class L3TierContract:
+    """What the router needs of an ``L3Tier``. Fixtures to provide: ``l3_config`` (the
+    Config the schema is compiled for) and ``l3_tier(l3_schema)``: the tier connected, with
+    ``l3_schema`` registered (``tier.register``) and its table created (for Strata's own
+    tiers, ``strata.migrations.migrate(config, [l3_schema])``)."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.fixture
+    def l3_config(self) -> Config:
+        raise NotImplementedError("define an l3_config fixture")
+
+    @pytest.fixture
+    def l3_schema(self, l3_config: Config) -> CompiledSchema:
+        return l3_contract_schema(l3_config)
+
+    @pytest.fixture
+    def l3_tier(self, l3_schema: CompiledSchema) -> L3Tier:
+        raise NotImplementedError("define an l3_tier fixture yielding the tier under test")
+
+    async def test_upserted_rows_read_back_with_their_versions(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        rows = [{"id": "a", "n": 1, "note": "x"}, {"id": "b", "n": 2, "note": "y"}]
+        stamped = await l3_tier.upsert_many(l3_schema, rows)
+        assert set(stamped) == {"a", "b"}
+        found = await l3_tier.get_many(l3_schema, ["a", "b", "missing"])
+        assert _values(found) == {"a": (1, "x"), "b": (2, "y")}
+        versions = {r["id"]: r[VERSION_COLUMN] for r in found}
+        assert versions == {k: v[VERSION_COLUMN] for k, v in stamped.items()}
+        assert await l3_tier.exists_many(l3_schema, ["a", "missing"]) == {"a"}
+
+    async def test_every_upsert_gives_a_greater_version(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        seen = []
+        for n in range(3):
+            stamped = await l3_tier.upsert_many(l3_schema, [{"id": "a", "n": n, "note": ""}])
+            seen.append(stamped["a"][VERSION_COLUMN])
+        assert seen == sorted(seen)
+        assert len(set(seen)) == 3
+
+    async def test_a_versioned_upsert_never_replaces_a_newer_row(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        first = await l3_tier.upsert_many(l3_schema, [{"id": "a", "n": 1, "note": ""}])
+        v = first["a"][VERSION_COLUMN]
+        newer = {"id": "a", "n": 2, "note": "", VERSION_COLUMN: v + 10}
+        await l3_tier.upsert_many(l3_schema, [newer], versioned=True)
+        older = {"id": "a", "n": 3, "note": "", VERSION_COLUMN: v + 5}
+        await l3_tier.upsert_many(l3_schema, [older], versioned=True)
+        await l3_tier.upsert_many(l3_schema, [newer], versioned=True)  # a replay: no change
+        (row,) = await l3_tier.get_many(l3_schema, ["a"])
+        assert (row["n"], row[VERSION_COLUMN]) == (2, v + 10)
+
+    async def test_kept_columns_stay_on_an_existing_row_and_fill_a_new_one(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        await l3_tier.upsert_many(l3_schema, [{"id": "a", "n": 1, "note": "secret"}])
+        rows = [{"id": "a", "n": 2, "note": ""}, {"id": "b", "n": 3, "note": "given"}]
+        await l3_tier.upsert_many(l3_schema, rows, kept=frozenset({"note"}))
+        found = await l3_tier.get_many(l3_schema, ["a", "b"])
+        assert _values(found) == {"a": (2, "secret"), "b": (3, "given")}
+
+    async def test_a_delete_removes_rows_and_returns_a_newer_version(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        stamped = await l3_tier.upsert_many(l3_schema, [{"id": "a", "n": 1, "note": ""}])
+        version = await l3_tier.delete_many(l3_schema, ["a", "missing"])
+        assert version > stamped["a"][VERSION_COLUMN]
+        assert await l3_tier.get_many(l3_schema, ["a"]) == []
+
+    async def test_a_rolled_back_transaction_leaves_nothing_a_committed_one_stays(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        tx = await l3_tier.begin()
+        await l3_tier.upsert_many(l3_schema, [{"id": "a", "n": 1, "note": ""}], tx=tx)
+        assert _values(await l3_tier.get_many(l3_schema, ["a"], tx=tx)) == {"a": (1, "")}
+        await tx.rollback()
+        assert await l3_tier.get_many(l3_schema, ["a"]) == []
+        tx = await l3_tier.begin()
+        await l3_tier.upsert_many(l3_schema, [{"id": "b", "n": 2, "note": ""}], tx=tx)
+        await tx.commit()
+        assert _values(await l3_tier.get_many(l3_schema, ["b"])) == {"b": (2, "")}
+
+    async def test_iterate_yields_every_row_in_key_order_in_batches(
+        self, l3_tier: L3Tier, l3_schema: CompiledSchema
+    ) -> None:
+        ids = [f"k{i:02d}" for i in range(7)]
+        await l3_tier.upsert_many(l3_schema, [{"id": i, "n": 0, "note": ""} for i in ids[::-1]])
+        batches = [batch async for batch in l3_tier.iterate(l3_schema, 3)]
+        assert [len(b) for b in batches] == [3, 3, 1]
+        assert [r["id"] for b in batches for r in b] == ids
