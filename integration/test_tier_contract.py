@@ -1,5 +1,6 @@
 """The tier contracts of strata.testing.contract, run against Strata's Redis tier (on the
-shared Redis, keys under this test's prefix) and its PostgreSQL tier (a private schema) — the same suites users run on their own tiers."""
+shared Redis, keys under this test's prefix) and its PostgreSQL tier (a private schema):
+the same suites users run on their own tiers."""
 
 from __future__ import annotations
 
