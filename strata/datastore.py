@@ -194,15 +194,14 @@ class DataStore:
 
     async def _rebind(self) -> None:
         """The loop ``connect()`` ran on has ended, and its connections and tasks with it:
-        forget them (tiers that can, ``abandon()``), connect again on the running loop, and
+        forget them (each tier's ``abandon()``), connect again on the running loop, and
         move the write-behind writes left in the old queue to the new one. With Redis, L1 is
         cleared: invalidations may have been missed meanwhile."""
         core = self._core
         leftover = core.wb.leftover() if core.wb is not None else []
         for tier in (core.l3, core.l2, *self._queries.replicas.values()):
-            abandon = getattr(tier, "abandon", None)  # an optional capability of a tier
-            if abandon is not None:
-                abandon()
+            if tier is not None:
+                tier.abandon()
         self._hooks.abandon()
         core.tasks.clear()
         core.inflight.clear()

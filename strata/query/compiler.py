@@ -296,12 +296,13 @@ def compile_select(
     sql = f"SELECT {', '.join(b.quote(c) for c in columns)} FROM {b.table(cs)}"
     sql += b.where_clause(plan) + b.order_clause(plan)
     limit = default_limit if q.limit is None else q.limit
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    elif q.offset and dialect == "sqlite":
-        sql += " LIMIT -1"  # SQLite accepts OFFSET only after a LIMIT
-    if q.offset:
-        sql += f" OFFSET {int(q.offset)}"
+    if limit or q.offset:
+        # Bound, never inlined, and both present on every page: all the pages of a query
+        # are one statement text, so one prepared statement (no limit: NULL on
+        # PostgreSQL, -1 on SQLite, which accepts OFFSET only after a LIMIT).
+        no_limit = None if dialect == "postgresql" else -1
+        sql += f" LIMIT {b.bind(int(limit) if limit else no_limit)}"
+        sql += f" OFFSET {b.bind(int(q.offset))}"
     return CompiledQuery(sql, tuple(b.args), columns, plan.fields is not None)
 
 

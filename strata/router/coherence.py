@@ -247,8 +247,8 @@ class Coherence:
     def on_l2_recover(self) -> None:
         # Sentinel/Cluster: a promoted replica may lack acknowledged writes, so all of L2
         # this instance wrote is dropped (a capability of replicated Redis tiers).
-        possible_loss = getattr(self.core.l2, "take_possible_loss", None)
-        if possible_loss is not None and possible_loss():
+        l2 = self.core.l2
+        if l2 is not None and l2.take_possible_loss():
             self._l2_missed_overflow = True
         self.clear_l1()
         self.core.spawn(self.drop_l2_missed())

@@ -87,7 +87,9 @@ class MemoryTier(Generic[K, V]):
     """A bounded, TTL'd, versioned in-process cache for one schema.
 
     Stores exactly the objects it is given (no copies). Not thread-safe: use it from one
-    thread (the event loop).
+    thread (the event loop). ``max_bytes`` counts ``sizeof(value)``; by default a model's
+    encoded JSON length, which is smaller than the objects it holds in memory
+    (``memory_bounds.default_sizeof``).
     """
 
     __slots__ = (
