@@ -47,8 +47,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import peek_version
 from strata.config import hide_password
-from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
-from strata.tiers.redis_scripts import GENERATION, GET, SET, get_one
+from strata.errors import (
+    CodecError,
+    InvalidValueError,
+    LifecycleError,
+    TierError,
+    TierUnavailableError,
+)
+from strata.tiers.redis_scripts import DELETE_IF, GENERATION, GET, SET, bind, get_one, unbind
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
@@ -133,6 +139,7 @@ class RedisTier:
         # Physical keys a refused write could not overwrite nor delete: deleted by the next
         # probe, before Redis serves anything again.
         self._unwritten: set[str] = set()
+        self.unbound_dropped = 0  # payloads found not bound to their key, deleted
         self._closed = False
         # circuit breaker
         self._up = False
@@ -232,27 +239,52 @@ class RedisTier:
         client = self._require()
         if not keys:
             return []
+        physical = [self._key(k) for k in keys]
         try:
             if isinstance(client, RedisCluster):
-                flat = await self._run(
-                    lambda: get_by_slot(GET, client, [self._key(k) for k in keys])
-                )
+                flat = await self._run(lambda: get_by_slot(GET, client, physical))
             elif len(keys) == 1:
-                flat = await self._run(lambda: get_one(client, keys[0]))
+                flat = await self._run(lambda: get_one(client, physical[0]))
             else:
-                flat = await self._run(lambda: GET(client, keys, ()))
+                flat = await self._run(lambda: GET(client, physical, ()))
         except TierError as exc:
             self._report(exc)
             return [(None, None)] * len(keys)
         out: list[tuple[bytes | None, float | None]] = []
-        for i in range(0, len(flat), 2):
-            payload = flat[i]
-            pttl = flat[i + 1]
+        unbound: list[tuple[str, bytes]] = []
+        for n, key in enumerate(physical):
+            value, pttl = flat[2 * n], flat[2 * n + 1]
+            payload = None if value is None else unbind(key, value)
+            if value is not None and payload is None:
+                unbound.append((key, value))
             # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
             out.append(
                 (payload, max(pttl, 1) / 1000 if payload is not None and pttl >= 0 else None)
             )
+        if unbound:
+            await self._drop_unbound(client, unbound)
         return out
+
+    async def _drop_unbound(self, client: Client, found: list[tuple[str, bytes]]) -> None:
+        """Values not bound to their key (planted under another id, corrupted, not ours):
+        a miss for the reader, deleted here (unless replaced meanwhile), and reported."""
+        self.unbound_dropped += len(found)
+        if self.on_error is not None:
+            try:
+                self.on_error(
+                    CodecError(
+                        f"L2 Redis at {self.where}: {len(found)} payload(s) not bound to "
+                        f"their key (e.g. {found[0][0]!r}); dropped"
+                    )
+                )
+            except Exception:
+                self._log.exception("on_error callback failed")
+        for key, value in found:
+            try:
+                await self._run(lambda k=key, v=value: DELETE_IF(client, [k], [v]))  # type: ignore[misc]
+            except TierError as exc:
+                self._report(exc)
+                return
 
     async def set_many(
         self, items: Sequence[tuple[str, bytes, float | None]], *, bump: str | None = None
@@ -273,8 +305,9 @@ class RedisTier:
                 raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
             if peek_version(payload) is None:
                 raise ValueError(f"payload for {key!r} is not a codec envelope")
-            keys.append(self._key(key))
-            args.append(payload)
+            physical = self._key(key)
+            keys.append(physical)
+            args.append(bind(physical, payload))
             args.append(_ttl_ms(ttl))
         written = list(keys)
         try:
