@@ -39,7 +39,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -51,10 +50,21 @@ from strata.errors import (
     CodecError,
     InvalidValueError,
     LifecycleError,
+    StrataError,
     TierError,
     TierUnavailableError,
 )
-from strata.tiers.redis_scripts import DELETE_IF, GENERATION, GET, SET, bind, get_one, unbind
+from strata.tiers.redis_scripts import (
+    DELETE_IF,
+    GENERATION,
+    GET,
+    SET,
+    SHAPES,
+    bind,
+    get_one,
+    ttl_ms,
+    unbind,
+)
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
@@ -62,6 +72,7 @@ from strata.tiers.redis_topology import (
     hash_tagged,
     scan_unlink,
     set_by_slot,
+    where_of,
 )
 
 __all__ = ["RedisTier"]
@@ -88,26 +99,8 @@ def _same(key: str) -> str:
     return key
 
 
-def _where(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return parts.path
-        if parts.hostname:
-            return f"{parts.hostname}:{parts.port or 6379}"
-    except ValueError:
-        pass
-    return hide_password(url)
-
-
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _ttl_ms(ttl: float | None) -> int:
-    if ttl is None:
-        return 0
-    return max(1, round(ttl * 1000))
 
 
 class RedisTier:
@@ -126,7 +119,7 @@ class RedisTier:
         on_recover: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
-        self.where = _where(url)
+        self.where = where_of(url)
         self.timeout = timeout
         self.max_connections = max_connections
         self.on_error = on_error
@@ -269,16 +262,12 @@ class RedisTier:
         """Values not bound to their key (planted under another id, corrupted, not ours):
         a miss for the reader, deleted here (unless replaced meanwhile), and reported."""
         self.unbound_dropped += len(found)
-        if self.on_error is not None:
-            try:
-                self.on_error(
-                    CodecError(
-                        f"L2 Redis at {self.where}: {len(found)} payload(s) not bound to "
-                        f"their key (e.g. {found[0][0]!r}); dropped"
-                    )
-                )
-            except Exception:
-                self._log.exception("on_error callback failed")
+        self._report(
+            CodecError(
+                f"L2 Redis at {self.where}: {len(found)} payload(s) not bound to their key "
+                f"(e.g. {found[0][0]!r}); dropped"
+            )
+        )
         for key, value in found:
             try:
                 await self._run(lambda k=key, v=value: DELETE_IF(client, [k], [v]))  # type: ignore[misc]
@@ -308,7 +297,7 @@ class RedisTier:
             physical = self._key(key)
             keys.append(physical)
             args.append(bind(physical, payload))
-            args.append(_ttl_ms(ttl))
+            args.append(ttl_ms(ttl))
         written = list(keys)
         try:
             if isinstance(client, RedisCluster):
@@ -404,7 +393,7 @@ class RedisTier:
         """An unconditional SET (cached search results, not envelopes); False while Redis is
         unreachable."""
         client = self._require()
-        px = _ttl_ms(ttl) or None
+        px = ttl_ms(ttl) or None
         key = self._key(key)
         try:
             await self._run(lambda: client.set(key, value, px=px))
@@ -427,6 +416,15 @@ class RedisTier:
             self._report(exc)
             return 0, None
         return int(raw), payload
+
+    async def shapes(self, key: str, shape: str, now: float, since: float) -> set[str]:
+        """Note ``shape`` as seen ``now`` in the registry ``key`` and return every shape
+        seen since ``since`` (unix seconds). Raises TierUnavailableError / TierError."""
+        client = self._require()
+        key = self._key(key)
+        args = [shape, repr(now), repr(since)]
+        members = await self.call(lambda: SHAPES(client, [key], args))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def get_raw(self, key: str) -> bytes | None:
         """A plain GET (generation counters); None while Redis is unreachable."""
@@ -575,7 +573,7 @@ class RedisTier:
             except Exception:
                 self._log.exception("on_recover callback failed")
 
-    def _report(self, exc: TierError) -> None:
+    def _report(self, exc: StrataError) -> None:
         if self.on_error is not None:
             try:
                 self.on_error(exc)

@@ -15,12 +15,30 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
-__all__ = ["DELETE_IF", "GENERATION", "GET", "SET", "Script", "bind", "get_one", "unbind"]
+__all__ = [
+    "DELETE_IF",
+    "GENERATION",
+    "GET",
+    "SET",
+    "SHAPES",
+    "Script",
+    "bind",
+    "get_one",
+    "ttl_ms",
+    "unbind",
+]
 
 # Every stored row payload is ``envelope + b"#" + 16 hex digits of sha1(key + envelope)``
 # (``key`` the physical key): a payload copied or planted under another key, or whose
 # version digits were corrupted, does not verify and is a miss (and deleted), never trusted.
 _TRAILER = 17
+
+
+def ttl_ms(ttl: float | None) -> int:
+    """A TTL in seconds as the scripts' milliseconds (0: no expiry, else at least 1)."""
+    if ttl is None:
+        return 0
+    return max(1, round(ttl * 1000))
 
 
 def bind(key: str, envelope: bytes) -> bytes:
@@ -182,3 +200,14 @@ return 0
 """
 
 DELETE_IF = Script(_DELETE_IF_LUA)
+
+# KEYS[1] = a schema's shape registry (a sorted set: shape -> last seen, unix seconds),
+# ARGV = our shape, now, oldest score still of interest. Notes our shape, forgets shapes
+# not seen since, returns those left.
+_SHAPES_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+"""
+
+SHAPES = Script(_SHAPES_LUA)
