@@ -27,7 +27,7 @@ good. So whenever the subscription may have missed something, the whole L1 is dr
     subscription confirmed ──► on_reset() ──► connected = True ──► deliver messages
           ▲                                                             │
           │                              connection error, or no own heartbeat
-          │                              for 3 x heartbeat_interval (blackholed link)
+          │                              for 2 x heartbeat_interval (blackholed link)
           │                                                             │
           │                                                             ▼
     backoff 0.1 s .. 5 s ◄── close pubsub ◄── on_reset() ◄── connected = False (one warning)

@@ -18,18 +18,42 @@ from strata.errors import CodecError, StrataError, TierUnavailableError
 from strata.invalidation.messages import Heartbeat, Invalidation, decode_message
 from strata.invalidation.transport import Transport, transport_for
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "MISSED_HEARTBEATS", "InvalidationBus"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "MISSED_HEARTBEATS",
+    "BusClock",
+    "InvalidationBus",
+    "LoopClock",
+]
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 #: The subscription is presumed dead after this many heartbeat intervals without our own.
-MISSED_HEARTBEATS: Final = 3
+MISSED_HEARTBEATS: Final = 2
 
 # Failures that mean "Redis is unreachable or misbehaving", retried in the background.
 # The builtin TimeoutError comes from our own asyncio.timeout() guards.
 _OUTAGE_ERRORS: Final = (RedisError, OSError, TimeoutError)
 
 _logger = logging.getLogger("strata.invalidation")
+
+
+class BusClock(Protocol):
+    """Seconds on a monotonic scale, and a sleep on that scale."""
+
+    def time(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's clock (the default)."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class _PubSub(Protocol):
@@ -87,6 +111,7 @@ class InvalidationBus:
         schemas: Callable[[], Iterable[str]] | None = None,
         transport: Transport | None = None,
         prefix: str | None = None,
+        clock: BusClock | None = None,
     ) -> None:
         if not channel:
             raise ValueError("channel must be a non-empty string")
@@ -113,6 +138,9 @@ class InvalidationBus:
         self._on_reset = on_reset
         self._on_error = on_error
         self._interval = float(heartbeat_interval)
+        # Heartbeat timing only (when to beat, how long since our last one was heard): a
+        # test drives it with a fake clock instead of waiting.
+        self._clock: BusClock = clock or LoopClock()
         self._dead_after = MISSED_HEARTBEATS * self._interval
         # Long enough for a slow connect + SUBSCRIBE round trip, short enough that a
         # blackholed connection attempt is abandoned and retried.
@@ -282,17 +310,17 @@ class InvalidationBus:
         await self._subscribe(pubsub)
         if self._stopping:
             return
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         # Subscribed: whatever was published before this point is lost to us.
         self._reset("subscribed")
-        self._beat_all(loop.time())
+        self._beat_all(clock.time())
         self._set_connected(True)
         if self._outage_since is not None:
             self._log.info(
                 "invalidation bus subscribed to %r on %s again after %.1f s (%d attempts)",
                 self._channel,
                 self._where,
-                loop.time() - self._outage_since,
+                clock.time() - self._outage_since,
                 self._failures + 1,
             )
         else:
@@ -303,7 +331,7 @@ class InvalidationBus:
 
     def _session_ended(self, exc: Exception) -> None:
         """Account for a failed subscribe attempt or a lost subscription: log once, reset."""
-        now = asyncio.get_running_loop().time()
+        now = self._clock.time()
         # A bug rather than an outage deserves its traceback.
         trace = None if isinstance(exc, _OUTAGE_ERRORS) else exc
         reason = str(exc) if isinstance(exc, _SubscriptionLost) else _describe_error(exc)
@@ -361,9 +389,9 @@ class InvalidationBus:
 
     async def _pump(self, pubsub: _PubSub) -> None:
         """Deliver messages until the subscription is lost (raises) or the bus stops."""
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while not self._stopping:
-            silence = loop.time() - self._last_beat
+            silence = clock.time() - self._last_beat
             if silence > self._dead_after:
                 raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
             wait = min(self._interval, self._dead_after - silence) + 0.01
@@ -374,7 +402,7 @@ class InvalidationBus:
                 async with asyncio.timeout(wait + self._interval):
                     message = await self._transport.get_message(pubsub, wait)
             except TimeoutError:
-                silence = loop.time() - self._last_beat
+                silence = clock.time() - self._last_beat
                 raise _SubscriptionLost(
                     f"no heartbeat for {silence:.1f} s (the driver is stuck reconnecting)"
                 ) from None
@@ -382,7 +410,7 @@ class InvalidationBus:
                 continue
             kind = message.get("type")
             if kind == "message":
-                self._handle(message.get("data"), loop.time(), _channel_of(message))
+                self._handle(message.get("data"), clock.time(), _channel_of(message))
             elif kind == "subscribe" and _channel_of(message) in self._beats:
                 # redis-py reconnected the pubsub connection by itself and resubscribed:
                 # anything published while it was away is lost.
@@ -398,7 +426,7 @@ class InvalidationBus:
                     )
                 )
                 self._reset("resubscribed by driver")
-                self._beat_all(loop.time())
+                self._beat_all(clock.time())
             elif kind == "unsubscribe" and _channel_of(message) in self._beats:
                 raise _SubscriptionLost("unsubscribed by the server")
 
@@ -453,7 +481,7 @@ class InvalidationBus:
     async def _beat_forever(self) -> None:
         seq = 0
         while not self._stopping:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             if self._stopping:
                 break
             seq += 1

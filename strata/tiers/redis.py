@@ -39,7 +39,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -47,8 +46,25 @@ from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import peek_version
 from strata.config import hide_password
-from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
-from strata.tiers.redis_scripts import GENERATION, GET, SET, get_one
+from strata.errors import (
+    CodecError,
+    InvalidValueError,
+    LifecycleError,
+    StrataError,
+    TierError,
+    TierUnavailableError,
+)
+from strata.tiers.redis_scripts import (
+    DELETE_IF,
+    GENERATION,
+    GET,
+    SET,
+    SHAPES,
+    bind,
+    get_one,
+    ttl_ms,
+    unbind,
+)
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
@@ -56,6 +72,7 @@ from strata.tiers.redis_topology import (
     hash_tagged,
     scan_unlink,
     set_by_slot,
+    where_of,
 )
 
 __all__ = ["RedisTier"]
@@ -82,26 +99,8 @@ def _same(key: str) -> str:
     return key
 
 
-def _where(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return parts.path
-        if parts.hostname:
-            return f"{parts.hostname}:{parts.port or 6379}"
-    except ValueError:
-        pass
-    return hide_password(url)
-
-
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _ttl_ms(ttl: float | None) -> int:
-    if ttl is None:
-        return 0
-    return max(1, round(ttl * 1000))
 
 
 class RedisTier:
@@ -120,7 +119,7 @@ class RedisTier:
         on_recover: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
-        self.where = _where(url)
+        self.where = where_of(url)
         self.timeout = timeout
         self.max_connections = max_connections
         self.on_error = on_error
@@ -133,6 +132,7 @@ class RedisTier:
         # Physical keys a refused write could not overwrite nor delete: deleted by the next
         # probe, before Redis serves anything again.
         self._unwritten: set[str] = set()
+        self.unbound_dropped = 0  # payloads found not bound to their key, deleted
         self._closed = False
         # circuit breaker
         self._up = False
@@ -232,27 +232,48 @@ class RedisTier:
         client = self._require()
         if not keys:
             return []
+        physical = [self._key(k) for k in keys]
         try:
             if isinstance(client, RedisCluster):
-                flat = await self._run(
-                    lambda: get_by_slot(GET, client, [self._key(k) for k in keys])
-                )
+                flat = await self._run(lambda: get_by_slot(GET, client, physical))
             elif len(keys) == 1:
-                flat = await self._run(lambda: get_one(client, keys[0]))
+                flat = await self._run(lambda: get_one(client, physical[0]))
             else:
-                flat = await self._run(lambda: GET(client, keys, ()))
+                flat = await self._run(lambda: GET(client, physical, ()))
         except TierError as exc:
             self._report(exc)
             return [(None, None)] * len(keys)
         out: list[tuple[bytes | None, float | None]] = []
-        for i in range(0, len(flat), 2):
-            payload = flat[i]
-            pttl = flat[i + 1]
+        unbound: list[tuple[str, bytes]] = []
+        for n, key in enumerate(physical):
+            value, pttl = flat[2 * n], flat[2 * n + 1]
+            payload = None if value is None else unbind(key, value)
+            if value is not None and payload is None:
+                unbound.append((key, value))
             # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
             out.append(
                 (payload, max(pttl, 1) / 1000 if payload is not None and pttl >= 0 else None)
             )
+        if unbound:
+            await self._drop_unbound(client, unbound)
         return out
+
+    async def _drop_unbound(self, client: Client, found: list[tuple[str, bytes]]) -> None:
+        """Values not bound to their key (planted under another id, corrupted, not ours):
+        a miss for the reader, deleted here (unless replaced meanwhile), and reported."""
+        self.unbound_dropped += len(found)
+        self._report(
+            CodecError(
+                f"L2 Redis at {self.where}: {len(found)} payload(s) not bound to their key "
+                f"(e.g. {found[0][0]!r}); dropped"
+            )
+        )
+        for key, value in found:
+            try:
+                await self._run(lambda k=key, v=value: DELETE_IF(client, [k], [v]))  # type: ignore[misc]
+            except TierError as exc:
+                self._report(exc)
+                return
 
     async def set_many(
         self, items: Sequence[tuple[str, bytes, float | None]], *, bump: str | None = None
@@ -273,9 +294,10 @@ class RedisTier:
                 raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
             if peek_version(payload) is None:
                 raise ValueError(f"payload for {key!r} is not a codec envelope")
-            keys.append(self._key(key))
-            args.append(payload)
-            args.append(_ttl_ms(ttl))
+            physical = self._key(key)
+            keys.append(physical)
+            args.append(bind(physical, payload))
+            args.append(ttl_ms(ttl))
         written = list(keys)
         try:
             if isinstance(client, RedisCluster):
@@ -371,7 +393,7 @@ class RedisTier:
         """An unconditional SET (cached search results, not envelopes); False while Redis is
         unreachable."""
         client = self._require()
-        px = _ttl_ms(ttl) or None
+        px = ttl_ms(ttl) or None
         key = self._key(key)
         try:
             await self._run(lambda: client.set(key, value, px=px))
@@ -394,6 +416,15 @@ class RedisTier:
             self._report(exc)
             return 0, None
         return int(raw), payload
+
+    async def shapes(self, key: str, shape: str, now: float, since: float) -> set[str]:
+        """Note ``shape`` as seen ``now`` in the registry ``key`` and return every shape
+        seen since ``since`` (unix seconds). Raises TierUnavailableError / TierError."""
+        client = self._require()
+        key = self._key(key)
+        args = [shape, repr(now), repr(since)]
+        members = await self.call(lambda: SHAPES(client, [key], args))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def get_raw(self, key: str) -> bytes | None:
         """A plain GET (generation counters); None while Redis is unreachable."""
@@ -542,7 +573,7 @@ class RedisTier:
             except Exception:
                 self._log.exception("on_recover callback failed")
 
-    def _report(self, exc: TierError) -> None:
+    def _report(self, exc: StrataError) -> None:
         if self.on_error is not None:
             try:
                 self.on_error(exc)

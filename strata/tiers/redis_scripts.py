@@ -15,7 +15,48 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
-__all__ = ["GENERATION", "GET", "SET", "Script", "get_one"]
+__all__ = [
+    "DELETE_IF",
+    "GENERATION",
+    "GET",
+    "SET",
+    "SHAPES",
+    "Script",
+    "bind",
+    "get_one",
+    "ttl_ms",
+    "unbind",
+]
+
+# Every stored row payload is ``envelope + b"#" + 16 hex digits of sha1(key + envelope)``
+# (``key`` the physical key): a payload copied or planted under another key, or whose
+# version digits were corrupted, does not verify and is a miss (and deleted), never trusted.
+_TRAILER = 17
+
+
+def ttl_ms(ttl: float | None) -> int:
+    """A TTL in seconds as the scripts' milliseconds (0: no expiry, else at least 1)."""
+    if ttl is None:
+        return 0
+    return max(1, round(ttl * 1000))
+
+
+def bind(key: str, envelope: bytes) -> bytes:
+    """``envelope`` bound to the physical ``key`` (see above)."""
+    return envelope + b"#" + _tag(key, envelope)
+
+
+def unbind(key: str, value: bytes) -> bytes | None:
+    """The envelope stored under ``key``, or None when ``value`` is not bound to it."""
+    if len(value) < 18 + _TRAILER or value[-_TRAILER] != 0x23:  # b"#"
+        return None
+    envelope = value[:-_TRAILER]
+    return envelope if value[-16:] == _tag(key, envelope) else None
+
+
+def _tag(key: str, envelope: bytes) -> bytes:
+    return hashlib.sha1(key.encode() + envelope, usedforsecurity=False).hexdigest()[:16].encode()
+
 
 Client = aioredis.Redis | RedisCluster
 
@@ -36,12 +77,20 @@ end
 return out
 """
 
-# KEYS = keys [+ a generation counter to INCR], ARGV = payload, ttl ms (0 = no expiry), ...
-# Returns 1 (written) or 0 (kept: the key holds a newer envelope) per key. Versions are
+# KEYS = keys [+ a generation counter to INCR], ARGV = bound payload, ttl ms (0 = no expiry),
+# ... Returns 1 (written) or 0 (kept: the key holds a newer envelope bound to it) per key; a
+# value not bound to its key (planted, corrupt) is never trusted for its version. Versions are
 # compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
 # server's collation locale the way string comparison does.
 _SET_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
+-- A stored value is ours only if its trailer is the hash of its key and envelope.
+local function bound(key, value)
+  local n = #value
+  if n < 35 or string.sub(value, n - 16, n - 16) ~= '#' then return false end
+  local envelope = string.sub(value, 1, n - 17)
+  return string.sub(redis.sha1hex(key .. envelope), 1, 16) == string.sub(value, n - 15)
+end
 local function newer(current, new)
   local ch = tonumber(string.sub(current, 3, 10), 16)
   local nh = tonumber(string.sub(new, 3, 10), 16)
@@ -55,7 +104,8 @@ for i = 1, n do
   local new = ARGV[2 * i - 1]
   local ttl = tonumber(ARGV[2 * i])
   local current = redis.pcall('GET', key)
-  if type(current) == 'string' and string.find(current, ENVELOPE) and newer(current, new) then
+  if type(current) == 'string' and string.find(current, ENVELOPE) and bound(key, current)
+      and newer(current, new) then
     applied[i] = 0
   else
     if ttl > 0 then
@@ -138,3 +188,26 @@ async def get_one(client: aioredis.Redis, key: str) -> list[Any]:
         finally:
             await pool.release(conn)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# KEYS[1] = key, ARGV[1] = value: DEL only if the key still holds that value (an unbound
+# value found by a read is dropped without racing a good write that replaced it meanwhile).
+_DELETE_IF_LUA = """
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+DELETE_IF = Script(_DELETE_IF_LUA)
+
+# KEYS[1] = a schema's shape registry (a sorted set: shape -> last seen, unix seconds),
+# ARGV = our shape, now, oldest score still of interest. Notes our shape, forgets shapes
+# not seen since, returns those left.
+_SHAPES_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+"""
+
+SHAPES = Script(_SHAPES_LUA)
