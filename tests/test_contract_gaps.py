@@ -169,3 +169,24 @@ async def test_a_naive_datetime_reads_back_as_utc_from_every_tier(ds: DataStore)
 
 def ds_path(ds: DataStore) -> Path:
     return Path(ds.config.sqlite_path)
+
+
+class Measure(BaseModel):
+    id: str = Field(primary_key=True)
+    f: float = 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+async def test_nan_or_inf_in_a_float_field_is_refused_with_a_typed_error(
+    tmp_path: Path, bad: float
+) -> None:
+    ds = DataStore(Config(database_url=f"sqlite:///{tmp_path / 'm.db'}"))
+    ds.register(Schema(name="measures", model=Measure))
+    async with ds:
+        await ds.migrate()
+        with pytest.raises(errors.InvalidValueError, match="NaN"):
+            await ds.set(Measure, Measure(id="m", f=bad))
+        with pytest.raises(errors.NotFoundError):
+            await ds.get(Measure, "m")
+        await ds.set(Measure, Measure(id="m", f=1.5))  # a finite float is fine
+        assert (await ds.get(Measure, "m", force_l3=True)).f == 1.5

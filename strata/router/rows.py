@@ -36,8 +36,8 @@ class RowMapper:
         "encrypted",
         "encrypted_columns",
         "enum_by_name",
+        "finite_fields",
         "json_fields",
-        "json_values",
         "model",
         "name",
         "pk_column",
@@ -58,8 +58,11 @@ class RowMapper:
         self.json_fields = {
             c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
         }
-        # JSON values (encrypted or not) must be finite: JSON has no NaN nor infinity.
-        self.json_values = {c.field for c in cs.columns if c.value_kind is ColumnKind.JSON}
+        # JSON values and floats (encrypted or not) must be finite: JSON (the L2 codec, the
+        # JSON columns) has no NaN nor infinity, and SQLite stores NaN as NULL.
+        self.finite_fields = {
+            c.field for c in cs.columns if c.value_kind in (ColumnKind.JSON, ColumnKind.FLOAT)
+        }
         self.datetime_fields = [c.field for c in cs.columns if c.value_kind is ColumnKind.DATETIME]
         self.encrypted = cs.encrypted
         self.encrypted_columns = frozenset(c.name for c in cs.encrypted)
@@ -75,14 +78,15 @@ class RowMapper:
 
     def normalised(self, value: BaseModel) -> BaseModel:
         """The value every tier will give back, checked once before any tier is written: a
-        NaN or infinity inside a JSON field is refused (JSON cannot carry it: every tier
-        would hand back something the model refuses), and a naive datetime becomes UTC (as
-        PostgreSQL stores it), so L1 and L2 do not hand back what L3 would not. ``value``
-        is the write's private copy: changed in place."""
-        for f in self.json_values:
+        NaN or infinity in a float field or inside a JSON field is refused (JSON cannot
+        carry it, SQLite makes NaN NULL: tiers would hand back something else), and a naive
+        datetime becomes UTC (as PostgreSQL stores it), so L1 and L2 do not hand back what
+        L3 would not. ``value`` is the write's private copy: changed in place."""
+        for f in self.finite_fields:
             if not _finite(getattr(value, f, None)):
                 raise InvalidValueError(
-                    f"{self.name}.{f}: NaN and infinity cannot be stored in a JSON field",
+                    f"{self.name}.{f}: NaN and infinity cannot be stored (not in JSON, not "
+                    "in a float column: no tier could give them back the same)",
                     schema=self.name,
                 )
         for f in self.datetime_fields:

@@ -80,8 +80,12 @@ class VersionedWrites:
                 raise NotFoundError(rt.name, id)
             current, version = b.rows.from_row(rows[0])
             new = await self._apply(rt, id, fn, current)
-            prepared = await self.writes.prepare(rt, [new])
-            value = prepared[id]
+            ((pid, value),) = (await self.writes.prepare(rt, [new])).items()
+            if pid != id:  # before_set replaced the value with another row's
+                raise InvalidValueError(
+                    f"{rt.name}: update() of {id!r} may not change the primary key",
+                    schema=rt.name,
+                )
             row = b.rows.to_row(value, id)
             # The row's own key and the auto_now_add values it was created with stay, and so
             # do omitted columns the new value did not assign (as for ``set``).
