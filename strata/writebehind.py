@@ -357,6 +357,11 @@ class WriteBehindQueue:
         letters, self._dead = self._dead, []
         return letters
 
+    def forget_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
+        """Forget these dead letters (the others stay)."""
+        gone = {id(d) for d in letters}
+        self._dead = [d for d in self._dead if id(d) not in gone]
+
     async def retry_dead_letters(self) -> int:
         """Queue the dead letters again (attempts reset); returns how many were queued.
 
