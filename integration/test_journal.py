@@ -8,6 +8,7 @@ and ``STRATA_JOURNAL_OUTAGE_SECONDS`` (default: a short cut; 60 for the issue's)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Iterable
@@ -372,3 +373,37 @@ async def test_drop_dead_letters_forgets_them_on_every_instance(
         await a.flush_dirty(WAIT)
         assert await b.drop_dead_letters(Member, ["second"]) == 1
         assert await a.dead_letters() == []
+
+
+async def test_strata_dead_letters_lists_and_retries_what_postgresql_refused(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection, pg_schema: str
+) -> None:
+    from integration.procs.dead_letter_app import HANDLES, Handle
+    from integration.test_cli import strata
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    env = {
+        **clean,
+        "STRATA_DATABASE_URL": settings["database_url"],
+        "STRATA_DATABASE_SCHEMA": pg_schema,
+        "STRATA_REDIS_URL": settings["redis_url"],
+        "STRATA_KEY_PREFIX": settings["key_prefix"],
+    }
+    app = "integration.procs.dead_letter_app:ds"
+    async with store(settings, HANDLES) as ds:
+        await ds.set(Handle, Handle(id="first", handle="taken"))
+        await ds.flush_dirty(WAIT)
+        await ds.set(Handle, Handle(id="second", handle="taken"))
+        await ds.flush_dirty(WAIT)
+
+        listed = await strata("dead-letters", "list", "--app", app, "--json", env=env)
+        assert listed.code == 0, listed.err
+        assert [(d["schema"], d["id"]) for d in json.loads(listed.out)] == [("handles", "second")]
+
+        await pg_conn.execute("DELETE FROM handles WHERE id = 'first'")  # the cause, fixed
+        retried = await strata("dead-letters", "retry", "--app", app, "--id", "second", env=env)
+        assert retried.code == 0, retried.err
+        assert "retried 1" in retried.out
+        assert await ds.dead_letters() == []
+        rows = await pg_conn.fetch("SELECT id, handle FROM handles")
+        assert [tuple(r.values()) for r in rows] == [("second", "taken")]

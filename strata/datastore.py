@@ -49,7 +49,8 @@ from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier
 from strata.tx import Tx, TxContext
-from strata.writebehind import DeadLetter, WriteBehindQueue
+from strata.writebehind import DeadLetter as DL
+from strata.writebehind import WriteBehindQueue
 
 if TYPE_CHECKING:
     from strata import migrations
@@ -491,20 +492,15 @@ class DataStore:
             await self._core.journal.flush(timeout)
         return None, None
 
-    async def dead_letters(self, schema: SchemaRef | None = None) -> list[DeadLetter]:
-        """Write-behind writes L3 refused (with Redis: kept there, seen by every instance)."""
-        return await self._run("dead_letters", None, self._dead, "dead_letters", schema, None)
+    # Dead letters: write-behind writes L3 refused (with Redis kept there, seen by every
+    # instance); of one schema, of some ids. Retry writes them again (a new version).
+    async def dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> list[DL]:
+        return await self._run("dead_letters", None, self._dead, "dead_letters", schema, ids)
 
-    async def retry_dead_letters(
-        self, schema: SchemaRef | None = None, ids: Iterable[Id] | None = None
-    ) -> int:
-        """Write the dead letters (of a schema; of these ids) again; returns how many."""
+    async def retry_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
         return await self._run("retry_dead_letters", None, self._dead, "retry", schema, ids)
 
-    async def drop_dead_letters(
-        self, schema: SchemaRef | None = None, ids: Iterable[Id] | None = None
-    ) -> int:
-        """Forget the dead letters (of a schema; of these ids); returns how many."""
+    async def drop_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
         return await self._run("drop_dead_letters", None, self._dead, "drop", schema, ids)
 
     async def _dead(self, _: None, verb: str, schema: Any, ids: Any) -> tuple[Any, None]:
