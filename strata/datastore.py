@@ -28,6 +28,7 @@ from strata.errors import (
     TierUnavailableError,
 )
 from strata.hooks import HookRunner
+from strata.journal.host import JournalHost, start_journal
 from strata.observability import Counters, Stats, default_logger
 from strata.query import Projection, Q, Query
 from strata.router.binding import TOMBSTONE_TTL, Binding
@@ -110,6 +111,7 @@ class DataStore:
         self._writes = Writes(core, self._coherence, self._reads)
         self._queries = Queries(core, self._reads)
         self._versioned = VersionedWrites(core, self._coherence, self._writes)
+        self._journal_host = JournalHost(core, self._coherence)
         self._ops = ops = OperationTemplate(self._c, config.observer, self._log)
         self._run = ops.run
         ops.rebind = self._rebind
@@ -164,6 +166,7 @@ class DataStore:
                 logger=self._log,
             )
             await core.wb.start()
+            core.journal = start_journal(core, self._journal_host)
             redis = core.l2 if isinstance(core.l2, RedisTier) else None
             await self.cache.attach(redis, core.bus, core.spawn)
             core.lease = self.cache.lease if redis is not None else None
@@ -205,7 +208,7 @@ class DataStore:
         self._hooks.abandon()
         core.tasks.clear()
         core.inflight.clear()
-        core.bus = core.wb = None
+        core.bus = core.wb = core.journal = None
         if core.l2 is not None:
             self._coherence.clear_l1()
         self._ops.state, self._ops.loop = NEW, None
@@ -217,6 +220,8 @@ class DataStore:
     async def _shutdown(self) -> None:
         core = self._core
         try:
+            if core.journal is not None:
+                await core.journal.close()
             if core.wb is not None:
                 await core.wb.close()
         finally:
@@ -495,12 +500,25 @@ class DataStore:
     async def _flush(self, _: None, timeout: float | None) -> tuple[None, None]:
         if self._core.wb is not None:
             await self._core.wb.flush(timeout)
+        if self._core.journal is not None:
+            await self._core.journal.flush(timeout)
         return None, None
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Write-behind writes that failed ``write_behind_max_retry`` times."""
-        wb = self._core.wb
-        return wb.dead_letters() if wb is not None else []
+    # Dead letters: write-behind writes L3 refused (with Redis kept there, seen by every
+    # instance); of one schema, of some ids. Retry writes them again (a new version).
+    async def dead_letters(
+        self, schema: SchemaRef | None = None, ids: Any = None
+    ) -> list[DeadLetter]:
+        return await self._run("dead_letters", None, self._dead, "dead_letters", schema, ids)
+
+    async def retry_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
+        return await self._run("retry_dead_letters", None, self._dead, "retry", schema, ids)
+
+    async def drop_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
+        return await self._run("drop_dead_letters", None, self._dead, "drop", schema, ids)
+
+    async def _dead(self, _: None, verb: str, schema: Any, ids: Any) -> tuple[Any, None]:
+        return await getattr(self._journal_host, verb)(schema, ids), None
 
     def _on_l2_recover(self) -> None:
         self._coherence.on_l2_recover()
@@ -541,7 +559,8 @@ class DataStore:
         return self._c.snapshot(
             l1_entries=sum(len(l1) for l1 in l1s),
             l1_evictions=sum(l1.evictions for l1 in l1s),
-            dirty_count=wb.pending if wb is not None else 0,
+            dirty_count=(wb.pending if wb is not None else 0)
+            + (self._core.journal.pending if self._core.journal is not None else 0),
         )
 
     def __repr__(self) -> str:

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from strata.query import Q, Query
     from strata.router.update import UpdateFn
     from strata.schema import CompiledSchema, Schema
-    from strata.writebehind import DeadLetter
 
 __all__ = ["DataStore", "SyncTx"]
 
@@ -293,9 +292,6 @@ class DataStore:
     def stats(self) -> Stats:
         return self.aio.stats()
 
-    def dead_letters(self) -> list[DeadLetter]:
-        return self.aio.dead_letters()
-
     # -- the operations, derived from the async ones ---------------------------------------
 
     if TYPE_CHECKING:
@@ -347,6 +343,9 @@ class DataStore:
     invalidate_all = _blocking(AsyncDataStore.invalidate_all)
     warm_cache = _blocking(AsyncDataStore.warm_cache)
     flush_dirty = _blocking(AsyncDataStore.flush_dirty)
+    dead_letters = _blocking(AsyncDataStore.dead_letters)
+    retry_dead_letters = _blocking(AsyncDataStore.retry_dead_letters)
+    drop_dead_letters = _blocking(AsyncDataStore.drop_dead_letters)
     migrate = _blocking(AsyncDataStore.migrate)
     migrate_from = _blocking(AsyncDataStore.migrate_from)
     migration_status = _blocking(AsyncDataStore.migration_status)

@@ -35,6 +35,7 @@ def test_all_is_sorted_and_complete() -> None:
         "columns",
         "invalidation",
         "writebehind",
+        "journal",
         "migrations",
         "cli",
         "router",

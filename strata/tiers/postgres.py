@@ -534,3 +534,23 @@ class PostgresTier:
             conn = self.pool if tx is None else tx.conn
             record = await conn.fetchrow(sql, *args)
         return dict(record) if record is not None else None
+
+    # -- added for the write-behind journal (issue 12) ---------------------------------
+
+    async def delete_if_older(
+        self, schema: CompiledSchema, items: Sequence[tuple[Any, int]]
+    ) -> int:
+        """Delete each ``(id, version)`` row only while its stored version is older than
+        ``version``, in one statement: a replayed write-behind delete never removes a row
+        written after it. Returns how many rows were deleted."""
+        if not items:
+            return 0
+        pk = _quote(schema.pk.name)
+        sql = (
+            f"WITH d AS (DELETE FROM {_qualified(schema)} AS t USING unnest($1::"
+            f"{_PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
+            f"AND t.{_quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
+        )
+        with translate_errors(f"{schema.name}: delete", self._url):
+            n = await self.pool.fetchval(sql, [i for i, _ in items], [v for _, v in items])
+        return int(n or 0)
