@@ -605,7 +605,10 @@ class WriteBehindQueue:
             )
         elif not batch.bisect and attempts < self._max_retry:
             delay = self.retry_delay(attempts)
-            self._log.warning(
+            # An unreachable L3 is logged by the tier once per outage (strata/tiers/outage.py):
+            # a retry of it is routine, not a warning per batch.
+            self._log.log(
+                logging.DEBUG if isinstance(error, _UNREACHABLE) else logging.WARNING,
                 "write-behind: applying %d writes to %r failed (attempt %d of %d); "
                 "retrying %d in %.3fs",
                 size,
