@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from pydantic import BaseModel
 
 from integration.stacks import Env
 from strata import Field, Schema, WriteMode
-
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="issue 11 case 2: L3 does not yet assign GREATEST(client clock, old + 1)"
-)
 
 
 class Doc(BaseModel):

@@ -241,6 +241,19 @@ class Config:
     # Fail at connect (TierUnavailableError) when Redis is unreachable, instead of running
     # degraded on L1 + L3; a ConfigError without redis_url.
     require_redis: bool = False
+    #: Every L3 call (statement, pool wait, commit) is bounded by this: a PostgreSQL
+    #: partition raises TierUnavailableError after it instead of blocking the caller.
+    l3_timeout: Seconds = 5.0
+    #: During an L3 outage the log gets one warning when it begins, then one summary per
+    #: this interval (calls failed so far), and one line when L3 is back.
+    l3_outage_summary_interval: Seconds = 30.0
+    #: ``close()`` waits at most this long for each step (write-behind flush, connections)
+    #: and logs what it left behind.
+    close_timeout: Seconds = 10.0
+    #: How long a delete's versioned tombstone lives in L1 and L2. It must outlive any
+    #: reader still holding an older row, so at least ``l3_timeout`` (None: the larger of
+    #: 5 s and twice ``l3_timeout``).
+    tombstone_ttl: Seconds | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -257,8 +270,13 @@ class Config:
             "cache_l1_ttl",
             "cache_lease_ttl",
             "cache_purge_interval",
+            "l3_timeout",
+            "l3_outage_summary_interval",
+            "close_timeout",
+            "tombstone_ttl",
         ):
             seconds(getattr(self, name), name)
+        self._check_timeouts()
         for name in (
             "pool_min_size",
             "pool_max_size",
@@ -303,6 +321,37 @@ class Config:
             )
         if self.redis_url is not None:
             parse_redis_url(self.redis_url)  # validates redis_url
+
+    def _check_timeouts(self) -> None:
+        l3 = seconds(self.l3_timeout, "l3_timeout") or 0.0
+        if l3 <= 0:
+            raise ConfigError(f"l3_timeout must be positive, got {self.l3_timeout!r}")
+        if not (seconds(self.close_timeout, "close_timeout") or 0.0) > 0:
+            raise ConfigError(f"close_timeout must be positive, got {self.close_timeout!r}")
+        tomb = seconds(self.tombstone_ttl, "tombstone_ttl")
+        if tomb is not None and tomb < l3:
+            raise ConfigError(
+                f"tombstone_ttl ({tomb}s) must be at least l3_timeout ({l3}s): a reader may "
+                "hold an older row that long, and would put a deleted row back"
+            )
+
+    @property
+    def l3_timeout_seconds(self) -> float:
+        return seconds(self.l3_timeout, "l3_timeout") or 0.0
+
+    @property
+    def l3_outage_summary_interval_seconds(self) -> float:
+        return seconds(self.l3_outage_summary_interval, "l3_outage_summary_interval") or 0.0
+
+    @property
+    def close_timeout_seconds(self) -> float:
+        return seconds(self.close_timeout, "close_timeout") or 0.0
+
+    @property
+    def tombstone_seconds(self) -> float:
+        """The tombstone lifetime: ``tombstone_ttl``, or derived from ``l3_timeout``."""
+        tomb = seconds(self.tombstone_ttl, "tombstone_ttl")
+        return tomb if tomb is not None else max(5.0, 2 * self.l3_timeout_seconds)
 
     @property
     def resolved_database_url(self) -> str:
@@ -373,6 +422,9 @@ class Config:
             "STRATA_CACHE_L1_TTL": ("cache_l1_ttl", float),
             "STRATA_CACHE_LEASE_TTL": ("cache_lease_ttl", float),
             "STRATA_CACHE_PURGE_INTERVAL": ("cache_purge_interval", float),
+            "STRATA_L3_TIMEOUT": ("l3_timeout", float),
+            "STRATA_CLOSE_TIMEOUT": ("close_timeout", float),
+            "STRATA_TOMBSTONE_TTL": ("tombstone_ttl", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):

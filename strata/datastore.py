@@ -31,7 +31,7 @@ from strata.hooks import HookRunner
 from strata.journal.host import JournalHost, start_journal
 from strata.observability import Counters, Stats, default_logger
 from strata.query import Projection, Q, Query
-from strata.router.binding import TOMBSTONE_TTL, Binding
+from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.queries import Queries
@@ -295,7 +295,7 @@ class DataStore:
             eviction=policy.eviction,
             on_evict=(lambda k, v: fire("on_evict", on_evict, k, v)) if on_evict else None,
             on_error=lambda exc: self._hooks.failed("on_evict", exc),
-            tombstone_ttl=TOMBSTONE_TTL,
+            tombstone_ttl=self.config.tombstone_seconds,
         )
 
     @property

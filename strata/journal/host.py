@@ -43,7 +43,6 @@ class StoredDeadLetter(DeadLetter):
 def start_journal(core: Core, host: JournalHost) -> Journal | None:
     """The journal of a store whose L2 is Redis (None otherwise: the in-process queue)."""
     from strata.config import seconds
-    from strata.router.binding import TOMBSTONE_TTL
     from strata.tiers.redis import RedisTier
 
     if not isinstance(core.l2, RedisTier):
@@ -66,7 +65,7 @@ def start_journal(core: Core, host: JournalHost) -> Journal | None:
         retry_max=secs("write_behind_retry_max"),
         max_pending=cfg.write_behind_max_pending,
         wait_timeout=secs("write_behind_wait_timeout"),
-        tombstone_ttl=TOMBSTONE_TTL,
+        tombstone_ttl=cfg.tombstone_seconds,
         logger=core.log,
         on_error=core.count_error,
     )

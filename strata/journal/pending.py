@@ -145,7 +145,10 @@ def log_failure(
             exc_info=error,
         )
     elif plan is Plan.RETRY:
-        log.warning(
+        # An unreachable L3 is logged by the tier once per outage (strata/tiers/outage.py):
+        # a retry of it is routine, not a warning per batch.
+        log.log(
+            logging.DEBUG if isinstance(error, UNREACHABLE) else logging.WARNING,
             "write-behind: applying %d writes to %r failed (attempt %d of %d); retrying %d",
             size,
             schema,

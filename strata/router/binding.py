@@ -22,9 +22,8 @@ from strata.errors import InvalidValueError, MissingPrimaryKeyError
 from strata.router.rows import RowMapper
 from strata.schema import CompiledSchema
 
-__all__ = ["TOMBSTONE_TTL", "Binding", "default_of"]
+__all__ = ["Binding", "default_of"]
 
-TOMBSTONE_TTL = 5.0
 """How long a versioned delete tombstone lives in L1 and L2 (seconds)."""
 
 

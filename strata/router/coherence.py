@@ -28,7 +28,6 @@ from typing import Any
 from strata.config import seconds
 from strata.errors import TierError
 from strata.invalidation import Invalidation, InvalidationBus
-from strata.router.binding import TOMBSTONE_TTL
 from strata.router.core import Core, Route
 from strata.tiers.base import L2Tier
 from strata.tiers.redis_topology import glob_escape
@@ -170,7 +169,9 @@ class Coherence:
             for i, _, version in items:
                 key = f"{base}{shape}:{i}"
                 if op == "delete" and version:
-                    tombs.append((key, b.codec.tombstone(version), TOMBSTONE_TTL))
+                    tombs.append(
+                        (key, b.codec.tombstone(version), self.core.config.tombstone_seconds)
+                    )
                 else:
                     gone.append(key)
         if tombs:
@@ -242,7 +243,8 @@ class Coherence:
         l2, b = self.core.l2, rt.b
         assert l2 is not None and b.codec is not None
         if deleted:
-            tombs = [(b.key(i), b.codec.tombstone(v), TOMBSTONE_TTL) for i, v in keys if v]
+            life = self.core.config.tombstone_seconds  # outlives an l3_timeout-bounded reader
+            tombs = [(b.key(i), b.codec.tombstone(v), life) for i, v in keys if v]
             await l2.set_many(tombs)
         await l2.delete_many([b.key(i) for i, v in keys if not (deleted and v)])
 

@@ -93,8 +93,10 @@ class Core:
         self.attachments: list[Attachment] = []
         # The cross-instance lease for cold misses (strata.cache.lease), when L2 is Redis.
         self.lease: Lease | None = None
-        # Every version this instance mints; advanced past every version it observes.
-        self.clock = HybridClock()
+        # Every version this instance mints; advanced past every version it observes. An
+        # L3 tier with a clock of its own shares it (it assigns and observes row versions).
+        clock = getattr(l3, "clock", None)
+        self.clock = clock if isinstance(clock, HybridClock) else HybridClock()
 
     def count_error(self, exc: BaseException) -> None:
         """An error a component absorbed (and logged: outages are logged once, not per

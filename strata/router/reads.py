@@ -114,9 +114,11 @@ class Reads:
                 )
                 continue
             if isinstance(decoded, Tombstone):
+                core.clock.observe(decoded.version)
                 gone.add(id)
                 continue
             value, version = decoded
+            core.clock.observe(version)  # a lagging clock catches up with what it reads
             if rt.l1 is not None and core.l1_fillable():
                 rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
             out[id] = value  # freshly decoded: owned by nobody else

@@ -23,7 +23,7 @@ from strata.config import WriteMode
 from strata.errors import MissingPrimaryKeyError, TierUnavailableError
 from strata.journal.entry import encode_row, pack
 from strata.journal.flusher import Appended
-from strata.router.binding import TOMBSTONE_TTL, Binding
+from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.reads import Reads
@@ -434,7 +434,8 @@ class Writes:
             assert core.l2 is not None and b.codec is not None
             tomb = b.codec.tombstone(version)
             keys = [b.key(i) for i in ids]
-            await core.l2.set_many([(k, tomb, TOMBSTONE_TTL) for k in keys], bump=b.gen_key)
+            life = core.config.tombstone_seconds  # outlives an l3_timeout-bounded reader
+            await core.l2.set_many([(k, tomb, life) for k in keys], bump=b.gen_key)
             if not core.l2.available:
                 self.coh.remember_l2_missed(keys)
         if rt.l1 is not None:

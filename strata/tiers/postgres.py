@@ -6,6 +6,13 @@ prepared. ``Config(prepared_statements=False)`` (pgbouncer in transaction mode) 
 cache off: asyncpg then uses unnamed statements only, which never outlive a transaction.
 ``set_many`` goes through COPY into a temporary table and one upsert; ``get_many`` uses
 ``= ANY($1)``. Every driver exception is translated here into the StrataError tree.
+
+Versions (one version space, DESIGN section 4): every write carries a value of the hybrid
+clock (``self.clock``, shared with the router) and the upsert stores
+``GREATEST(client clock, old version + 1)``, so commit order wins whichever instance or
+write mode wrote last; write-behind's ``versioned`` upserts keep their own version and only
+replace an older row. Rows are locked in primary-key order (``set_many`` and ``delete``),
+so two batches of the same ids never deadlock. Every version a read sees is observed.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from strata.clock import HybridClock
 from strata.config import PGBOUNCER_HINT, Config, hide_password
 from strata.errors import (
     ConfigError,
@@ -33,6 +41,7 @@ from strata.errors import (
     TierUnavailableError,
 )
 from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
+from strata.tiers.outage import OutageLog
 
 __all__ = ["PostgresTier", "translate_errors"]
 
@@ -75,8 +84,6 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
     returned, so the caches get the stored value."""
     table = cs.table
     pk = table.c[cs.pk.name]
-    seq = f"{_quote(table.schema)}._strata_version_seq" if table.schema else "_strata_version_seq"
-    nextval: sa.ColumnClause[Any] = sa.literal_column(f"nextval('{seq}')")
     data_cols = [c.name for c in cs.columns]
     selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
     returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
@@ -93,18 +100,23 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
     def upsert(if_newer: bool, source: Any = None, *, quiet: bool = False) -> str:
         if source is None:
             values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
-            values[VERSION_COLUMN] = (
-                sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger()) if if_newer else nextval
-            )
+            values[VERSION_COLUMN] = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
             stmt = pg_insert(table).values(values)
         else:
             stmt = pg_insert(table).from_select([*data_cols, VERSION_COLUMN], source)
-        update = {n: stmt.excluded[n] for n in data_cols if n not in keep}
-        update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
-        where = table.c[VERSION_COLUMN] < stmt.excluded[VERSION_COLUMN] if if_newer else None
+        update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
+        stored = table.c[VERSION_COLUMN]
+        if if_newer:  # write-behind: the row's own version, and only over an older row
+            update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
+            where = stored < stmt.excluded[VERSION_COLUMN]
+        else:  # one version space: commit order wins over a lagging client clock
+            update[VERSION_COLUMN] = sa.func.greatest(
+                stmt.excluded[VERSION_COLUMN], stored + sa.literal_column("1")
+            )
+            where = None
         stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
         sql, order = _compile(stmt if quiet else stmt.returning(*returning))
-        if source is None and order != [*data_cols, *([VERSION_COLUMN] if if_newer else [])]:
+        if source is None and order != [*data_cols, VERSION_COLUMN]:
             raise AssertionError(f"unexpected parameter order {order}")  # pragma: no cover
         return sql
 
@@ -119,16 +131,24 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
         sa.Column(VERSION_COLUMN, sa.BigInteger()),
         prefixes=["TEMPORARY"],
     )
-    src_new = sa.select(*[temp.c[n] for n in data_cols], nextval)
-    src_versioned = sa.select(*[temp.c[n] for n in data_cols], temp.c[VERSION_COLUMN])
+    # Ordered by key: the upsert locks rows in that order, so concurrent batches of the
+    # same ids (in any order) wait for each other instead of deadlocking.
+    src = sa.select(*[temp.c[n] for n in data_cols], temp.c[VERSION_COLUMN]).order_by(
+        temp.c[cs.pk.name]
+    )
     create_temp = (
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {_quote(temp_name)} "
         f"(LIKE {_qualified(cs)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    pkq, verq, qual = _quote(cs.pk.name), _quote(VERSION_COLUMN), _qualified(cs)
+    # Locked in key order (as set_many), then deleted; the tombstone version is
+    # GREATEST(client clock, newest deleted version + 1).
     delete_many = (
-        f"WITH d AS (DELETE FROM {_qualified(cs)} WHERE {_quote(cs.pk.name)} = ANY($1::"
-        f"{_PK_ARRAY[cs.pk.kind]}) RETURNING 1) SELECT (SELECT count(*) FROM d) AS n, "
-        f"nextval('{seq}') AS v"
+        f"WITH l AS (SELECT {pkq} FROM {qual} WHERE {pkq} = ANY($1::{_PK_ARRAY[cs.pk.kind]}) "
+        f"ORDER BY {pkq} FOR UPDATE), d AS (DELETE FROM {qual} t USING l "
+        f"WHERE t.{pkq} = l.{pkq} RETURNING t.{verq} AS v) "
+        "SELECT (SELECT count(*) FROM d) AS n, "
+        "GREATEST($2::bigint, COALESCE((SELECT max(v) FROM d), 0) + 1) AS v"
     )
     exists_many, _ = _compile(sa.select(pk).where(pk == sa.any_(ids)))
     iterate = (
@@ -142,10 +162,10 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
         get_for_update=get_for_update,
         upsert=upsert(False),
         upsert_if_newer=upsert(True),
-        copy_upsert=upsert(False, src_new),
-        copy_upsert_if_newer=upsert(True, src_versioned),
+        copy_upsert=upsert(False, src),
+        copy_upsert_if_newer=upsert(True, src),
         upsert_if_newer_quiet=upsert(True, quiet=True),
-        copy_upsert_if_newer_quiet=upsert(True, src_versioned, quiet=True),
+        copy_upsert_if_newer_quiet=upsert(True, src, quiet=True),
         temp_table=temp_name,
         create_temp=create_temp,
         delete_many=delete_many,
@@ -153,6 +173,11 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
         returning=tuple(c.name for c in returning),
         iterate=iterate,
     )
+
+
+def _conn(tx: Any) -> asyncpg.Connection | None:
+    """The connection of a transaction handle (None: take one from the pool)."""
+    return None if tx is None else tx.conn
 
 
 def _qualified(cs: CompiledSchema) -> str:
@@ -265,13 +290,13 @@ class PgTransaction:
 
     async def savepoint(self) -> PgTransaction:
         tr = self.conn.transaction()
-        with translate_errors("savepoint", self.tier.url):
+        async with self.tier.bounded("savepoint", self.conn):
             await tr.start()
         return PgTransaction(self.tier, self.conn, tr, release=None)
 
     async def commit(self) -> None:
         try:
-            with translate_errors("commit", self.tier.url):
+            async with self.tier.bounded("commit", self.conn):
                 await self._tr.commit()
         finally:
             await self._done()
@@ -279,7 +304,7 @@ class PgTransaction:
     async def rollback(self) -> None:
         try:
             if not self.conn.is_closed():
-                with translate_errors("rollback", self.tier.url):
+                async with self.tier.bounded("rollback", self.conn):
                     await self._tr.rollback()
         finally:
             await self._done()
@@ -301,10 +326,65 @@ class PostgresTier:
         self._connect_lock = asyncio.Lock()
         self._stmts: dict[str, _Statements] = {}
         self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
+        # The router's clock (router/core.py takes it): every write carries its value and
+        # every version read here advances it.
+        self.clock = HybridClock()
+        self._outage = OutageLog(
+            logger,
+            f"PostgreSQL at {hide_password(self._url)}",
+            config.l3_outage_summary_interval_seconds,
+        )
 
     @property
     def url(self) -> str:
         return self._url
+
+    @asynccontextmanager
+    async def bounded(
+        self, what: str, conn: asyncpg.Connection | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """One L3 call on ``conn`` (a transaction's) or on a pooled connection: driver
+        errors translated, and the whole call (pool wait included) bounded by
+        ``Config.l3_timeout``, so a partition fails the caller fast. A connection left in
+        the middle of a call (timed out, cancelled, broken) is terminated, not handed back
+        to the pool: asyncpg would wait on it for the whole partition."""
+        pooled = conn is None
+        clean = False
+        try:
+            async with asyncio.timeout(self._config.l3_timeout_seconds):
+                with translate_errors(what, self._url):
+                    if conn is None:
+                        conn = await self.pool.acquire()
+                    try:
+                        yield conn
+                    except asyncpg.PostgresError:
+                        clean = True  # the server answered: the connection is sound
+                        raise
+                    clean = True
+            if self._outage.down:
+                self._outage.succeeded()
+        except TimeoutError as exc:
+            raise self._unreachable(self._timed_out(what)) from exc
+        except TierUnavailableError as exc:
+            self._outage.failed(exc)
+            raise
+        finally:
+            if conn is not None:
+                if not clean:
+                    conn.terminate()
+                if pooled:
+                    await self.pool.release(conn)
+
+    def _unreachable(self, exc: TierUnavailableError) -> TierUnavailableError:
+        self._outage.failed(exc)
+        return exc
+
+    def _timed_out(self, what: str) -> TierUnavailableError:
+        return TierUnavailableError(
+            f"{what}: PostgreSQL at {hide_password(self._url)} did not answer within "
+            f"l3_timeout ({self._config.l3_timeout_seconds:g}s)",
+            tier="l3",
+        )
 
     def register(self, schema: CompiledSchema) -> None:
         self._stmts[schema.name] = _build(schema)
@@ -337,9 +417,24 @@ class PostgresTier:
         self._connect_lock = asyncio.Lock()
 
     async def close(self) -> None:
+        """Close the pool, waiting at most ``Config.close_timeout`` for connections in use;
+        those left are terminated (and logged)."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            limit = self._config.close_timeout_seconds
+            busy = pool.get_size() - pool.get_idle_size()
+            try:
+                async with asyncio.timeout(limit):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+                self._log.warning(
+                    "PostgreSQL at %s: the pool did not close within close_timeout (%gs); "
+                    "%d connection(s) still in use were terminated",
+                    hide_password(self._url),
+                    limit,
+                    busy,
+                )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -356,25 +451,38 @@ class PostgresTier:
         for_update: bool = False,
     ) -> list[Row]:
         st = self._stmts[schema.name]
-        with translate_errors(f"{schema.name}: get", self._url):
-            if tx is None:
-                records = await self.pool.fetch(st.get_many, list(ids))
-            else:
-                sql = st.get_for_update if for_update else st.get_many
-                records = await tx.conn.fetch(sql, list(ids))
-        return [dict(r) for r in records]
+        sql = st.get_for_update if tx is not None and for_update else st.get_many
+        async with self.bounded(f"{schema.name}: get", _conn(tx)) as conn:
+            records = await conn.fetch(sql, list(ids))
+        return self._observed(records)
+
+    def _observed(self, records: Sequence[asyncpg.Record]) -> list[Row]:
+        """Rows as dicts; the clock advances past every version among them."""
+        rows = [dict(r) for r in records]
+        top = max((r.get(VERSION_COLUMN) or 0 for r in rows), default=0)
+        if top:
+            self.clock.observe(int(top))
+        return rows
 
     async def begin(self, isolation: str | None = None) -> PgTransaction:
         """Start a transaction on a connection of its own (returned to the pool at the end)."""
         level = isolation_level(isolation)
-        with translate_errors("begin", self._url):
-            conn = await self.pool.acquire()
-            try:
-                tr = conn.transaction(isolation=level) if level else conn.transaction()
-                await tr.start()
-            except BaseException:
+        conn: asyncpg.Connection | None = None
+        try:
+            async with asyncio.timeout(self._config.l3_timeout_seconds):
+                with translate_errors("begin", self._url):
+                    conn = await self.pool.acquire()
+                    tr = conn.transaction(isolation=level) if level else conn.transaction()
+                    await tr.start()
+        except BaseException as exc:
+            if conn is not None:
+                conn.terminate()
                 await self.pool.release(conn)
-                raise
+            if isinstance(exc, TimeoutError):
+                raise self._unreachable(self._timed_out("begin")) from exc
+            if isinstance(exc, TierUnavailableError):
+                self._outage.failed(exc)
+            raise
 
         async def release() -> None:
             await self.pool.release(conn)
@@ -392,30 +500,36 @@ class PostgresTier:
         kept: frozenset[str] = frozenset(),
     ) -> dict[Any, Row]:
         """``versioned``: rows carry their own ``_strata_version`` (write-behind) and only
-        replace a stored row with an older version. ``returning=False`` (versioned only)
-        skips reading back what was stored and returns ``{}``. ``kept``: columns an
-        existing row keeps (returned as stored)."""
+        replace a stored row with an older version; otherwise each row stores
+        GREATEST(its ``_strata_version`` or the clock's next value, old version + 1).
+        ``returning=False`` (versioned only) skips reading back what was stored and returns
+        ``{}``. ``kept``: columns an existing row keeps (returned as stored)."""
         st = self._statements(schema, kept)
         cols = st.columns
         quiet = versioned and not returning
-        with translate_errors(f"{schema.name}: set", self._url):
+        versions = self._versions(rows, versioned)
+        async with self.bounded(f"{schema.name}: set", _conn(tx)) as conn:
             if len(rows) == 1:
                 row = rows[0]
                 args = [row[c] for c in cols]
-                if versioned:
-                    args.append(row[VERSION_COLUMN])
+                args.append(versions[0])
                 if quiet:
                     sql = st.upsert_if_newer_quiet
                 else:
                     sql = st.upsert_if_newer if versioned else st.upsert
-                if tx is None:
-                    records = await self.pool.fetch(sql, *args)
-                else:
-                    records = await tx.conn.fetch(sql, *args)
+                records = await conn.fetch(sql, *args)
             else:
-                records = await self._copy_upsert(st, rows, tx, versioned, quiet)
+                records = await self._copy_upsert(st, conn, rows, versions, tx, versioned, quiet)
         pk = schema.pk.name
-        return {r[pk]: dict(r) for r in records}
+        return {r[pk]: r for r in self._observed(records)}
+
+    def _versions(self, rows: Sequence[Row], versioned: bool) -> list[int]:
+        """The version each row carries into the upsert: its own (write-behind), else a
+        fresh clock value (L3 raises it past the stored one)."""
+        if versioned:
+            return [row[VERSION_COLUMN] for row in rows]
+        now = self.clock.now
+        return [row.get(VERSION_COLUMN) or now() for row in rows]
 
     def _statements(self, schema: CompiledSchema, kept: frozenset[str]) -> _Statements:
         if not kept:
@@ -426,16 +540,22 @@ class PostgresTier:
         return st
 
     async def _copy_upsert(
-        self, st: _Statements, rows: Sequence[Row], tx: Any, versioned: bool, quiet: bool
+        self,
+        st: _Statements,
+        conn: asyncpg.Connection,
+        rows: Sequence[Row],
+        versions: Sequence[int],
+        tx: Any,
+        versioned: bool,
+        quiet: bool,
     ) -> list[asyncpg.Record]:
         cols = list(st.columns)
-        if versioned:
-            records = [(*(row[c] for c in cols), row[VERSION_COLUMN]) for row in rows]
-            cols.append(VERSION_COLUMN)
-        else:
-            records = [tuple(row[c] for c in cols) for row in rows]
+        records = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
+        cols.append(VERSION_COLUMN)
 
-        async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        # Inside the caller's transaction this is a savepoint; the temp table's rows go at
+        # commit (ON COMMIT DELETE ROWS), or at the TRUNCATE inside a caller's transaction.
+        async with conn.transaction():
             await conn.execute(st.create_temp)
             await conn.copy_records_to_table(st.temp_table, records=records, columns=cols)
             out: list[asyncpg.Record] = []
@@ -443,55 +563,45 @@ class PostgresTier:
                 await conn.execute(st.copy_upsert_if_newer_quiet)
             else:
                 out = await conn.fetch(st.copy_upsert_if_newer if versioned else st.copy_upsert)
-            if tx is not None:  # otherwise ON COMMIT DELETE ROWS empties it
+            if tx is not None:
                 await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
             return out
-
-        if tx is not None:
-            async with tx.conn.transaction():  # a savepoint inside the caller's transaction
-                return await run(tx.conn)
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await run(conn)
 
     async def delete_many(
         self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
     ) -> int:
         st = self._stmts[schema.name]
-        with translate_errors(f"{schema.name}: delete", self._url):
-            if tx is None:
-                row = await self.pool.fetchrow(st.delete_many, list(ids))
-            else:
-                row = await tx.conn.fetchrow(st.delete_many, list(ids))
+        version = self.clock.now()
+        async with self.bounded(f"{schema.name}: delete", _conn(tx)) as conn:
+            row = await conn.fetchrow(st.delete_many, list(ids), version)
         assert row is not None
+        self.clock.observe(int(row["v"]))
         return int(row["v"])
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
         st = self._stmts[schema.name]
-        with translate_errors(f"{schema.name}: exists", self._url):
-            records = await self.pool.fetch(st.exists_many, list(ids))
+        async with self.bounded(f"{schema.name}: exists") as conn:
+            records = await conn.fetch(st.exists_many, list(ids))
         return {r[0] for r in records}
 
     async def fetch(
         self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
     ) -> list[Row]:
         """Rows of a compiled query; values are already canonical on PostgreSQL."""
-        with translate_errors("query", self._url):
-            if tx is None:
-                records = await self.pool.fetch(sql, *args)
-            else:
-                records = await tx.conn.fetch(sql, *args)
-        return [dict(r) for r in records]
+        async with self.bounded("query", _conn(tx)) as conn:
+            records = await conn.fetch(sql, *args)
+        return self._observed(records)
 
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         """Every row in primary-key order, ``batch`` rows at a time (keyset paging)."""
         st = self._stmts[schema.name]
         last: Any = None
         while True:
-            with translate_errors(f"{schema.name}: scan", self._url):
-                records = await self.pool.fetch(st.iterate, last, batch)
+            async with self.bounded(f"{schema.name}: scan") as conn:
+                records = await conn.fetch(st.iterate, last, batch)
             if not records:
                 return
-            yield [dict(r) for r in records]
+            yield self._observed(records)
             last = records[-1][schema.pk.name]
             if len(records) < batch:
                 return

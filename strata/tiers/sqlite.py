@@ -1,9 +1,12 @@
 """L3 embedded: SQLite through the standard library, on one worker thread.
 
 Every call hops once to a single dedicated thread that owns the connection, so the event loop
-never blocks and a whole write (version bump, upsert, commit) costs one hop. A library such
-as aiosqlite would hop once per statement. Row versions come from the one-row table
-``_strata_seq`` (SQLite has no sequences), bumped in the same transaction as the write.
+never blocks and a whole write (upsert, commit) costs one hop. A library such as aiosqlite
+would hop once per statement. Row versions are one version space with every other path
+(DESIGN section 4): a write carries a value of the hybrid clock (``self.clock``, shared with
+the router) and stores ``max(client clock, old version + 1)``; write-behind's versioned
+upserts keep their own version and only replace an older row. Reads advance the clock past
+every version they see.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from strata.clock import HybridClock
 from strata.config import Config
 from strata.errors import (
     ConfigError,
@@ -122,9 +126,16 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
     def upsert(if_newer: bool) -> str:
         values: dict[str, Any] = {n: sa.bindparam(n) for n in [*data_cols, VERSION_COLUMN]}
         stmt = sqlite_insert(table).values(values)
-        update = {n: stmt.excluded[n] for n in data_cols if n not in keep}
-        update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
-        where = table.c[VERSION_COLUMN] < stmt.excluded[VERSION_COLUMN] if if_newer else None
+        update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
+        stored = table.c[VERSION_COLUMN]
+        if if_newer:  # write-behind: the row's own version, and only over an older row
+            update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
+            where = stored < stmt.excluded[VERSION_COLUMN]
+        else:  # one version space: commit order wins over a lagging client clock
+            update[VERSION_COLUMN] = sa.func.max(
+                stmt.excluded[VERSION_COLUMN], stored + sa.literal_column("1")
+            )
+            where = None
         stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
         return _compile(stmt.returning(*returning))
 
@@ -138,7 +149,7 @@ def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statement
         get_one=_compile(sa.select(*selected).where(pk == one)),
         upsert=upsert(False),
         upsert_if_newer=upsert(True),
-        delete=_compile(sa.delete(table).where(pk == one)),
+        delete=_compile(sa.delete(table).where(pk == one).returning(table.c[VERSION_COLUMN])),
         exists=_compile(sa.select(pk).where(pk == one)),
         iterate_first=_compile(page) + " LIMIT ?",
         iterate_next=_compile(page.where(pk > sa.bindparam("after"))) + " LIMIT ?",
@@ -236,6 +247,7 @@ class SqliteTier:
 
     def __init__(self, config: Config, *, logger: logging.Logger):
         self._path = config.sqlite_path
+        self._timeout = config.l3_timeout_seconds
         self._log = logger
         self._stmts: dict[str, _Statements] = {}
         self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
@@ -246,6 +258,8 @@ class SqliteTier:
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
         self._savepoints = 0
+        # The router's clock (router/core.py takes it).
+        self.clock = HybridClock()
 
     @property
     def path(self) -> str:
@@ -257,11 +271,26 @@ class SqliteTier:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise TierUnavailableError("SQLite tier is not connected", tier="l3")
-        loop = asyncio.get_running_loop()
         if self._owner is not None and self._owner is asyncio.current_task():
-            return await loop.run_in_executor(self._executor, partial(fn, *args))
+            return await self._bounded(fn, *args)
         async with self._lock:
-            return await loop.run_in_executor(self._executor, partial(fn, *args))
+            return await self._bounded(fn, *args)
+
+    async def _bounded(self, fn: Callable[..., T], *args: Any) -> T:
+        """One hop to the worker, bounded by ``Config.l3_timeout``: a statement still
+        running then (a lock held by another process, a slow disk) is interrupted."""
+        assert self._executor is not None
+        work = asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await work
+        except TimeoutError as exc:
+            if self._db is not None:
+                self._db.interrupt()
+            raise TierUnavailableError(
+                f"SQLite at {self._path} did not answer within l3_timeout ({self._timeout:g}s)",
+                tier="l3",
+            ) from exc
 
     async def begin(self, isolation: str | None = None) -> SqliteTransaction:
         """BEGIN IMMEDIATE: SQLite transactions are serializable and one writer at a time, so
@@ -296,7 +325,7 @@ class SqliteTier:
             self._path,
             isolation_level=None,
             check_same_thread=False,
-            timeout=30,
+            timeout=self._timeout,  # waiting for another process's write lock
             uri=self._path.startswith("file:"),
         )
         if not self._path.startswith("file:"):
@@ -375,7 +404,9 @@ class SqliteTier:
             return out
 
         with translate_errors(f"{schema.name}: get"):
-            return await self._run(work)
+            rows = await self._run(work)
+        self._observe(rows)
+        return rows
 
     async def upsert_many(
         self,
@@ -393,22 +424,17 @@ class SqliteTier:
                 (schema.name, kept), _build(schema, kept)
             )
         sql = st.upsert_if_newer if versioned else st.upsert
+        if versioned:
+            versions = [row[VERSION_COLUMN] for row in rows]
+        else:
+            now = self.clock.now
+            versions = [row.get(VERSION_COLUMN) or now() for row in rows]
 
         def work() -> dict[Any, Row]:
             db = self.db
             if tx is None:
                 db.execute("BEGIN IMMEDIATE")
             try:
-                if versioned:
-                    versions = [row[VERSION_COLUMN] for row in rows]
-                else:
-                    top = db.execute(
-                        "UPDATE _strata_seq SET v = v + ? WHERE id = 1 RETURNING v", (len(rows),)
-                    ).fetchone()
-                    if top is None:
-                        raise sqlite3.OperationalError("no such table: _strata_seq (row missing)")
-                    first = top[0] - len(rows) + 1
-                    versions = list(range(first, first + len(rows)))
                 out: dict[Any, Row] = {}
                 for row, version in zip(rows, versions, strict=True):
                     found = db.execute(sql, self._args_in(st, row, version)).fetchone()
@@ -424,7 +450,14 @@ class SqliteTier:
                 raise
 
         with translate_errors(f"{schema.name}: set"):
-            return await self._run(work)
+            out = await self._run(work)
+        self._observe(out.values())
+        return out
+
+    def _observe(self, rows: Iterable[Row]) -> None:
+        top = max((r.get(VERSION_COLUMN) or 0 for r in rows), default=0)
+        if top:
+            self.clock.observe(int(top))
 
     async def delete_many(
         self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
@@ -433,25 +466,29 @@ class SqliteTier:
         pk_to = _TO.get(schema.pk.kind)
         keys = [pk_to(i) if pk_to else i for i in ids]
 
+        version = self.clock.now()
+
         def work() -> int:
             db = self.db
             if tx is None:
                 db.execute("BEGIN IMMEDIATE")
             try:
+                top = version  # max(client clock, newest deleted version + 1)
                 for key in keys:
-                    db.execute(st.delete, (key,))
-                top = db.execute("UPDATE _strata_seq SET v = v + 1 WHERE id = 1 RETURNING v")
-                version = top.fetchone()
+                    for (old,) in db.execute(st.delete, (key,)).fetchall():
+                        top = max(top, int(old) + 1)
                 if tx is None:
                     db.execute("COMMIT")
-                return int(version[0]) if version else 0
+                return top
             except BaseException:
                 if tx is None and db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
 
         with translate_errors(f"{schema.name}: delete"):
-            return await self._run(work)
+            assigned = await self._run(work)
+        self.clock.observe(assigned)
+        return assigned
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
         st = self._stmts[schema.name]
@@ -487,6 +524,7 @@ class SqliteTier:
                     v = row.get(name)
                     if v is not None:
                         row[name] = conv(v)
+        self._observe(out)
         return out
 
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
@@ -509,6 +547,7 @@ class SqliteTier:
                 rows = await self._run(work)
             if not rows:
                 return
+            self._observe(rows)
             yield rows
             last = rows[-1][schema.pk.name]
             if len(rows) < batch:
