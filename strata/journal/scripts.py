@@ -47,6 +47,7 @@ class Script:
         except rexc.NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
+
 APPEND_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
 local function newer(current, new)
