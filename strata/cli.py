@@ -34,7 +34,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -377,41 +377,15 @@ async def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 async def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List, retry or drop write-behind dead letters (kept in Redis: every instance's)."""
+    from strata.journal.commands import dead_letters
+
     async with rebuilt(await _store(args)) as store:
-        schema, ids = args.schema, args.id or None
-        if schema is not None and schema not in store.schemas:
+        if args.schema is not None and args.schema not in store.schemas:
             raise SchemaNotRegisteredError(
-                f"schema {schema!r} is not registered by --app {args.app} "
+                f"schema {args.schema!r} is not registered by --app {args.app} "
                 f"(registered: {', '.join(store.schemas) or 'none'})"
             )
-        if args.action == "retry":
-            n = await store.retry_dead_letters(schema, ids)
-            print(f"retried {n} dead letter(s)")
-            return EXIT_OK
-        if args.action == "drop":
-            n = await store.drop_dead_letters(schema, ids)
-            print(f"dropped {n} dead letter(s)")
-            return EXIT_OK
-        letters = await store.dead_letters(schema, ids)
-    rows = [
-        {
-            "schema": d.write.schema,
-            "id": str(d.write.id),
-            "op": d.write.op,
-            "version": d.write.version,
-            "error": f"{type(d.error).__name__}: {d.error}",
-            "failed_at": datetime.fromtimestamp(d.failed_at, UTC).isoformat(timespec="seconds"),
-        }
-        for d in letters
-    ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no dead letters")
-    else:
-        for r in rows:
-            error = _shorten(str(r["error"]).replace("\n", " "), 120)
-            print(f"{r['schema']}\t{r['id']}\t{r['op']}\t{r['failed_at']}\t{error}")
+        print(await dead_letters(store, args.action, args.schema, args.id or None, args.json))
     return EXIT_OK
 
 

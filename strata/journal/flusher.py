@@ -41,7 +41,7 @@ from strata.errors import (
     WriteBehindError,
 )
 from strata.journal.entry import JournalEntry, decode_entry
-from strata.journal.scripts import APPEND_LUA, RELEASE_LUA
+from strata.journal.scripts import APPEND, RELEASE
 from strata.tiers.redis import RedisTier
 
 __all__ = ["GROUP", "Appended", "Journal", "Stream", "is_refusal"]
@@ -82,6 +82,14 @@ class Stream:
     length: int = 0  # entries last seen
 
 
+def _raise_if_cancelled() -> None:
+    """A cancelled task whose cancellation a client library turned into another error
+    (redis-py does, mid-connect) must still end: the event loop is waiting for it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _sid(stream_id: bytes | str) -> tuple[int, int]:
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     ms, _, seq = text.partition("-")
@@ -109,6 +117,7 @@ class Journal:
         tombstone_ttl: float,
         logger: logging.Logger,
         on_error: Callable[[BaseException], None],
+        last: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.tier = tier
         self._consumer = consumer
@@ -126,7 +135,8 @@ class Journal:
         self._log = logger
         self._on_error = on_error
         self.streams: dict[str, Stream] = {}
-        self._last: dict[str, tuple[int, int]] = {}  # schema -> this instance's last append
+        # schema -> this instance's last append (kept across event loops by the caller)
+        self._last: dict[str, tuple[int, int]] = {} if last is None else last
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._next_claim = 0.0
@@ -171,7 +181,7 @@ class Journal:
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.005
         while True:
-            res = await self.tier.call(lambda: client.eval(APPEND_LUA, len(keys), *keys, *args))
+            res = await self.tier.call(lambda: APPEND(client, keys, args))
             st.length = int(res[1])
             if int(res[0]) == 1:
                 if res[2] is not None:
@@ -259,12 +269,16 @@ class Journal:
         next_tick = loop.time() + self._interval
         while not self._stopping:
             try:
+                claim = loop.time() >= self._next_claim
+                if claim:
+                    self._next_claim = loop.time() + max(self._claim_after / 2, 0.01)
                 for st in list(self.streams.values()):
-                    await self._drain(st, own=own, fresh=fresh)
+                    await self._drain(st, own=own, fresh=fresh, claim=claim)
                 own = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the journal waits there
+                _raise_if_cancelled()
                 self._on_error(exc)
                 self._log.warning("write-behind journal: %s", exc)
                 await asyncio.sleep(self._retry_base)
@@ -279,7 +293,7 @@ class Journal:
             fresh = self._wake.is_set() or loop.time() >= next_tick
             self._wake.clear()
 
-    async def _drain(self, st: Stream, *, own: bool, fresh: bool) -> None:
+    async def _drain(self, st: Stream, *, own: bool, fresh: bool, claim: bool) -> None:
         client = self.tier.client
         if st.stream not in self._grouped:
             try:
@@ -300,9 +314,7 @@ class Journal:
                 break
             after = entries[-1][0]
             await self._flush_batch(st, entries)
-        now = asyncio.get_running_loop().time()
-        if now >= self._next_claim:
-            self._next_claim = now + max(self._claim_after / 2, 0.01)
+        if claim:
             await self._claim(st)
         while fresh and not self._stopping:
             read = await self.tier.call(
@@ -395,6 +407,7 @@ class Journal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _raise_if_cancelled()
                 if is_refusal(exc):
                     await self._isolate(st, writes, exc)
                     return
@@ -445,4 +458,4 @@ class Journal:
             ttl = st.ttl_ms if w.op == "set" else self._tomb_ms
             args += [max(w.stream_ids, key=_sid), f"{w.version:016x}", ttl]
         client = self.tier.client
-        await self.tier.call(lambda: client.eval(RELEASE_LUA, len(keys), *keys, *args))
+        await self.tier.call(lambda: RELEASE(client, keys, args))

@@ -68,6 +68,7 @@ def start_journal(core: Core, host: JournalHost) -> Journal | None:
         tombstone_ttl=cfg.tombstone_seconds,
         logger=core.log,
         on_error=core.count_error,
+        last=host.appended,
     )
     for rt in core.routes.values():
         if getattr(rt.path, "writes_l2", False):
@@ -82,6 +83,9 @@ class JournalHost:
     def __init__(self, core: Core, coherence: Coherence) -> None:
         self.core = core
         self.coh = coherence
+        # What this DataStore journaled last, per schema: flush_dirty() waits for it, also
+        # after a new event loop gave the store a new Journal.
+        self.appended: dict[str, tuple[int, int]] = {}
 
     # -- the flusher's callbacks ---------------------------------------------------------
 

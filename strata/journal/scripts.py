@@ -23,7 +23,30 @@ an older L3 row to a reader of another instance.
 
 from __future__ import annotations
 
-__all__ = ["APPEND_LUA", "RELEASE_LUA"]
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions as rexc
+
+__all__ = ["APPEND", "APPEND_LUA", "RELEASE", "RELEASE_LUA", "Script"]
+
+
+class Script:
+    """A Lua script run by its SHA (EVALSHA), sent in full only when the server lacks it."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
 
 APPEND_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
@@ -79,3 +102,7 @@ end
 redis.call('INCR', gen)
 return 1
 """
+
+
+APPEND = Script(APPEND_LUA)
+RELEASE = Script(RELEASE_LUA)

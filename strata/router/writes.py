@@ -206,6 +206,7 @@ class JournaledWriteBehind(WriteBehind):
     unreachable the in-process queue takes the writes (and a crash would lose those)."""
 
     writes_l2 = True
+    unjournaled = False  # in the in-process queue since Redis went away (logged once)
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         b, core, journal = rt.b, self.core, self.core.journal
@@ -225,6 +226,7 @@ class JournaledWriteBehind(WriteBehind):
         except TierUnavailableError:
             self._unjournaled()
             return await super().write(rt, prepared)
+        self.unjournaled = False
         return items, {}
 
     async def delete(self, rt: Route, ids: list[Any]) -> int:
@@ -242,6 +244,9 @@ class JournaledWriteBehind(WriteBehind):
         return version
 
     def _unjournaled(self) -> None:
+        if self.unjournaled:
+            return
+        self.unjournaled = True
         self.core.log.warning(
             "%s: Redis is unreachable; write-behind writes wait in this process's queue "
             "until it returns (a crash meanwhile loses them)",
