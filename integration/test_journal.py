@@ -100,6 +100,32 @@ async def test_a_write_behind_set_is_acknowledged_in_the_journal_with_its_l2_val
     assert (got.blob, got.secret) == (b"\xff\xfe", "s3cr3t")
 
 
+class Login(BaseModel):
+    id: str = Field(primary_key=True)
+    password_hash: str = Field("", omit_cache=True)
+
+
+async def test_omit_cache_fields_never_reach_redis_through_the_journal(
+    settings: dict[str, Any],
+    redis_client: Redis,
+    pg_conn: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A journal entry carries the whole row; a schema with omit_cache fields keeps its
+    write-behind queue in the process instead (and says so), so the field stays out of Redis."""
+    logins = Schema(name="logins", model=Login, write_mode=WriteMode.WRITE_BEHIND)
+    async with store(settings, logins) as ds:
+        await ds.set(Login, Login(id="u", password_hash="HASH-123"))
+        assert await redis_client.exists(journal_key(settings, "logins")) == 0
+        await ds.flush_dirty(WAIT)
+        row = await pg_conn.fetchrow("SELECT password_hash FROM logins WHERE id = 'u'")
+        assert row is not None and row["password_hash"] == "HASH-123"
+        async for key in redis_client.scan_iter(f"{settings['key_prefix']}*"):
+            if await redis_client.type(key) == b"string":
+                assert b"HASH-123" not in (await redis_client.get(key) or b""), key
+    assert "password_hash never go to Redis" in caplog.text
+
+
 async def test_an_entry_delivered_twice_leaves_postgresql_unchanged(
     settings: dict[str, Any], redis_client: Redis, pg_conn: asyncpg.Connection
 ) -> None:

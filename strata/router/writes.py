@@ -261,6 +261,17 @@ def choose_path(binding: Binding, core: Core) -> WritePath:
     if not binding.l3_on:
         return CacheOnly(core, through or WriteThrough(core))
     if mode is WriteMode.WRITE_BEHIND:
+        hidden = sorted(binding.cs.omit_cache_fields)
+        if binding.l2_on and core.journaling and hidden:
+            # The journal carries the whole row to L3; omit_cache fields never go to Redis.
+            core.log.getChild("write_behind").warning(
+                "%s: write-behind keeps its queue in this process, not in the Redis journal, "
+                "because %s never go to Redis (omit_cache): a crash loses the acknowledged "
+                "writes not yet flushed",
+                binding.name,
+                ", ".join(hidden),
+            )
+            return WriteBehind(core, binding.name)
         if binding.l2_on and core.journaling:
             if core.journal is not None:  # registered after connect
                 core.journal.add(binding.name, binding.gen_key.removesuffix(":gen"), binding.l2_ttl)
