@@ -211,3 +211,21 @@ async def test_stale_reads_while_the_link_is_silent() -> None:
         assert reader.seen == {}  # cleared: the next read goes to L2/L3
     finally:
         await bus.stop()
+
+
+async def test_a_starved_event_loop_is_not_taken_for_a_silent_link() -> None:
+    clock = FakeClock()
+    transport = MemoryTransport(clock)
+    reader = Reader()
+    bus = await _bus(transport, clock, reader)
+    try:
+        for _ in range(int(3 * INTERVAL / STEP)):
+            await clock.advance(STEP)
+        resets = reader.resets
+        await clock.advance(3 * INTERVAL)  # one long synchronous stretch: nothing ran
+        for _ in range(int(3 * INTERVAL / STEP)):
+            await clock.advance(STEP)
+        assert bus.connected
+        assert reader.resets == resets
+    finally:
+        await bus.stop()

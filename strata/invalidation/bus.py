@@ -393,6 +393,11 @@ class InvalidationBus:
         while not self._stopping:
             silence = clock.time() - self._last_beat
             if silence > self._dead_after:
+                # A starved event loop (a long synchronous stretch) is not a silent link:
+                # let a due heartbeat task run first, and account for the lag it saw.
+                await asyncio.sleep(0)
+                silence = clock.time() - self._last_beat
+            if silence > self._dead_after:
                 raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
             wait = min(self._interval, self._dead_after - silence) + 0.01
             try:
@@ -481,9 +486,15 @@ class InvalidationBus:
     async def _beat_forever(self) -> None:
         seq = 0
         while not self._stopping:
+            started = self._clock.time()
             await self._clock.sleep(self._interval)
             if self._stopping:
                 break
+            lag = self._clock.time() - started - self._interval
+            if lag > 0.1 * self._interval:
+                # The loop was starved for `lag` seconds: no beat could be sent nor heard in
+                # that time, so it does not count as silence of the link.
+                self._beats = {c: t + lag for c, t in self._beats.items()}
             seq += 1
             payload = Heartbeat(origin=self._instance_id, seq=seq).encode()
             try:

@@ -389,9 +389,10 @@ class Coherence:
 
 
 def _shapes_key(rt: Route) -> str:
-    """``{prefix}:{schema}:shapes``, beside the schema's generation counter (same hash tag
-    on a cluster)."""
-    return rt.b.gen_key.removesuffix("gen") + "shapes"
+    """``{prefix}:_shapes:{schema}``: outside the schema's own ``{prefix}:{schema}:*`` keys
+    (a sorted set among its payloads would trip whoever scans them)."""
+    prefix = rt.b.gen_key.removesuffix(f":{rt.name}:gen")
+    return f"{prefix}:_shapes:{rt.name}"
 
 
 def _wire_id(id: Any) -> str | int:

@@ -35,6 +35,7 @@ records the writes for repair), and the probe deletes those keys before Redis se
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -270,7 +271,7 @@ class RedisTier:
         )
         for key, value in found:
             try:
-                await self._run(lambda k=key, v=value: DELETE_IF(client, [k], [v]))  # type: ignore[misc]
+                await self._run(functools.partial(DELETE_IF, client, [key], [value]))
             except TierError as exc:
                 self._report(exc)
                 return
