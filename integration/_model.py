@@ -85,6 +85,7 @@ class ModelConfig:
     faults: tuple[str, ...] = FAULTS
     update: bool = False  # ds.update exists (issue 11, version-checked writes)
     skip: tuple[str, ...] = ()  # op kinds left out (a known bug, until it is fixed)
+    writers: tuple[str, ...] = ("A", "B")  # the instances that write
 
     @property
     def name(self) -> str:
@@ -111,6 +112,7 @@ class CheckFailed(Exception):
 
 # ------------------------------------------------------------------------------- model
 
+WRITES = ("set", "set_many", "delete", "update")
 PENDING, ACKED, MAYBE, DEAD = "pending", "acked", "maybe", "dead"
 
 
@@ -301,6 +303,10 @@ def generate(seed: int, config: ModelConfig, *, length: int = 30, keys: int = 4)
                 continue
         kind = rng.choice(kinds)
         inst = rng.choice("AB")
+        if kind in WRITES:
+            inst = rng.choice(config.writers)
+        elif kind == "race" and len(config.writers) == 1:
+            inst = "B" if config.writers == ("A",) else "A"  # the reader: not the writer
         if kind in ("get_many", "set_many"):
             chosen = tuple(rng.sample(names, rng.randint(1, keys)))
         elif kind == "search":
