@@ -67,8 +67,9 @@ def _config(
     faults: tuple[str, ...] = FAULTS,
     skip: tuple[str, ...] = (),
     writers: tuple[str, ...] = ("A", "B"),
+    monotonic_in_faults: bool = True,
 ) -> ModelConfig:
-    return ModelConfig(mode, l1, faults, HAS_UPDATE, skip, writers)
+    return ModelConfig(mode, l1, faults, HAS_UPDATE, skip, writers, monotonic_in_faults)
 
 
 # Known bugs (issue 11) left out of the main walk until they are fixed; each has a
@@ -82,8 +83,17 @@ SKIP_OPS = {
 # Write-behind: an instance prefers its own queued write to a newer one of the other
 # instance, so only A writes there (B reads, races and suffers the faults).
 WRITERS = {WriteMode.WRITE_BEHIND: ("A",)}
+# Write-behind: while Redis is down, the reader goes back to L3, older than A's queued
+# writes; reads of the non-writer during a fault are not checked for monotonicity there.
+LAX_IN_FAULTS = {WriteMode.WRITE_BEHIND}
 CONFIGS = [
-    _config(mode, l1, skip=SKIP_OPS.get(mode, ()), writers=WRITERS.get(mode, ("A", "B")))
+    _config(
+        mode,
+        l1,
+        skip=SKIP_OPS.get(mode, ()),
+        writers=WRITERS.get(mode, ("A", "B")),
+        monotonic_in_faults=mode not in LAX_IN_FAULTS,
+    )
     for mode in MODES
     for l1 in (True, False)
 ]
@@ -310,3 +320,21 @@ async def test_write_behind_get_does_not_prefer_an_older_queued_write_of_its_own
         await a.set(Item, Item(id="k0", name="new"))  # the newer write, queued in A
         assert (await b.get_many(Item, ["k0"]))["k0"].name == "new"
         assert await _read(b, "k0") == "new"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 11 (write-behind): while Redis is down another instance reads from L3 a value "
+    "older than one it read before (the queued write lives only in Redis and the writer)",
+)
+async def test_write_behind_reader_does_not_go_back_in_time_when_redis_dies(
+    faults: Faults, settings: dict[str, Any]
+) -> None:
+    ops = [  # shrunk by the walk (write_behind-no-l1, redis_kill, seed 1002)
+        Op(kind="set_many", inst="A", keys=("k1", "k2")),
+        Op(kind="set_many", inst="A", keys=("k0", "k3")),
+        Op(kind="get", inst="B", keys=("k2",)),
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+        Op(kind="get_many", inst="B", keys=("k2", "k3", "k1")),
+    ]
+    await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)
