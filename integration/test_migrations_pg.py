@@ -203,6 +203,21 @@ async def test_migrate_creates_table_sequence_and_ledger_in_the_schema(
     assert [r["kind"] for r in await ledger(pg_conn, pg_schema)] == ["auto"]
 
 
+async def test_migrate_takes_a_database_url_with_libpq_options(
+    pg_url: str, pg_schema: str, pg_conn: asyncpg.Connection
+) -> None:
+    """``?synchronous_commit=off`` used to raise TypeError from inside SQLAlchemy: its URL
+    parser passed the option to asyncpg.connect() as a keyword argument."""
+    sep = "&" if "?" in pg_url else "?"
+    url = f"{pg_url}{sep}synchronous_commit=off&application_name=strata-migrate-test"
+    config = Config(database_url=url, database_schema=pg_schema)
+
+    report = await migrate(config, compiled(config, PlayerV1))
+
+    assert ChangeKind.CREATE_TABLE in [c.kind for c in report.applied]
+    assert "players" in await tables(pg_conn, pg_schema)
+
+
 async def test_second_run_applies_nothing_and_records_nothing(
     config: Config, pg_schema: str, pg_conn: asyncpg.Connection
 ) -> None:

@@ -289,7 +289,7 @@ async def test_value_that_is_not_an_envelope_is_overwritten(
     await redis_client.set(key, foreign)
 
     assert await tier.set_many([(key, env(1), 60.0)]) == [True]
-    assert await redis_client.get(key) == env(1)
+    assert (await tier.get_many([key]))[0][0] == env(1)
 
 
 async def test_key_of_another_type_is_a_miss_and_is_overwritten(
@@ -302,7 +302,7 @@ async def test_key_of_another_type_is_a_miss_and_is_overwritten(
     assert await tier.get_many([key, f"{redis_prefix}:other"]) == [(None, None)] * 2
     assert tier.available  # a wrong type is a miss, not an outage
     assert await tier.set_many([(key, env(1), 60.0)]) == [True]
-    assert await redis_client.get(key) == env(1)
+    assert (await tier.get_many([key]))[0][0] == env(1)
 
 
 async def test_payload_that_is_not_an_envelope_is_refused(
@@ -473,3 +473,18 @@ async def test_use_before_connect_is_a_lifecycle_error(redis_url: str) -> None:
     await tier.close()
     with pytest.raises(LifecycleError):
         await tier.get_many(["k"])
+
+
+async def test_a_payload_copied_under_another_key_is_a_miss_and_deleted(
+    tier: RedisTier, redis_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    source, target = f"{redis_prefix}:a", f"{redis_prefix}:b"
+    await tier.set_many([(source, env(9), 60.0)])
+    copied = await redis_client.get(source)
+    assert copied is not None
+    await redis_client.set(target, copied)
+
+    assert await tier.get_many([target]) == [(None, None)]
+    assert not await redis_client.exists(target)
+    assert await tier.set_many([(target, env(1), 60.0)]) == [True]  # not "older than 9"
+    assert (await tier.get_many([source, target]))[1][0] == env(1)

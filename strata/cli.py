@@ -7,6 +7,8 @@
     strata sql      --app MODULE:ATTR DIRECTORY         NNN_name.sql files (migrate_from)
     strata warm     --app MODULE:ATTR SCHEMA [--limit N]  rows from L3 into Redis (L2)
     strata rotate-key --app MODULE:ATTR [--batch N]     re-encrypt to the active key (resumable)
+    strata dead-letters list|retry|drop --app MODULE:ATTR [--schema S] [--id ID ...] [--json]
+                                                        write-behind writes the database refused
 
 ``MODULE:ATTR`` names a DataStore with its schemas registered, or a zero-argument function
 (sync or async) returning one; ``STRATA_APP`` is the default. The module is imported from
@@ -32,7 +34,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -373,6 +375,46 @@ async def cmd_rotate_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """List, retry or drop write-behind dead letters (kept in Redis: every instance's)."""
+    async with rebuilt(await _store(args)) as store:
+        schema, ids = args.schema, args.id or None
+        if schema is not None and schema not in store.schemas:
+            raise SchemaNotRegisteredError(
+                f"schema {schema!r} is not registered by --app {args.app} "
+                f"(registered: {', '.join(store.schemas) or 'none'})"
+            )
+        if args.action == "retry":
+            n = await store.retry_dead_letters(schema, ids)
+            print(f"retried {n} dead letter(s)")
+            return EXIT_OK
+        if args.action == "drop":
+            n = await store.drop_dead_letters(schema, ids)
+            print(f"dropped {n} dead letter(s)")
+            return EXIT_OK
+        letters = await store.dead_letters(schema, ids)
+    rows = [
+        {
+            "schema": d.write.schema,
+            "id": str(d.write.id),
+            "op": d.write.op,
+            "version": d.write.version,
+            "error": f"{type(d.error).__name__}: {d.error}",
+            "failed_at": datetime.fromtimestamp(d.failed_at, UTC).isoformat(timespec="seconds"),
+        }
+        for d in letters
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no dead letters")
+    else:
+        for r in rows:
+            error = _shorten(str(r["error"]).replace("\n", " "), 120)
+            print(f"{r['schema']}\t{r['id']}\t{r['op']}\t{r['failed_at']}\t{error}")
+    return EXIT_OK
+
+
 def _has_l2(store: DataStore, compiled: CompiledSchema) -> bool:
     return compiled.has_l2 and store.config.redis_url is not None
 
@@ -492,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="at most N rows (default 0: all)")
     p = command("rotate-key", cmd_rotate_key, "re-encrypt encrypted columns to the active key")
     p.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+    p = command("dead-letters", cmd_dead_letters, "list, retry or drop write-behind dead letters")
+    p.add_argument("action", choices=("list", "retry", "drop"), help="what to do with them")
+    p.add_argument("--schema", metavar="SCHEMA", help="only this schema's")
+    p.add_argument("--id", action="append", metavar="ID", help="only this id (repeatable)")
+    p.add_argument("--json", action="store_true", help="list: print them as JSON")
     return parser
 
 

@@ -203,6 +203,12 @@ class Config:
     write_behind_retry_base: Seconds = 0.2
     write_behind_retry_max: Seconds = 10.0
     write_behind_max_pending: int = 100_000
+    #: With Redis: journal entries another instance left unacknowledged this long are
+    #: claimed (it is presumed dead) and flushed here.
+    write_behind_claim_after: Seconds = 30.0
+    #: A writer waiting for room in a full journal (``write_behind_max_pending``) gives up
+    #: after this long with WriteBehindError; ``close()`` flushes at most this long too.
+    write_behind_wait_timeout: Seconds = 30.0
     invalidation_channel: str = "strata:invalidation"
     heartbeat_interval: Seconds = 2.0
     key_prefix: str = "strata"
@@ -244,6 +250,8 @@ class Config:
             "write_behind_flush_interval",
             "write_behind_retry_base",
             "write_behind_retry_max",
+            "write_behind_claim_after",
+            "write_behind_wait_timeout",
             "heartbeat_interval",
             "sweep_interval",
             "cache_l1_ttl",
@@ -357,6 +365,8 @@ class Config:
             "STRATA_WRITE_BEHIND_FLUSH_THRESHOLD": ("write_behind_flush_threshold", int),
             "STRATA_WRITE_BEHIND_MAX_RETRY": ("write_behind_max_retry", int),
             "STRATA_WRITE_BEHIND_MAX_PENDING": ("write_behind_max_pending", int),
+            "STRATA_WRITE_BEHIND_CLAIM_AFTER": ("write_behind_claim_after", float),
+            "STRATA_WRITE_BEHIND_WAIT_TIMEOUT": ("write_behind_wait_timeout", float),
             "STRATA_COMPRESS_MIN_BYTES": ("compress_min_bytes", int),
             "STRATA_MAX_VALUE_BYTES": ("max_value_bytes", int),
             "STRATA_CACHE_MAX_ENTRIES": ("cache_max_entries", int),

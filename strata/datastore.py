@@ -10,7 +10,6 @@ write mode (``router/writes.py``), queries (``router/queries.py``), coherence
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -24,13 +23,12 @@ from strata.crypto import FieldCipher
 from strata.errors import (
     ConfigError,
     InvalidModelError,
-    InvalidValueError,
     LifecycleError,
     SchemaDuplicateError,
-    SerializationError,
     TierUnavailableError,
 )
 from strata.hooks import HookRunner
+from strata.journal.host import JournalHost, start_journal
 from strata.observability import Counters, Stats, default_logger
 from strata.query import Projection, Q, Query
 from strata.router.binding import TOMBSTONE_TTL, Binding
@@ -40,6 +38,7 @@ from strata.router.queries import Queries
 from strata.router.reads import Reads
 from strata.router.template import CLOSED, NEW, OPEN, OperationTemplate
 from strata.router.txhost import RouterTxHost
+from strata.router.update import UpdateFn, VersionedWrites
 from strata.router.writes import Writes, choose_path
 from strata.schema import CompiledSchema, Schema, compile_schema
 from strata.tiers.base import Id, L1Factory, L1Tier, L2Tier, L3Tier
@@ -47,7 +46,7 @@ from strata.tiers.memory import MemoryTier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
 from strata.tiers.sqlite import SqliteTier
-from strata.tx import Tx, TxContext
+from strata.tx import Tx, TxContext, retry
 from strata.writebehind import DeadLetter, WriteBehindQueue
 
 if TYPE_CHECKING:
@@ -111,6 +110,8 @@ class DataStore:
         self._reads = Reads(core)
         self._writes = Writes(core, self._coherence, self._reads)
         self._queries = Queries(core, self._reads)
+        self._versioned = VersionedWrites(core, self._coherence, self._writes)
+        self._journal_host = JournalHost(core, self._coherence)
         self._ops = ops = OperationTemplate(self._c, config.observer, self._log)
         self._run = ops.run
         ops.rebind = self._rebind
@@ -165,6 +166,7 @@ class DataStore:
                 logger=self._log,
             )
             await core.wb.start()
+            core.journal = start_journal(core, self._journal_host)
             redis = core.l2 if isinstance(core.l2, RedisTier) else None
             await self.cache.attach(redis, core.bus, core.spawn)
             core.lease = self.cache.lease if redis is not None else None
@@ -195,19 +197,18 @@ class DataStore:
 
     async def _rebind(self) -> None:
         """The loop ``connect()`` ran on has ended, and its connections and tasks with it:
-        forget them (tiers that can, ``abandon()``), connect again on the running loop, and
+        forget them (each tier's ``abandon()``), connect again on the running loop, and
         move the write-behind writes left in the old queue to the new one. With Redis, L1 is
         cleared: invalidations may have been missed meanwhile."""
         core = self._core
         leftover = core.wb.leftover() if core.wb is not None else []
         for tier in (core.l3, core.l2, *self._queries.replicas.values()):
-            abandon = getattr(tier, "abandon", None)  # an optional capability of a tier
-            if abandon is not None:
-                abandon()
+            if tier is not None:
+                tier.abandon()
         self._hooks.abandon()
         core.tasks.clear()
         core.inflight.clear()
-        core.bus = core.wb = None
+        core.bus = core.wb = core.journal = None
         if core.l2 is not None:
             self._coherence.clear_l1()
         self._ops.state, self._ops.loop = NEW, None
@@ -219,6 +220,8 @@ class DataStore:
     async def _shutdown(self) -> None:
         core = self._core
         try:
+            if core.journal is not None:
+                await core.journal.close()
             if core.wb is not None:
                 await core.wb.close()
         finally:
@@ -434,17 +437,32 @@ class DataStore:
     ) -> T:
         """Run ``fn(tx)`` in a transaction, again (up to ``attempts`` times in all) when it
         fails with a retryable ``SerializationError``; the last one is raised."""
-        if attempts < 1:
-            raise InvalidValueError("retry_tx needs attempts >= 1")
-        for attempt in range(attempts):
-            try:
-                async with self.tx(isolation=isolation, timeout=timeout) as tx:
-                    return await fn(tx)
-            except SerializationError:
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(backoff * (2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retry(
+            lambda: self.tx(isolation=isolation, timeout=timeout), fn, attempts, backoff
+        )
+
+    # -- version-checked writes (router/update.py) -------------------------------------
+
+    @overload
+    async def update(
+        self, schema: type[M], id: Id, fn: UpdateFn[M], *, attempts: int = ...
+    ) -> M: ...
+    @overload
+    async def update(
+        self, schema: str, id: Id, fn: UpdateFn[Any], *, attempts: int = ...
+    ) -> BaseModel: ...
+    async def update(self, schema: SchemaRef, id: Id, fn: Any, *, attempts: int = 10) -> Any:
+        """Read from L3, ``fn(value)``, write only if the row's version is unchanged; else
+        again (``attempts`` in all), then ``ConflictError``. See ``strata.router.update``."""
+        return await self._run("update", schema, self._versioned.update, id, fn, attempts)
+
+    @overload
+    async def patch(self, schema: type[M], id: Id, /, **fields: Any) -> M: ...
+    @overload
+    async def patch(self, schema: str, id: Id, /, **fields: Any) -> BaseModel: ...
+    async def patch(self, schema: SchemaRef, id: Id, /, **fields: Any) -> Any:
+        """Write only the named fields of an existing row, in L3, with a new version."""
+        return await self._run("patch", schema, self._versioned.patch, id, fields)
 
     # -- cache control -----------------------------------------------------------------
 
@@ -482,12 +500,25 @@ class DataStore:
     async def _flush(self, _: None, timeout: float | None) -> tuple[None, None]:
         if self._core.wb is not None:
             await self._core.wb.flush(timeout)
+        if self._core.journal is not None:
+            await self._core.journal.flush(timeout)
         return None, None
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Write-behind writes that failed ``write_behind_max_retry`` times."""
-        wb = self._core.wb
-        return wb.dead_letters() if wb is not None else []
+    # Dead letters: write-behind writes L3 refused (with Redis kept there, seen by every
+    # instance); of one schema, of some ids. Retry writes them again (a new version).
+    async def dead_letters(
+        self, schema: SchemaRef | None = None, ids: Any = None
+    ) -> list[DeadLetter]:
+        return await self._run("dead_letters", None, self._dead, "dead_letters", schema, ids)
+
+    async def retry_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
+        return await self._run("retry_dead_letters", None, self._dead, "retry", schema, ids)
+
+    async def drop_dead_letters(self, schema: SchemaRef | None = None, ids: Any = None) -> int:
+        return await self._run("drop_dead_letters", None, self._dead, "drop", schema, ids)
+
+    async def _dead(self, _: None, verb: str, schema: Any, ids: Any) -> tuple[Any, None]:
+        return await getattr(self._journal_host, verb)(schema, ids), None
 
     def _on_l2_recover(self) -> None:
         self._coherence.on_l2_recover()
@@ -528,7 +559,8 @@ class DataStore:
         return self._c.snapshot(
             l1_entries=sum(len(l1) for l1 in l1s),
             l1_evictions=sum(l1.evictions for l1 in l1s),
-            dirty_count=wb.pending if wb is not None else 0,
+            dirty_count=(wb.pending if wb is not None else 0)
+            + (self._core.journal.pending if self._core.journal is not None else 0),
         )
 
     def __repr__(self) -> str:

@@ -21,6 +21,8 @@
     │   ├── ValueTooLargeError           payload over Config.max_value_bytes (.size, .limit)
     │   └── InvalidKeyError              keyed-cache key empty, or ':' / '*' in a segment (.key)
     ├── NotFoundError                    get() of an id that no tier holds (.schema, .id)
+    ├── ConflictError                    update() lost the race every attempt (.schema, .id,
+    │                                    .attempts)
     ├── QueryError
     │   ├── InvalidQueryError            unknown / hostile identifier, bad lookup (.identifier)
     │   └── CacheMissError               force_l2() search with nothing cached
@@ -153,6 +155,20 @@ class NotFoundError(StrataError):
         super().__init__(f"{schema}: no row with id {id!r}")
         self.schema = schema
         self.id = id
+
+
+class ConflictError(StrataError):
+    """A version-checked write (``ds.update``) found the row changed under it on every
+    attempt: nothing of it was written."""
+
+    def __init__(self, schema: str, id: Any, attempts: int):
+        super().__init__(
+            f"{schema}: {id!r} changed concurrently on each of {attempts} attempt(s); "
+            "nothing was written"
+        )
+        self.schema = schema
+        self.id = id
+        self.attempts = attempts
 
 
 class QueryError(StrataError):

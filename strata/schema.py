@@ -17,7 +17,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -41,6 +41,7 @@ from strata.columns import (
 )
 from strata.config import Config, Seconds, WriteMode, seconds
 from strata.errors import (
+    ConfigError,
     ConflictingFieldOptionsError,
     InvalidModelError,
     InvalidPrimaryKeyError,
@@ -51,6 +52,7 @@ from strata.errors import (
 from strata.fields import field_meta
 
 __all__ = [
+    "DEFAULT",
     "VERSION_COLUMN",
     "ColumnKind",
     "ColumnSpec",
@@ -92,13 +94,40 @@ class MemPolicy:
     eviction: Eviction = Eviction.LRU
 
 
+class _Default(enum.Enum):
+    DEFAULT = "default"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default.DEFAULT
+"""``RedisPolicy(ttl=...)`` left out: take ``Config.default_l2_ttl`` (``None`` says "never
+expire", so it cannot also mean "the default")."""
+
+
 @dataclass(frozen=True)
 class RedisPolicy:
-    """L2 settings. ``ttl=None`` takes ``Config.default_l2_ttl``; ``key_prefix`` overrides
+    """L2 settings. ``ttl``: seconds (or a timedelta) greater than 0; ``None``: the keys
+    never expire; left out: ``Config.default_l2_ttl``. ``key_prefix`` overrides
     ``Config.key_prefix`` for this schema."""
 
-    ttl: Seconds | None = None
+    ttl: Seconds | Literal[_Default.DEFAULT] | None = DEFAULT
     key_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl is not DEFAULT:
+            _positive_l2_ttl(seconds(self.ttl, "RedisPolicy.ttl"), "RedisPolicy.ttl")
+
+
+def _positive_l2_ttl(ttl: float | None, what: str) -> float | None:
+    """Redis cannot keep a key for 0 seconds (it would be rounded up to 1 ms): refused."""
+    if ttl is not None and ttl <= 0:
+        raise ConfigError(
+            f"{what} must be greater than 0 seconds, got {ttl!r} "
+            "(use ttl=None for keys that never expire)"
+        )
+    return ttl
 
 
 @dataclass(frozen=True)
@@ -449,8 +478,11 @@ def l1_ttl(schema: Schema, config: Config, mname: str) -> float | None:
 
 
 def l2_ttl(schema: Schema, config: Config, mname: str) -> float | None:
-    ttl = schema.l2.ttl if schema.l2 and schema.l2.ttl is not None else config.default_l2_ttl
-    return seconds(ttl, f"{mname} l2 ttl")
+    """None: the schema's Redis keys never expire (``RedisPolicy(ttl=None)``)."""
+    ttl = schema.l2.ttl if schema.l2 is not None else DEFAULT
+    if ttl is DEFAULT:
+        ttl = config.default_l2_ttl
+    return _positive_l2_ttl(seconds(ttl, f"{mname} l2 ttl"), f"{mname} l2 ttl")
 
 
 def ttl_min(remaining: float | None, tier_ttl: float | None) -> float | None:

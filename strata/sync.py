@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from strata.datastore import SchemaRef
     from strata.observability import Stats
     from strata.query import Q, Query
+    from strata.router.update import UpdateFn
     from strata.schema import CompiledSchema, Schema
-    from strata.writebehind import DeadLetter
 
 __all__ = ["DataStore", "SyncTx"]
 
@@ -292,9 +292,6 @@ class DataStore:
     def stats(self) -> Stats:
         return self.aio.stats()
 
-    def dead_letters(self) -> list[DeadLetter]:
-        return self.aio.dead_letters()
-
     # -- the operations, derived from the async ones ---------------------------------------
 
     if TYPE_CHECKING:
@@ -314,11 +311,27 @@ class DataStore:
         @overload
         def search(self, schema: str, q: Q | Query | None = None) -> list[BaseModel]: ...
         def search(self, schema: SchemaRef, q: Q | Query | None = None) -> list[Any]: ...
+        @overload
+        def update(
+            self, schema: type[M], id: Any, fn: UpdateFn[M], *, attempts: int = ...
+        ) -> M: ...
+        @overload
+        def update(
+            self, schema: str, id: Any, fn: UpdateFn[Any], *, attempts: int = ...
+        ) -> BaseModel: ...
+        def update(self, schema: SchemaRef, id: Any, fn: Any, *, attempts: int = 10) -> Any: ...
+        @overload
+        def patch(self, schema: type[M], id: Any, /, **fields: Any) -> M: ...
+        @overload
+        def patch(self, schema: str, id: Any, /, **fields: Any) -> BaseModel: ...
+        def patch(self, schema: SchemaRef, id: Any, /, **fields: Any) -> Any: ...
 
     else:
         get = _blocking(AsyncDataStore.get)
         set = _blocking(AsyncDataStore.set)
         search = _blocking(AsyncDataStore.search)
+        update = _blocking(AsyncDataStore.update)
+        patch = _blocking(AsyncDataStore.patch)
     get_many = _blocking(AsyncDataStore.get_many)
     exists = _blocking(AsyncDataStore.exists)
     set_many = _blocking(AsyncDataStore.set_many)
@@ -330,6 +343,9 @@ class DataStore:
     invalidate_all = _blocking(AsyncDataStore.invalidate_all)
     warm_cache = _blocking(AsyncDataStore.warm_cache)
     flush_dirty = _blocking(AsyncDataStore.flush_dirty)
+    dead_letters = _blocking(AsyncDataStore.dead_letters)
+    retry_dead_letters = _blocking(AsyncDataStore.retry_dead_letters)
+    drop_dead_letters = _blocking(AsyncDataStore.drop_dead_letters)
     migrate = _blocking(AsyncDataStore.migrate)
     migrate_from = _blocking(AsyncDataStore.migrate_from)
     migration_status = _blocking(AsyncDataStore.migration_status)

@@ -24,6 +24,7 @@ template (``host.run``), so it is observed, counted and error-mapped like ``ds.*
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
@@ -32,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from pydantic import BaseModel
 
 from strata.errors import (
+    InvalidValueError,
     NotFoundError,
+    SerializationError,
     StrataError,
     TxClosedError,
     TxFailedError,
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
     from strata.query import Projection, Q, Query
     from strata.router.core import Route
 
-__all__ = ["Effects", "Tx", "TxContext", "TxHost"]
+__all__ = ["Effects", "Tx", "TxContext", "TxHost", "retry"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -342,3 +345,24 @@ class TxContext:
             raise TxTimeoutError(
                 f"transaction exceeded its timeout of {self._timeout_s} s and was rolled back"
             ) from expired
+
+
+async def retry(
+    context: Callable[[], TxContext],
+    fn: Callable[[Tx], Awaitable[T]],
+    attempts: int,
+    backoff: float,
+) -> T:
+    """``ds.retry_tx``: ``fn(tx)`` in a new ``context()``, again (up to ``attempts`` in all)
+    when it fails with a retryable ``SerializationError``; the last one is raised."""
+    if attempts < 1:
+        raise InvalidValueError("retry_tx needs attempts >= 1")
+    for attempt in range(attempts):
+        try:
+            async with context() as tx:
+                return await fn(tx)
+        except SerializationError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -18,14 +18,8 @@ any database: ``apply(schema, writes)`` is the router's coroutine that writes on
                   a newer write of the key queued meanwhile, or cancel()? ── yes ──► dropped
                                                            │ no
                                                            ▼
-                  attempts < max_retry ── yes ──► the batch again after
-                                                  base * 2**(attempts-1) (capped, jittered)
-                                                           │ no
-                                                           ▼
-                  one write, or L3 unreachable ─────► dead letter (on_dead_letter)
-                  several writes ───────────────────► bisect: each half tried once at once;
-                                                      a failing half is split again, a failing
-                                                      single write is dead-lettered
+                  retried with backoff, then dead-lettered or bisected: see plan_failure
+                  in strata/journal/pending.py
 
 Nothing leaves the queue silently: a write is applied, superseded by a newer write of its key,
 cancelled (a transaction wrote the key itself) or dead-lettered. ``flush()`` waits for every
@@ -38,86 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import inspect
 import logging
-import math
-import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import replace
 from heapq import heappop, heappush
 from itertools import chain, count, islice
 from types import TracebackType
-from typing import Any, Literal
 
-from strata.errors import ConfigError, TierUnavailableError, WriteBehindError
+from strata.errors import WriteBehindError
+from strata.journal import pending as parts
+from strata.journal.pending import UNREACHABLE, Apply, DeadLetter, DeadLetterHook, PendingWrite
 
 __all__ = ["DeadLetter", "PendingWrite", "WriteBehindQueue"]
-
-# Errors that say "L3 cannot be reached" rather than "L3 refused these rows": splitting the
-# batch would only multiply calls to a database that is down, so such a batch is not bisected.
-_UNREACHABLE = (TierUnavailableError, OSError)
-
-
-@dataclass(slots=True)
-class PendingWrite:
-    """One L3 write waiting in the queue.
-
-    The queue owns it once ``put``: it stamps ``first_queued`` (when its key first became
-    dirty, kept across coalescing) and counts ``attempts`` (failed applies it took part in).
-    """
-
-    schema: str
-    id: Hashable
-    op: Literal["set", "delete"]
-    row: Any  # opaque payload for apply; None for deletes
-    version: int  # grows per key: a newer write of a key has a higher (or equal) version
-    attempts: int = 0
-    first_queued: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A write given up on: ``error`` is the exception of its last failed attempt."""
-
-    write: PendingWrite
-    error: BaseException
-    failed_at: float  # the queue's clock
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    write: PendingWrite
-    seq: int  # the put that first made the key dirty; flush() waits on it
-    cancelled: bool = False  # cancel() while in flight: never retried
-
-
-@dataclass(slots=True, eq=False)
-class _Group:
-    """The surviving writes of a failed batch, to be tried again together."""
-
-    schema: str
-    entries: dict[Hashable, _Entry]
-    bisect: bool  # a half of a split batch: one try, then split again or dead-letter
-
-
-@dataclass(slots=True, eq=False)
-class _Batch:
-    schema: str
-    entries: list[_Entry]
-    bisect: bool
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-Apply = Callable[[str, list[PendingWrite]], Awaitable[None]]
-DeadLetterHook = Callable[[DeadLetter], Awaitable[None] | None]
 
 
 class WriteBehindQueue:
@@ -145,32 +72,18 @@ class WriteBehindQueue:
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not callable(apply):
-            raise ConfigError(f"apply must be an async callable, got {apply!r}")
-        if not _is_number(flush_interval) or not 0 < flush_interval < math.inf:
-            raise ConfigError(
-                f"flush_interval must be a finite number of seconds > 0, got {flush_interval!r}"
-            )
-        for name, value in (
-            ("flush_threshold", flush_threshold),
-            ("max_retry", max_retry),
-            ("max_pending", max_pending),
-            ("max_batch", max_batch),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-        for name, delay in (
-            ("retry_base_delay", retry_base_delay),
-            ("retry_max_delay", retry_max_delay),
-        ):
-            if not _is_number(delay) or not 0 <= delay < math.inf:
-                raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {delay!r}")
-        for name, fn in (("on_dead_letter", on_dead_letter), ("on_error", on_error)):
-            if fn is not None and not callable(fn):
-                raise ConfigError(f"{name} must be callable, got {fn!r}")
-        if not callable(clock):
-            raise ConfigError(f"clock must be callable, got {clock!r}")
-
+        parts.check_settings(
+            apply,
+            flush_interval,
+            {
+                "flush_threshold": flush_threshold,
+                "max_retry": max_retry,
+                "max_pending": max_pending,
+                "max_batch": max_batch,
+            },
+            {"retry_base_delay": retry_base_delay, "retry_max_delay": retry_max_delay},
+            {"on_dead_letter": on_dead_letter, "on_error": on_error, "clock": clock},
+        )
         self._apply = apply
         self._interval = float(flush_interval)
         self._threshold = flush_threshold
@@ -185,14 +98,14 @@ class WriteBehindQueue:
         self._clock = clock
 
         # Fresh writes, per schema, in the order their keys became dirty.
-        self._queues: dict[str, dict[Hashable, _Entry]] = {}
+        self._queues: dict[str, dict[Hashable, parts.Entry]] = {}
         self._queued = 0  # entries in _queues
         # Failed writes waiting for their retry: key -> its group, and the groups by due time
         # (loop time, tie-breaker, group); a group emptied by newer puts is skipped when due.
-        self._retrying: dict[tuple[str, Hashable], _Group] = {}
-        self._due: list[tuple[float, int, _Group]] = []
+        self._retrying: dict[tuple[str, Hashable], parts.Group] = {}
+        self._due: list[tuple[float, int, parts.Group]] = []
         self._tie = count()
-        self._in_flight: dict[tuple[str, Hashable], _Entry] = {}
+        self._in_flight: dict[tuple[str, Hashable], parts.Entry] = {}
         self._dead: list[DeadLetter] = []
         self._seq = 0  # puts accepted so far
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (flush target, future)
@@ -200,7 +113,7 @@ class WriteBehindQueue:
         self._not_full = asyncio.Event()
         self._not_full.set()
         self._closed = asyncio.Event()
-        self._state = _State.NEW
+        self._state = parts.State.NEW
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._crash: BaseException | None = None
@@ -209,13 +122,13 @@ class WriteBehindQueue:
 
     async def start(self) -> None:
         """Start the flusher task. Idempotent while running; refused after close."""
-        if self._state is _State.RUNNING:
+        if self._state is parts.State.RUNNING:
             return
-        if self._state is not _State.NEW:
+        if self._state is not parts.State.NEW:
             raise WriteBehindError("write-behind queue is closed; it cannot be started again")
         self._task = asyncio.create_task(self._run(), name="strata-write-behind-flusher")
         self._task.add_done_callback(self._flusher_done)
-        self._state = _State.RUNNING
+        self._state = parts.State.RUNNING
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush everything, then stop the flusher. Later ``put`` calls raise.
@@ -224,16 +137,16 @@ class WriteBehindQueue:
         finish within ``timeout`` seconds (or the flusher died), the flusher is cancelled, the
         writes left are dead-lettered and ``WriteBehindError`` is raised with them.
         """
-        if self._state is _State.CLOSED:
+        if self._state is parts.State.CLOSED:
             return
-        if self._state is _State.CLOSING:
+        if self._state is parts.State.CLOSING:
             await self._closed.wait()
             return
-        if self._state is _State.NEW:
-            self._state = _State.CLOSED
+        if self._state is parts.State.NEW:
+            self._state = parts.State.CLOSED
             self._closed.set()
             return
-        self._state = _State.CLOSING
+        self._state = parts.State.CLOSING
         self._not_full.set()  # waiting puts wake up to find the queue closing
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -259,7 +172,7 @@ class WriteBehindQueue:
                 self._stopping = True
                 task.cancel()
                 self._bury(WriteBehindError("write-behind close was cancelled"))
-            self._state = _State.CLOSED
+            self._state = parts.State.CLOSED
             self._closed.set()
         if error is not None:
             raise WriteBehindError(
@@ -357,6 +270,11 @@ class WriteBehindQueue:
         letters, self._dead = self._dead, []
         return letters
 
+    def forget_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
+        """Forget these dead letters (the others stay)."""
+        gone = {id(d) for d in letters}
+        self._dead = [d for d in self._dead if id(d) not in gone]
+
     async def retry_dead_letters(self) -> int:
         """Queue the dead letters again (attempts reset); returns how many were queued.
 
@@ -374,22 +292,17 @@ class WriteBehindQueue:
         return queued
 
     def retry_delay(self, attempts: int) -> float:
-        """Seconds before retrying a batch that has failed ``attempts`` times.
-
-        ``retry_base_delay * 2**(attempts - 1)``, capped at ``retry_max_delay``, then jittered
-        down by up to half so that instances retrying together spread out.
-        """
-        delay = min(self._retry_max, self._retry_base * 2.0 ** min(max(attempts - 1, 0), 64))
-        return delay / 2 + random.random() * delay / 2
+        """Seconds before retrying a batch that has failed ``attempts`` times."""
+        return parts.backoff(attempts, self._retry_base, self._retry_max)
 
     # -- internals: queueing -----------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._crash is not None:
             raise WriteBehindError("write-behind flusher has stopped") from self._crash
-        if self._state is _State.NEW:
+        if self._state is parts.State.NEW:
             raise WriteBehindError("write-behind queue is not started: call start() first")
-        if self._state is not _State.RUNNING:
+        if self._state is not parts.State.RUNNING:
             raise WriteBehindError("write-behind queue is closed")
 
     async def _put(self, write: PendingWrite) -> bool:
@@ -426,7 +339,7 @@ class WriteBehindQueue:
                 return False
 
         self._seq += 1
-        entry = _Entry(write, self._seq)
+        entry = parts.Entry(write, self._seq)
         if older is None:
             write.first_queued = self._clock()
         else:
@@ -442,7 +355,7 @@ class WriteBehindQueue:
         queue[id_] = entry  # an existing key keeps its place in line
         return True
 
-    def _entries(self) -> Iterator[_Entry]:
+    def _entries(self) -> Iterator[parts.Entry]:
         """Every write not yet done: in flight, waiting for a retry, queued."""
         return chain(
             self._in_flight.values(),
@@ -501,7 +414,7 @@ class WriteBehindQueue:
             self._waiters
             or self._queued >= self._threshold
             or self.pending >= self._max_pending
-            or self._state is _State.CLOSING
+            or self._state is parts.State.CLOSING
         )
 
     async def _drain(self) -> bool:
@@ -523,7 +436,7 @@ class WriteBehindQueue:
             self._settle()
         return progressed
 
-    def _take_due(self, now: float) -> _Batch | None:
+    def _take_due(self, now: float) -> parts.Batch | None:
         while self._due and self._due[0][0] <= now:
             group = heappop(self._due)[2]
             if not group.entries:
@@ -532,10 +445,10 @@ class WriteBehindQueue:
                 del self._retrying[(group.schema, id_)]
             entries = list(group.entries.values())
             group.entries.clear()
-            return _Batch(group.schema, entries, group.bisect)
+            return parts.Batch(group.schema, entries, group.bisect)
         return None
 
-    def _take_fresh(self, limit: int) -> _Batch | None:
+    def _take_fresh(self, limit: int) -> parts.Batch | None:
         # Batches run one at a time, so no key is in flight here: a newer write of a key that
         # was in flight waited in the queue until that write was done, and only goes now.
         for schema, queue in self._queues.items():
@@ -550,10 +463,10 @@ class WriteBehindQueue:
             del self._queues[schema]
             if queue:
                 self._queues[schema] = queue
-            return _Batch(schema, taken, bisect=False)
+            return parts.Batch(schema, taken, bisect=False)
         return None
 
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: parts.Batch) -> None:
         schema = batch.schema
         for entry in batch.entries:
             self._in_flight[(schema, entry.write.id)] = entry
@@ -576,10 +489,10 @@ class WriteBehindQueue:
             for entry in batch.entries:
                 del self._in_flight[(schema, entry.write.id)]
 
-    async def _failed(self, batch: _Batch, error: BaseException) -> None:
+    async def _failed(self, batch: parts.Batch, error: BaseException) -> None:
         schema = batch.schema
         queue = self._queues.get(schema)
-        survivors: list[_Entry] = []
+        survivors: list[parts.Entry] = []
         for entry in batch.entries:
             entry.write.attempts += 1
             if entry.cancelled:
@@ -593,87 +506,49 @@ class WriteBehindQueue:
             survivors.append(entry)
         self._report(error)
 
-        size = len(batch.entries)
         attempts = max((entry.write.attempts for entry in survivors), default=0)
-        superseded = size - len(survivors)
-        if not survivors:
-            self._log.warning(
-                "write-behind: applying %d writes to %r failed; all were superseded since",
-                size,
-                schema,
-                exc_info=error,
-            )
-        elif not batch.bisect and attempts < self._max_retry:
-            delay = self.retry_delay(attempts)
-            self._log.warning(
-                "write-behind: applying %d writes to %r failed (attempt %d of %d); "
-                "retrying %d in %.3fs",
-                size,
-                schema,
-                attempts,
-                self._max_retry,
-                len(survivors),
-                delay,
-                exc_info=error,
-            )
-            self._regroup(schema, survivors, delay, bisect=False)
-        elif len(survivors) == 1 or isinstance(error, _UNREACHABLE):
-            self._log.warning(
-                "write-behind: applying %d writes to %r failed after %d attempts; "
-                "%d dead-lettered, %d superseded",
-                size,
-                schema,
-                attempts,
-                len(survivors),
-                superseded,
-                exc_info=error,
-            )
+        plan = parts.plan_failure(
+            batch.bisect, len(survivors), attempts, self._max_retry, isinstance(error, UNREACHABLE)
+        )
+        parts.log_failure(
+            self._log,
+            plan,
+            schema,
+            len(batch.entries),
+            len(survivors),
+            attempts,
+            error,
+            max_retry=self._max_retry,
+            bisect=batch.bisect,
+        )
+        if plan is parts.Plan.RETRY:
+            self._regroup(schema, survivors, self.retry_delay(attempts), bisect=False)
+        elif plan is parts.Plan.DEAD_LETTER:
             await self._dead_letter(survivors, error)
-        else:
-            # The whole batch keeps failing: bisect it to find the writes L3 refuses.
-            self._log.log(
-                logging.DEBUG if batch.bisect else logging.WARNING,
-                "write-behind: applying %d writes to %r failed after %d attempts; "
-                "splitting the batch to isolate the failing writes",
-                size,
-                schema,
-                attempts,
-                exc_info=error,
-            )
+        elif plan is parts.Plan.BISECT:  # the whole batch keeps failing: find the refused writes
             half = len(survivors) // 2
             self._regroup(schema, survivors[:half], 0.0, bisect=True)
             self._regroup(schema, survivors[half:], 0.0, bisect=True)
 
-    def _regroup(self, schema: str, entries: list[_Entry], delay: float, *, bisect: bool) -> None:
-        group = _Group(schema, {entry.write.id: entry for entry in entries}, bisect)
+    def _regroup(
+        self, schema: str, entries: list[parts.Entry], delay: float, *, bisect: bool
+    ) -> None:
+        group = parts.Group(schema, {entry.write.id: entry for entry in entries}, bisect)
         for id_ in group.entries:
             self._retrying[(schema, id_)] = group
         due = asyncio.get_running_loop().time() + delay
         heappush(self._due, (due, next(self._tie), group))
 
-    async def _dead_letter(self, entries: list[_Entry], error: BaseException) -> None:
+    async def _dead_letter(self, entries: list[parts.Entry], error: BaseException) -> None:
         now = self._clock()
         letters = [DeadLetter(entry.write, error, now) for entry in entries]
         self._dead.extend(letters)
-        await self._call_hook(letters)
-
-    async def _call_hook(self, letters: list[DeadLetter]) -> None:
-        hook = self._on_dead_letter
-        if hook is None:
-            return
-        for letter in letters:
-            try:
-                result = hook(letter)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                self._log.warning("write-behind: on_dead_letter hook failed", exc_info=exc)
-                self._report(exc)
+        await parts.call_hook(self._on_dead_letter, letters, self._log, self._report)
 
     async def _abandon(self, error: BaseException) -> list[DeadLetter]:
         """Dead-letter every write still here (the flusher is gone) and call the hook."""
         letters = self._bury(error)
-        await self._call_hook(letters)
+        await parts.call_hook(self._on_dead_letter, letters, self._log, self._report)
         return letters
 
     def _bury(self, error: BaseException) -> list[DeadLetter]:
@@ -703,27 +578,10 @@ class WriteBehindQueue:
         return [e.write for e in sorted(self._entries(), key=lambda e: e.seq)]
 
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            if self._stopping:
-                return
-            # Cancelled by someone else: most often asyncio.run() ending with the DataStore
-            # still open, which is not a crash. The writes left stay here until the DataStore
-            # is used on the next loop (they move to its new queue) or closed.
-            exc: BaseException = asyncio.CancelledError("the flusher task was cancelled")
-            if self.pending:
-                self._log.warning(
-                    "write-behind: the flusher was cancelled (event loop ended?) with %d "
-                    "writes not yet in L3; they are written when the DataStore is next used",
-                    self.pending,
-                )
-            else:
-                self._log.debug("write-behind: the flusher was cancelled with nothing pending")
-        else:
-            maybe = task.exception()
-            if maybe is None:
-                return
-            exc = maybe
-            self._log.error("write-behind: the flusher crashed", exc_info=exc)
+        exc = parts.flusher_ended(task, self._stopping, self.pending, self._log)
+        if exc is None:
+            return
+        if not task.cancelled():
             self._report(exc)
         self._crash = exc
         for _, future in self._waiters:
@@ -735,13 +593,8 @@ class WriteBehindQueue:
         self._not_full.set()  # waiting puts wake up to find the flusher gone
 
     def _report(self, exc: BaseException) -> None:
-        if self._on_error is None:
-            return
         try:
-            self._on_error(exc)
+            if self._on_error is not None:
+                self._on_error(exc)
         except Exception:
             self._log.exception("write-behind: on_error callback failed while reporting %r", exc)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)

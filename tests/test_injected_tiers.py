@@ -45,6 +45,12 @@ class DictL2:
     async def close(self) -> None:
         pass
 
+    def abandon(self) -> None:
+        pass  # no connections, so none bound to an ended event loop
+
+    def take_possible_loss(self) -> bool:
+        return False  # one process's dict: no replica to fail over to
+
     async def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, float | None]]:
         return [(self.data.get(k), None) for k in keys]
 

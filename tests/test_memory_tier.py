@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from strata.errors import ConfigError
 from strata.tiers.memory import Eviction, MemoryTier, estimate_size
@@ -509,6 +510,33 @@ def test_default_sizeof_is_used_when_max_bytes_is_set(clock: FakeClock) -> None:
     assert tier.set("small", {"a": 1})
     assert tier.set("big", {"a": "x" * 10_000}) is False
     assert 0 < tier.nbytes < 5_000
+
+
+class _Row(BaseModel):
+    id: str
+    tags: list[str] = []
+
+
+def test_a_model_is_sized_by_its_encoded_length(clock: FakeClock) -> None:
+    # Walking every object inside the value cost ~30x the set itself (issue 14); the
+    # encoded length is one pass in pydantic-core and what L2 stores for the same value.
+    tier: MemoryTier[str, _Row] = MemoryTier(clock=clock, max_bytes=10_000)
+    row = _Row(id="r1", tags=["a", "b"] * 50)
+    assert tier.set("r1", row)
+    assert tier.nbytes == len(row.model_dump_json().encode())
+
+
+def test_max_bytes_holds_for_models_with_the_default_sizer(clock: FakeClock) -> None:
+    rows = [_Row(id=f"r{i:03d}", tags=["x" * 10] * 5) for i in range(100)]
+    size = len(rows[0].model_dump_json().encode())
+    tier: MemoryTier[str, _Row] = MemoryTier(clock=clock, max_bytes=10 * size)
+    for row in rows:
+        assert tier.set(row.id, row)
+        assert tier.nbytes <= 10 * size
+    assert tier.keys() == [row.id for row in rows[-10:]]
+    assert tier.evictions == 90
+    assert tier.set("big", _Row(id="big", tags=["x" * 10] * 100)) is False
+    assert tier.get("big") is None
 
 
 # -- versions and tombstones ------------------------------------------------------------------

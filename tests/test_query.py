@@ -293,12 +293,13 @@ def test_sqlite_sorts_nulls_like_postgresql(cs: CompiledSchema) -> None:
 
 
 def test_limit_none_takes_the_default(cs: CompiledSchema) -> None:
-    assert pg(Q(), cs, default_limit=100).sql == f"{SELECT} LIMIT 100"
-    assert pg(Q().limit(5).limit(None), cs, default_limit=100).sql == f"{SELECT} LIMIT 100"
+    for q in (Q(), Q().limit(5).limit(None)):
+        compiled = pg(q, cs, default_limit=100)
+        assert (compiled.sql, compiled.args) == (f"{SELECT} LIMIT $1 OFFSET $2", (100, 0))
 
 
 def test_explicit_limit_overrides_the_default(cs: CompiledSchema) -> None:
-    assert pg(Q().limit(25), cs, default_limit=100).sql == f"{SELECT} LIMIT 25"
+    assert pg(Q().limit(25), cs, default_limit=100).args == (25, 0)
 
 
 def test_limit_zero_means_no_limit(cs: CompiledSchema) -> None:
@@ -308,14 +309,15 @@ def test_limit_zero_means_no_limit(cs: CompiledSchema) -> None:
 
 def test_limit_and_offset(cs: CompiledSchema) -> None:
     q = Q().limit(25).offset(50)
-    assert pg(q, cs).sql == f"{SELECT} LIMIT 25 OFFSET 50"
-    assert lite(q, cs).sql == f"{SELECT} LIMIT 25 OFFSET 50"
+    assert (pg(q, cs).sql, pg(q, cs).args) == (f"{SELECT} LIMIT $1 OFFSET $2", (25, 50))
+    assert (lite(q, cs).sql, lite(q, cs).args) == (f"{SELECT} LIMIT ?1 OFFSET ?2", (25, 50))
 
 
 def test_offset_without_limit(cs: CompiledSchema) -> None:
     q = Q().limit(0).offset(10)
-    assert pg(q, cs).sql == f"{SELECT} OFFSET 10"
-    assert lite(q, cs).sql == f"{SELECT} LIMIT -1 OFFSET 10"  # SQLite needs a LIMIT first
+    # NULL is no limit on PostgreSQL; SQLite needs a LIMIT before OFFSET and reads -1 so.
+    assert (pg(q, cs).sql, pg(q, cs).args) == (f"{SELECT} LIMIT $1 OFFSET $2", (None, 10))
+    assert (lite(q, cs).sql, lite(q, cs).args) == (f"{SELECT} LIMIT ?1 OFFSET ?2", (-1, 10))
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "10", True, None])
@@ -347,17 +349,17 @@ def test_full_example_from_the_design(cs: CompiledSchema) -> None:
         'SELECT "id", "level" FROM "players" WHERE (level > $1 AND region = $2) '
         'AND "level" >= $3 AND "region" = ANY($4) AND "email" IS NOT NULL '
         "AND \"username\" ILIKE $5 ESCAPE '\\' "
-        'ORDER BY "level" DESC, "created_at" LIMIT 25 OFFSET 50'
+        'ORDER BY "level" DESC, "created_at" LIMIT $6 OFFSET $7'
     )
-    assert compiled.args == (10, "eu", 5, ["eu", "us"], "a%")
+    assert compiled.args == (10, "eu", 5, ["eu", "us"], "a%", 25, 50)
     compiled = lite(q, cs, default_limit=100)
     assert compiled.sql == (
         'SELECT "id", "level" FROM "players" WHERE (level > ?1 AND region = ?2) '
         'AND "level" >= ?3 AND "region" IN (?4, ?5) AND "email" IS NOT NULL '
         "AND lower(\"username\") LIKE lower(?6) ESCAPE '\\' "
-        'ORDER BY "level" DESC, "created_at" LIMIT 25 OFFSET 50'
+        'ORDER BY "level" DESC, "created_at" LIMIT ?7 OFFSET ?8'
     )
-    assert compiled.args == (10, "eu", 5, "eu", "us", "a%")
+    assert compiled.args == (10, "eu", 5, "eu", "us", "a%", 25, 50)
 
 
 # --------------------------------------------------------------------------- projection, table
@@ -465,7 +467,9 @@ def test_hand_made_query_is_checked_when_compiled(cs: CompiledSchema, query: Que
 
 def test_q_continues_building_from_a_query(cs: CompiledSchema) -> None:
     built = Q().filter(level=1).build()
-    assert pg(Q(built).limit(3), cs).sql == f'{SELECT} WHERE "level" = $1 LIMIT 3'
+    compiled = pg(Q(built).limit(3), cs)
+    assert compiled.sql == f'{SELECT} WHERE "level" = $1 LIMIT $2 OFFSET $3'
+    assert compiled.args == (1, 3, 0)
 
 
 @pytest.mark.parametrize("bad", [-1, True, 2.5])
@@ -837,3 +841,17 @@ def test_default_limit_applies_on_sqlite(db: sqlite3.Connection, cs: CompiledSch
 def test_compiled_sqlite_count(db: sqlite3.Connection, cs: CompiledSchema) -> None:
     compiled = compile_count(Q().filter(region="eu").limit(1).order_by("level"), cs, "sqlite")
     assert run(db, compiled) == [(2,)]
+
+
+def test_pages_share_one_statement_text_with_limit_and_offset_bound(cs: CompiledSchema) -> None:
+    # Inlined literals made every page a new prepared statement (issue 14).
+    for compile_ in (pg, lite):
+        first = compile_(Q().order_by("id").limit(25), cs)
+        later = compile_(Q().order_by("id").limit(25).offset(300), cs)
+        other_size = compile_(Q().order_by("id").limit(50).offset(300), cs)
+        assert first.sql == later.sql == other_size.sql
+        assert "300" not in later.sql and "25" not in first.sql
+        assert first.args == (25, 0)
+        assert later.args == (25, 300)
+        assert other_size.args == (50, 300)
+        assert first.digest() != later.digest()

@@ -161,7 +161,8 @@ def test_a_script_that_never_closes_flushes_write_behind_at_exit(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done"
-    assert done.stderr == ""
+    # Only the register-time warning that an embedded write-behind queue is lost in a crash.
+    assert [line for line in done.stderr.splitlines() if "crash loses" not in line] == []
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT balance FROM accounts").fetchall() == [(7,)]
 

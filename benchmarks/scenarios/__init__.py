@@ -13,6 +13,8 @@ SCENARIOS: dict[str, str] = {
     "get_l3": "get, L3 (caches off) vs asyncpg prepared fetchrow, SQLAlchemy ORM session.get",
     "set_write_through": "set, write-through (L1+L2+PG) vs asyncpg upsert + SET + PUBLISH",
     "set_write_behind": "set, write-behind: per call vs dict + copy; flush vs COPY",
+    "set_write_behind_journal": "set, write-behind with the Redis journal vs write-through; "
+    "journal flush vs COPY",
     "set_many": "set_many 10,000 rows vs asyncpg COPY and executemany upsert",
     "search": "search 100 rows vs asyncpg fetch + validate",
     "invalidation": "invalidation lag from a write in process A to process B (p50, p99)",

@@ -101,19 +101,22 @@ def translate(config: Config, exc: BaseException, doing: str) -> StrataError:
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
-def _sa_url(config: Config) -> str:
-    return "postgresql+asyncpg://" + config.asyncpg_dsn.split("://", 1)[1]
+# SQLAlchemy's URL parser would pass libpq query options (``?synchronous_commit=off``,
+# ``sslmode=...``) to asyncpg.connect() as keyword arguments it does not take. An empty URL and
+# the DSN handed to asyncpg itself parse them as the tiers do (unknown options become
+# server settings).
+_SA_URL = "postgresql+asyncpg://"
 
 
 @contextlib.asynccontextmanager
 async def pg_connection(config: Config) -> AsyncIterator[AsyncConnection]:
     """An async connection for one run; closed (and its engine disposed) on exit."""
-    connect_args: dict[str, Any] = {"timeout": config.pool_timeout}
+    connect_args: dict[str, Any] = {"dsn": config.asyncpg_dsn, "timeout": config.pool_timeout}
     if not config.prepared_statements:
         # pgbouncer in transaction mode: neither SQLAlchemy's statement cache nor asyncpg's
         # (so every statement is unnamed and lives inside one transaction).
         connect_args.update(prepared_statement_cache_size=0, statement_cache_size=0)
-    engine = create_async_engine(_sa_url(config), poolclass=NullPool, connect_args=connect_args)
+    engine = create_async_engine(_SA_URL, poolclass=NullPool, connect_args=connect_args)
     try:
         conn = engine.connect()
         try:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from strata.codec import ModelCodec
 from strata.config import Config
 from strata.crypto import FieldCipher
-from strata.errors import InvalidValueError
+from strata.errors import InvalidValueError, MissingPrimaryKeyError
 from strata.router.rows import RowMapper
 from strata.schema import CompiledSchema
 
@@ -141,6 +141,11 @@ class Binding:
             id = self.coerce(id)
         except (TypeError, ValueError) as exc:
             raise InvalidValueError(f"{self.name}: bad id {id!r}: {exc}", schema=self.name) from exc
+        if id == "":  # no tier can tell an empty key from a missing one
+            raise MissingPrimaryKeyError(
+                f"{self.name}: the primary key {self.pk_field!r} is an empty string",
+                schema=self.name,
+            )
         if type(id) is str and not id.isascii():
             try:
                 id.encode()
@@ -183,8 +188,8 @@ class Binding:
             for f in cs.auto_now_add:
                 current = getattr(value, f)
                 update[f] = current if isinstance(current, datetime) else now
-            return value.model_copy(update=update, deep=self.mutable)
-        return value.model_copy(deep=self.mutable)
+            return self.rows.normalised(value.model_copy(update=update, deep=self.mutable))
+        return self.rows.normalised(value.model_copy(deep=self.mutable))
 
 
 def default_of(model: type[BaseModel], field: str) -> Any:

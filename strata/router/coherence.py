@@ -7,6 +7,9 @@
     an L2 write fails ─► remember the key; Redis recovers ─► drop the remembered keys, new
                          search generation for every schema, clear every L1, and publish
                          the repaired ids, so every instance drops what it read meanwhile
+    a write of ids ─► other model shapes' L2 copies of those ids dropped too (shapes seen
+                      within the L2 TTL, from the registry in Redis): no rollback reads
+                      a value older than the write
     the bus is down ─► no L1 fill (``Core.l1_fillable``): nothing filled during an outage
                        outlives it
 
@@ -28,10 +31,14 @@ from strata.invalidation import Invalidation, InvalidationBus
 from strata.router.binding import TOMBSTONE_TTL
 from strata.router.core import Core, Route
 from strata.tiers.base import L2Tier
+from strata.tiers.redis_topology import glob_escape
 
-__all__ = ["Coherence"]
+__all__ = ["Coherence", "invalidation_channel"]
+
+DEFAULT_CHANNEL = "strata:invalidation"  # Config.invalidation_channel's default
 
 _MISSED_MAX = 100_000
+_SHAPES_REFRESH = 60.0  # seconds between refreshes of the shape registry
 
 
 class Coherence:
@@ -41,6 +48,10 @@ class Coherence:
         self._l2_missed_overflow = False
         self._l2_dirty_schemas: set[str] = set()  # L2 must be cleared for these on recovery
         self.skipped_publishes = 0  # publishes not attempted while L2 was known to be down
+        # Per schema: the other model shapes whose L2 copies may still be live (from the
+        # shape registry in Redis, and from other instances' messages).
+        self._other_shapes: dict[str, set[str]] = {}
+        self._shapes_at = float("-inf")  # monotonic time of the last registry refresh
 
     # -- the bus, and L1 upkeep ---------------------------------------------------------------
 
@@ -51,7 +62,7 @@ class Coherence:
             return
         bus = core.bus = InvalidationBus(
             l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
-            cfg.invalidation_channel,
+            invalidation_channel(cfg.invalidation_channel, cfg.key_prefix),
             core.instance_id,
             on_message=self.on_invalidation,
             on_reset=self.clear_l1,
@@ -60,8 +71,10 @@ class Coherence:
             on_error=core.count_error,
             publisher=self.publish_via_l2,
             schemas=core.routes.keys,  # cluster: one sharded channel per schema
+            prefix=cfg.key_prefix,
         )
         await bus.start()
+        await self.refresh_shapes()
         if l2.available:
             # Until the subscription is confirmed other instances' messages cannot arrive:
             # start coherent rather than fill L1 and then drop it.
@@ -74,6 +87,8 @@ class Coherence:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            if now - self._shapes_at >= _SHAPES_REFRESH:
+                await self.refresh_shapes()
             for rt in list(self.core.routes.values()):
                 if rt.l1 is not None:
                     while rt.l1.sweep(limit=1000) >= 1000:  # noqa: ASYNC110 - yields, not polls
@@ -109,7 +124,61 @@ class Coherence:
                 versions=tuple(ver for _, _, ver in items),
                 shape=shape,
             )
+        if rt.b.l2_on and self._other_shapes.get(rt.name):
+            await self._drop_other_shapes(rt, op, items)
         await self.publish_raw(msg)
+
+    # -- other model shapes ------------------------------------------------------------
+
+    async def refresh_shapes(self) -> None:
+        """Note this instance's shape of each schema in the Redis shape registry, and learn
+        the others still of interest: any whose L2 copies may outlive this instance's
+        writes (an instance of another shape ran within the L2 TTL). A write drops those
+        copies of its ids, so a rollback to an older shape cannot read a value older than
+        the write (running instances of other shapes also drop theirs on the message)."""
+        l2 = self.core.l2
+        shapes = getattr(l2, "shapes", None)
+        if shapes is None or l2 is None or not l2.available:
+            return
+        self._shapes_at = time.monotonic()
+        now = time.time()
+        for rt in list(self.core.routes.values()):
+            if not rt.b.l2_on:
+                continue
+            ttl = rt.b.l2_ttl
+            since = 0.0 if ttl is None else now - ttl - 2 * _SHAPES_REFRESH
+            try:
+                seen = await shapes(_shapes_key(rt), rt.b.cs.shape, now, since)
+            except TierError as exc:
+                self.core.count_error(exc)
+                self._shapes_at = float("-inf")  # try again on the next sweep
+                return
+            self._other_shapes[rt.name] = set(seen) - {rt.b.cs.shape}
+
+    async def _drop_other_shapes(
+        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> None:
+        """Before the write is acknowledged: other shapes' copies of these ids go (a delete
+        leaves versioned tombstones there, as in ours)."""
+        l2, b = self.core.l2, rt.b
+        assert l2 is not None and b.codec is not None
+        own = b.key_prefix
+        base = own[: len(own) - len(b.cs.shape) - 1]
+        tombs: list[tuple[str, bytes, float | None]] = []
+        gone: list[str] = []
+        for shape in sorted(self._other_shapes.get(rt.name, ())):
+            for i, _, version in items:
+                key = f"{base}{shape}:{i}"
+                if op == "delete" and version:
+                    tombs.append((key, b.codec.tombstone(version), TOMBSTONE_TTL))
+                else:
+                    gone.append(key)
+        if tombs:
+            await l2.set_many(tombs)
+        if gone:
+            await l2.delete_many(gone)
+        if not l2.available:
+            self.remember_l2_missed([k for k, _, _ in tombs] + gone)
 
     async def publish_raw(self, msg: Invalidation) -> None:
         bus = self.core.bus
@@ -158,6 +227,8 @@ class Coherence:
             if rt.l1 is not None:
                 rt.l1.delete(id, version)
             foreign.append((id, version))
+        if msg.shape is not None and msg.shape != rt.b.cs.shape:
+            self._other_shapes.setdefault(rt.name, set()).add(msg.shape)
         if rt.b.l2_on and msg.shape is not None and msg.shape != rt.b.cs.shape and foreign:
             # The writer caches this schema under another shape (other code, or a rolling
             # deploy): our own L2 copies of these rows are stale now.
@@ -220,7 +291,7 @@ class Coherence:
         core = self.core
         assert core.l2 is not None
         try:
-            await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+            await core.l2.delete_pattern(glob_escape(rt.b.key_prefix) + "*")
             await core.l2.incr(rt.b.gen_key)
         except TierError as exc:
             core.count_error(exc)
@@ -243,8 +314,8 @@ class Coherence:
     def on_l2_recover(self) -> None:
         # Sentinel/Cluster: a promoted replica may lack acknowledged writes, so all of L2
         # this instance wrote is dropped (a capability of replicated Redis tiers).
-        possible_loss = getattr(self.core.l2, "take_possible_loss", None)
-        if possible_loss is not None and possible_loss():
+        l2 = self.core.l2
+        if l2 is not None and l2.take_possible_loss():
             self._l2_missed_overflow = True
         self.clear_l1()
         self.core.spawn(self.drop_l2_missed())
@@ -276,7 +347,7 @@ class Coherence:
                 if not rt.b.l2_on:
                     continue
                 if overflow or rt.name in dirty:
-                    await core.l2.delete_pattern(f"{rt.b.key_prefix}*")
+                    await core.l2.delete_pattern(glob_escape(rt.b.key_prefix) + "*")
                 await core.l2.incr(rt.b.gen_key)
         except TierError as exc:  # down again: the next recovery redoes all of it
             core.count_error(exc)
@@ -315,5 +386,21 @@ class Coherence:
                 )
 
 
+def _shapes_key(rt: Route) -> str:
+    """``{prefix}:{schema}:shapes``, beside the schema's generation counter (same hash tag
+    on a cluster)."""
+    return rt.b.gen_key.removesuffix("gen") + "shapes"
+
+
 def _wire_id(id: Any) -> str | int:
     return id if isinstance(id, str | int) else str(id)
+
+
+def invalidation_channel(configured: str, key_prefix: str) -> str:
+    """The channel the bus uses. Left at its default, it is scoped by the app's key prefix
+    (``{key_prefix}:invalidation``; the default prefix keeps the historic name), so two apps
+    sharing one Redis do not share a channel by accident. A channel set by hand is used as
+    given; the messages on it still carry their prefix, and other prefixes' are ignored."""
+    if configured == DEFAULT_CHANNEL:
+        return f"{key_prefix}:invalidation"
+    return configured

@@ -21,10 +21,12 @@ from strata.hooks import HookRunner
 from strata.observability import Counters
 from strata.router.binding import Binding
 from strata.tiers.base import L1Tier, L2Tier, L3Tier
+from strata.tiers.redis import RedisTier
 
 if TYPE_CHECKING:
     from strata.cache.lease import Lease
     from strata.invalidation import Invalidation, InvalidationBus
+    from strata.journal.flusher import Journal
     from strata.router.writes import WritePath
     from strata.writebehind import WriteBehindQueue
 
@@ -82,6 +84,9 @@ class Core:
         self.routes: dict[str, Route] = {}
         self.bus: InvalidationBus | None = None
         self.wb: WriteBehindQueue | None = None
+        # With Redis as L2: the crash-safe write-behind journal (strata/journal), from connect.
+        self.journal: Journal | None = None
+        self.journaling = isinstance(l2, RedisTier)
         # (schema, id) -> the one load in flight (single flight).
         self.inflight: dict[tuple[str, Any], asyncio.Future[tuple[BaseModel | None, str]]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()

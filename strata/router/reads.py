@@ -241,6 +241,10 @@ class Reads:
         c = core.c
         wanted = list(dict.fromkeys(b.check_id(i) for i in ids))
         c.gets += len(wanted)
+        if b.hooks.before_get is not None:  # as get does, for every id
+            for i in wanted:
+                await core.hooks.call(b.hooks.before_get, i)
+        epoch = rt.epoch
         found: dict[Any, BaseModel] = {}
         missing = wanted
         tier: str | None = None
@@ -251,6 +255,8 @@ class Reads:
             c.l1_hits += len(hits)
             missing = [i for i in missing if i not in hits]
             tier = "l1" if hits else None
+        if missing and rt.negative:
+            missing = self._not_negative(rt, missing)
         if missing and b.l2_on:
             hits2, gone = await self.l2_get(rt, missing)
             found.update(hits2)
@@ -270,11 +276,31 @@ class Reads:
                 found[i] = v
             c.l3_hits += len(items)
             tier = "l3"
+            if rt.epoch == epoch:  # as get does: L3 has none of these, remembered briefly
+                until = time.monotonic() + self._negative_ttl
+                for i in missing:
+                    if i not in found:
+                        rt.negative[i] = until
         c.misses += len(wanted) - len(found)
         if b.hooks.after_get is not None:
             for i in list(found):
                 found[i] = await self.deliver(rt, found[i])
         return {i: found[i] for i in wanted if i in found}, tier
+
+    def _not_negative(self, rt: Route, ids: list[Any]) -> list[Any]:
+        """The ids the negative cache does not answer (a missing id L3 was just asked for)."""
+        now = time.monotonic()
+        rest = []
+        for i in ids:
+            expires = rt.negative.get(i)
+            if expires is None:
+                rest.append(i)
+            elif expires > now:
+                self.core.c.negative_hits += 1
+            else:
+                del rt.negative[i]
+                rest.append(i)
+        return rest
 
     @staticmethod
     def _pending_many(rt: Route, missing: list[Any], found: dict[Any, BaseModel]) -> list[Any]:

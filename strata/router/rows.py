@@ -7,8 +7,9 @@ mapped back, renamed columns go back to their field names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from pydantic_core import PydanticSerializationError
 
 from strata.crypto import FieldCipher
 from strata.errors import InvalidQueryError, InvalidValueError
-from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, enum_to_text
+from strata.schema import VERSION_COLUMN, ColumnKind, ColumnSpec, CompiledSchema, enum_to_text
 
 __all__ = ["RowMapper"]
 
@@ -31,9 +32,11 @@ class RowMapper:
         "cipher",
         "column_fields",
         "cs",
+        "datetime_fields",
         "encrypted",
         "encrypted_columns",
         "enum_by_name",
+        "finite_fields",
         "json_fields",
         "model",
         "name",
@@ -55,6 +58,12 @@ class RowMapper:
         self.json_fields = {
             c.field for c in cs.columns if c.value_kind is ColumnKind.JSON or c.meta.encrypted
         }
+        # JSON values and floats (encrypted or not) must be finite: JSON (the L2 codec, the
+        # JSON columns) has no NaN nor infinity, and SQLite stores NaN as NULL.
+        self.finite_fields = {
+            c.field for c in cs.columns if c.value_kind in (ColumnKind.JSON, ColumnKind.FLOAT)
+        }
+        self.datetime_fields = [c.field for c in cs.columns if c.value_kind is ColumnKind.DATETIME]
         self.encrypted = cs.encrypted
         self.encrypted_columns = frozenset(c.name for c in cs.encrypted)
         self.renames = [(c.name, c.field) for c in cs.columns if c.name != c.field]
@@ -67,23 +76,55 @@ class RowMapper:
         ]
         self.simple_rows = not (self.renames or self.encrypted or self.enum_by_name)
 
+    def normalised(self, value: BaseModel) -> BaseModel:
+        """The value every tier will give back, checked once before any tier is written: a
+        NaN or infinity in a float field or inside a JSON field is refused (JSON cannot
+        carry it, SQLite makes NaN NULL: tiers would hand back something else), and a naive
+        datetime becomes UTC (as PostgreSQL stores it), so L1 and L2 do not hand back what
+        L3 would not. ``value`` is the write's private copy: changed in place."""
+        for f in self.finite_fields:
+            if not _finite(getattr(value, f, None)):
+                raise InvalidValueError(
+                    f"{self.name}.{f}: NaN and infinity cannot be stored (not in JSON, not "
+                    "in a float column: no tier could give them back the same)",
+                    schema=self.name,
+                )
+        for f in self.datetime_fields:
+            v = getattr(value, f, None)
+            if isinstance(v, datetime) and v.tzinfo is None:
+                # not setattr: validate_assignment or a frozen model must not refuse it, and
+                # the field stays assigned (or not) as it was
+                value.__dict__[f] = v.replace(tzinfo=UTC)
+        return value
+
     def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
         """Canonical L3 row (column -> value); encrypted columns sealed here."""
+        return self._columns(value, id, self.column_fields, self.cs.columns)
+
+    def partial_row(self, values: Mapping[str, Any], id: Any) -> dict[str, Any]:
+        """Canonical L3 columns for some fields only (``patch``), values already validated:
+        checked and normalised as a whole value would be (NaN, naive datetimes)."""
+        value = self.normalised(self.model.model_construct(**values))
+        specs = [self.cs.by_field[f] for f in values]
+        return self._columns(value, id, set(values), specs)
+
+    def _columns(
+        self, value: BaseModel, id: Any, fields: set[str], specs: Sequence[ColumnSpec]
+    ) -> dict[str, Any]:
         try:
             # warnings="error": a model_construct() value of the wrong type is refused here
             # rather than stored as whatever the driver makes of it.
-            data = value.model_dump(include=self.column_fields, warnings="error")
-            if self.json_fields:
-                data.update(
-                    value.model_dump(mode="json", include=self.json_fields, warnings="error")
-                )
+            data = value.model_dump(include=fields, warnings="error")
+            json_fields = self.json_fields & fields
+            if json_fields:
+                data.update(value.model_dump(mode="json", include=json_fields, warnings="error"))
         except (PydanticSerializationError, TypeError, ValueError) as exc:
             # model_construct() lets any value in; it shows here, before any tier is touched.
             raise InvalidValueError(
                 f"{self.name}: {id!r} cannot be stored: {exc}", schema=self.name
             ) from exc
         row: dict[str, Any] = {}
-        for spec in self.cs.columns:
+        for spec in specs:
             v = data[spec.field]
             if v is not None:
                 kind = spec.kind
@@ -154,6 +195,21 @@ class RowMapper:
                     row[spec.name] = orjson.loads(self.cipher.decrypt(blob, aad))
             out.append({by_column[c].field: row[c] for c in columns})
         return out
+
+
+def _finite(value: Any) -> bool:
+    """No NaN nor infinity anywhere inside a JSON value (models, dicts, lists, tuples)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    if isinstance(value, BaseModel):
+        return all(_finite(v) for v in value.__dict__.values())
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(_finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
 
 
 def _check_utf8(schema: str, field: str, text: str) -> None:

@@ -3,6 +3,8 @@
     WriteThrough          L3 upsert (new row version) ─► L2 ─► L1 ─► publish
     WriteThroughL1Async   L3 upsert ─► L2 ─► L1 tombstone (filled on next read) ─► publish
     WriteBehind           queue (coalesced, flushed in batches) ─► L2 ─► L1 ─► publish
+    JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry, one script
+                          (strata/journal) ─► L1 ─► publish; peers flush what it left
     CacheOnly             (l3=None) hybrid-clock version ─► L2 ─► L1 ─► publish
 
 ``Writes`` does what every mode shares (validate, hooks, stamp, the cache step, publish);
@@ -18,7 +20,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from strata.config import WriteMode
-from strata.errors import MissingPrimaryKeyError
+from strata.errors import MissingPrimaryKeyError, TierUnavailableError
+from strata.journal.entry import encode_row, pack
+from strata.journal.flusher import Appended
 from strata.router.binding import TOMBSTONE_TTL, Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
@@ -30,6 +34,7 @@ from strata.writebehind import DeadLetter, PendingWrite
 __all__ = [
     "CacheOnly",
     "Item",
+    "JournaledWriteBehind",
     "WriteBehind",
     "WritePath",
     "WriteThrough",
@@ -50,6 +55,8 @@ class WritePath(Protocol):
     """Stored ``auto_now_add`` values come from the caches (L3 is not asked first)."""
     shares_values: bool
     """The path keeps the written objects (a queue): callers get copies."""
+    writes_l2: bool
+    """The path writes L2 itself (with the journal entry): the cache step leaves L2 be."""
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
@@ -75,6 +82,7 @@ class WritePath(Protocol):
 class WriteThrough:
     carries_created = False
     shares_values = False
+    writes_l2 = False
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -191,6 +199,56 @@ class WriteBehind(WriteThrough):
                 del self.shadow[w.id]
 
 
+class JournaledWriteBehind(WriteBehind):
+    """With Redis: a write is acknowledged once its L2 value and its journal entry are in
+    Redis, written by one script, so a crash of this process loses nothing acknowledged
+    (strata/journal). L2 keeps the value without TTL until L3 has it. While Redis is
+    unreachable the in-process queue takes the writes (and a crash would lose those)."""
+
+    writes_l2 = True
+
+    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
+        b, core, journal = rt.b, self.core, self.core.journal
+        assert b.codec is not None and journal is not None
+        items: list[Item] = []
+        appended: list[Appended] = []
+        for i, v in prepared.items():
+            version = core.next_version()
+            row = b.rows.to_row(v, i)  # encrypted columns sealed: never plaintext in Redis
+            payload = b.codec.encode(v, version, b.rows.sealed(row))
+            appended.append(
+                (b.key(i), payload, pack(i), version, "set", encode_row(row, b.kept(v)))
+            )
+            items.append((i, v, version))
+        try:
+            await journal.append(self.schema, appended)
+        except TierUnavailableError:
+            self._unjournaled()
+            return await super().write(rt, prepared)
+        return items, {}
+
+    async def delete(self, rt: Route, ids: list[Any]) -> int:
+        b, core, journal = rt.b, self.core, self.core.journal
+        assert b.codec is not None and journal is not None
+        version = core.next_version()
+        tomb = b.codec.tombstone(version)
+        try:
+            await journal.append(
+                self.schema, [(b.key(i), tomb, pack(i), version, "delete", b"") for i in ids]
+            )
+        except TierUnavailableError:
+            self._unjournaled()
+            return await super().delete(rt, ids)
+        return version
+
+    def _unjournaled(self) -> None:
+        self.core.log.warning(
+            "%s: Redis is unreachable; write-behind writes wait in this process's queue "
+            "until it returns (a crash meanwhile loses them)",
+            self.schema,
+        )
+
+
 def choose_path(binding: Binding, core: Core) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
@@ -198,6 +256,17 @@ def choose_path(binding: Binding, core: Core) -> WritePath:
     if not binding.l3_on:
         return CacheOnly(core, through or WriteThrough(core))
     if mode is WriteMode.WRITE_BEHIND:
+        if binding.l2_on and core.journaling:
+            if core.journal is not None:  # registered after connect
+                core.journal.add(binding.name, binding.gen_key.removesuffix(":gen"), binding.l2_ttl)
+            return JournaledWriteBehind(core, binding.name)
+        core.log.getChild("write_behind").warning(
+            "%s: write-behind without Redis keeps its queue in this process: a crash loses "
+            "the acknowledged writes not yet flushed (up to write_behind_flush_interval, or "
+            "write_behind_flush_threshold writes, plus any retrying); configure redis_url "
+            "(and an L2 policy) for the crash-safe journal",
+            binding.name,
+        )
         return WriteBehind(core, binding.name)
     return through or WriteThrough(core)
 
@@ -266,7 +335,7 @@ class Writes:
             await self._carry_created(rt, prepared)
         items, sealed = await path.write(rt, prepared)
         core.forget_readers(rt, prepared)
-        await self.cache_writes(rt, items, sealed)
+        await self.cache_writes(rt, items, sealed, l2_done=path.writes_l2)
         await self.coh.publish(rt, "set", items)
         after_set = b.hooks.after_set
         if after_set is not None:
@@ -321,10 +390,20 @@ class Writes:
             prepared[i] = prepared[i].model_copy(update={f: getattr(cached, f) for f in fields})
 
     async def cache_writes(
-        self, rt: Route, items: Sequence[Item], sealed: Sealed | None = None
+        self,
+        rt: Route,
+        items: Sequence[Item],
+        sealed: Sealed | None = None,
+        *,
+        l2_done: bool = False,
     ) -> None:
+        """``l2_done``: the path wrote L2 itself (the journal), unless Redis was away."""
         core, b = self.core, rt.b
-        if b.l2_on:
+        if b.l2_on and l2_done:
+            assert core.l2 is not None
+            if not core.l2.available:
+                self.coh.remember_l2_missed(b.key(i) for i, _, _ in items)
+        elif b.l2_on:
             assert core.l2 is not None and b.codec is not None
             codec = b.codec
             cts = sealed or {}
@@ -339,13 +418,19 @@ class Writes:
 
     async def delete_many(self, rt: Route, ids: list[Any]) -> None:
         version = await rt.path.delete(rt, ids)
-        await self.cache_deletes(rt, ids, version)
+        await self.cache_deletes(rt, ids, version, l2_done=rt.path.writes_l2)
 
-    async def cache_deletes(self, rt: Route, ids: list[Any], version: int) -> None:
+    async def cache_deletes(
+        self, rt: Route, ids: list[Any], version: int, *, l2_done: bool = False
+    ) -> None:
         """Versioned tombstones in L2 and L1, then tell the other instances."""
         core, b = self.core, rt.b
         core.forget_readers(rt, ids)
-        if b.l2_on:
+        if b.l2_on and l2_done:
+            assert core.l2 is not None
+            if not core.l2.available:
+                self.coh.remember_l2_missed(b.key(i) for i in ids)
+        elif b.l2_on:
             assert core.l2 is not None and b.codec is not None
             tomb = b.codec.tombstone(version)
             keys = [b.key(i) for i in ids]

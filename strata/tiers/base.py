@@ -11,8 +11,12 @@ plain JSON data, encrypted columns as envelope bytes, plus the ``_strata_version
 Each tier converts canonical values to and from what its driver wants; the router knows
 nothing of drivers and the tiers know nothing of models, caches or each other.
 
-Capabilities are flags (``L2Tier.subscribes``), not empty methods. A tier reports its own
-failures as ``strata.errors.TierError`` (``TierUnavailableError`` when it cannot be reached).
+Capabilities are flags (``L2Tier.subscribes``). Two answers every networked tier gives, if
+only trivially, are members, so the router calls them without asking whether they exist:
+``abandon()`` (L2, L3: forget connections of an event loop that has ended) and
+``L2Tier.take_possible_loss()`` (a failover may have lost acknowledged writes). A tier
+reports its own failures as ``strata.errors.TierError`` (``TierUnavailableError`` when it
+cannot be reached).
 """
 
 from __future__ import annotations
@@ -83,6 +87,15 @@ class L2Tier(Protocol):
 
     async def close(self) -> None: ...
 
+    def abandon(self) -> None:
+        """Forget the client of an event loop that has ended (it cannot be closed from
+        another loop); ``connect()`` makes a new one. Nothing to do for a loop-free tier."""
+
+    def take_possible_loss(self) -> bool:
+        """True, once, after an outage in which a failover may have promoted a replica
+        that missed acknowledged writes: what the tier holds may be older than them, and
+        the router drops what this instance wrote. False for a tier that cannot fail over."""
+
     async def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, float | None]]:
         """``(payload, remaining ttl seconds | None)`` per key, ``(None, None)`` for a miss."""
 
@@ -133,6 +146,10 @@ class L3Tier(Protocol):
 
     async def close(self) -> None: ...
 
+    def abandon(self) -> None:
+        """Forget the connections of an event loop that has ended (they cannot be closed
+        from another loop); ``connect()`` makes new ones."""
+
     async def begin(self, isolation: str | None = None) -> TxHandle:
         """Start a transaction; the handle goes to the ``tx=`` arguments."""
 
@@ -181,3 +198,16 @@ class L3Tier(Protocol):
 
     def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         """Every row in primary-key order, ``batch`` rows at a time."""
+
+    async def update_columns(
+        self,
+        schema: CompiledSchema,
+        id: Any,
+        values: Row,
+        *,
+        if_version: int | None = None,
+        tx: TxHandle | None = None,
+    ) -> Row | None:
+        """UPDATE only the given columns (canonical values) of one existing row, with a new
+        version; with ``if_version``, only while the row still has that version (``ds.update``).
+        Returns the whole row as stored, or None when no row matched (``ds.patch``)."""

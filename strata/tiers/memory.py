@@ -38,18 +38,20 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from heapq import heapify, heappop, heappush
 from itertools import count
-from types import FunctionType, MethodType, ModuleType
 from typing import Final, Generic, TypeVar
-from weakref import WeakKeyDictionary
 
-from strata.errors import ConfigError
 from strata.schema import Eviction  # re-exported: it was defined here before
+from strata.tiers.memory_bounds import (  # estimate_size: re-exported
+    check_bounds,
+    check_callables,
+    default_sizeof,
+    estimate_size,
+)
 
 __all__ = ["DEFAULT", "Eviction", "MemoryTier", "estimate_size"]
 
@@ -68,72 +70,6 @@ DEFAULT: Final = _Default.DEFAULT
 
 _NO_KEY: Final = object()
 _MIN_HEAP_LIMIT: Final = 1024
-# Counted but not followed: scalars have nothing inside; classes, modules and functions are
-# shared by many values and would swamp the estimate.
-_NOT_FOLLOWED: Final = (
-    str,
-    bytes,
-    bytearray,
-    int,
-    float,
-    complex,
-    type(None),
-    range,
-    type,
-    ModuleType,
-    FunctionType,
-    MethodType,
-)
-_slot_cache: WeakKeyDictionary[type, tuple[str, ...]] = WeakKeyDictionary()
-
-
-def _slot_names(cls: type) -> tuple[str, ...]:
-    names = _slot_cache.get(cls)
-    if names is None:
-        found: list[str] = []
-        for klass in cls.__mro__:
-            slots = klass.__dict__.get("__slots__", ())
-            if isinstance(slots, str):
-                slots = (slots,)
-            found.extend(s for s in slots if s not in ("__dict__", "__weakref__"))
-        names = _slot_cache[cls] = tuple(found)
-    return names
-
-
-def estimate_size(obj: object) -> int:
-    """Approximate bytes held by ``obj``: ``sys.getsizeof`` summed over everything reachable
-    through containers, instance ``__dict__`` and ``__slots__``, each object counted once.
-
-    Classes, modules and functions are counted shallowly and not followed.
-    """
-    getsizeof = sys.getsizeof
-    seen: set[int] = set()
-    stack: list[object] = [obj]
-    total = 0
-    while stack:
-        o = stack.pop()
-        oid = id(o)
-        if oid in seen:
-            continue
-        seen.add(oid)
-        total += getsizeof(o)
-        if isinstance(o, _NOT_FOLLOWED):
-            continue
-        if isinstance(o, dict):
-            stack.extend(o.keys())
-            stack.extend(o.values())
-        elif isinstance(o, list | tuple | set | frozenset):
-            stack.extend(o)
-        else:
-            d = getattr(o, "__dict__", None)
-            if isinstance(d, dict):
-                stack.append(d)
-            for name in _slot_names(type(o)):
-                # An unset slot raises AttributeError; the sentinel keeps it out of the sum.
-                v = getattr(o, name, _NO_KEY)
-                if v is not _NO_KEY:
-                    stack.append(v)
-    return total
 
 
 class _Entry(Generic[V]):
@@ -151,7 +87,9 @@ class MemoryTier(Generic[K, V]):
     """A bounded, TTL'd, versioned in-process cache for one schema.
 
     Stores exactly the objects it is given (no copies). Not thread-safe: use it from one
-    thread (the event loop).
+    thread (the event loop). ``max_bytes`` counts ``sizeof(value)``; by default a model's
+    encoded JSON length, which is smaller than the objects it holds in memory
+    (``memory_bounds.default_sizeof``).
     """
 
     __slots__ = (
@@ -191,33 +129,13 @@ class MemoryTier(Generic[K, V]):
         tombstone_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl is not None and not _is_positive_finite(ttl):
-            raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
-        if max_entries is not None and not _is_positive_int(max_entries):
-            raise ConfigError(f"max_entries must be an int >= 1 or None, got {max_entries!r}")
-        if max_bytes is not None and not _is_positive_int(max_bytes):
-            raise ConfigError(f"max_bytes must be an int >= 1 or None, got {max_bytes!r}")
-        if not isinstance(eviction, Eviction):
-            raise ConfigError(f"eviction must be an Eviction member, got {eviction!r}")
-        if isinstance(tombstone_ttl, bool) or not (
-            isinstance(tombstone_ttl, int | float) and 0 <= tombstone_ttl < math.inf
-        ):
-            raise ConfigError(
-                f"tombstone_ttl must be a finite number of seconds >= 0, got {tombstone_ttl!r}"
-            )
-        for name, fn in (
-            ("sizeof", sizeof),
-            ("on_evict", on_evict),
-            ("on_error", on_error),
-            ("clock", clock),
-        ):
-            if fn is not None and not callable(fn):
-                raise ConfigError(f"{name} must be callable, got {fn!r}")
+        check_bounds(ttl, max_entries, max_bytes, eviction, tombstone_ttl)
+        check_callables(sizeof=sizeof, on_evict=on_evict, on_error=on_error, clock=clock)
 
         self._ttl = None if ttl is None else float(ttl)
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._sizeof: Callable[[V], int] = sizeof if sizeof is not None else estimate_size
+        self._sizeof: Callable[[V], int] = sizeof if sizeof is not None else default_sizeof
         self.eviction: Final = eviction
         self._lru = eviction is Eviction.LRU
         self._lfu = eviction is Eviction.LFU
@@ -663,11 +581,3 @@ class MemoryTier(Generic[K, V]):
             self._on_error(exc)
         except Exception:
             logger.exception("memory tier: on_error callback failed while reporting %r", exc)
-
-
-def _is_positive_finite(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf
-
-
-def _is_positive_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 1

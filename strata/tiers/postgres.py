@@ -495,3 +495,62 @@ class PostgresTier:
             last = records[-1][schema.pk.name]
             if len(records) < batch:
                 return
+
+    # -- version-checked and partial writes (ds.update / ds.patch) ----------------------
+
+    async def update_columns(
+        self,
+        schema: CompiledSchema,
+        id: Any,
+        values: Row,
+        *,
+        if_version: int | None = None,
+        tx: Any = None,
+    ) -> Row | None:
+        """UPDATE only the given columns of one existing row, with a new version; with
+        ``if_version``, only while the row still has that version. Returns the whole row as
+        stored (new version included), or None when no row matched."""
+        cache: dict[tuple[str, tuple[str, ...], bool], str]
+        cache = self.__dict__.setdefault("_update_sql", {})
+        columns = tuple(values)
+        key = (schema.name, columns, if_version is not None)
+        sql = cache.get(key)
+        if sql is None:
+            table = schema.table
+            seq = "_strata_version_seq"
+            seq = f"{_quote(table.schema)}.{seq}" if table.schema else seq
+            sets = [f"{_quote(c)} = ${n}" for n, c in enumerate(columns, 1)]
+            sets.append(f"{_quote(VERSION_COLUMN)} = nextval('{seq}')")
+            where = f"{_quote(schema.pk.name)} = ${len(columns) + 1}"
+            if if_version is not None:
+                where += f" AND {_quote(VERSION_COLUMN)} = ${len(columns) + 2}"
+            names = [*(c.name for c in schema.columns), VERSION_COLUMN]
+            sql = cache[key] = (
+                f"UPDATE {_qualified(schema)} SET {', '.join(sets)} WHERE {where} "
+                f"RETURNING {', '.join(_quote(n) for n in names)}"
+            )
+        args = [*values.values(), id, *([] if if_version is None else [if_version])]
+        with translate_errors(f"{schema.name}: update", self._url):
+            conn = self.pool if tx is None else tx.conn
+            record = await conn.fetchrow(sql, *args)
+        return dict(record) if record is not None else None
+
+    # -- added for the write-behind journal (issue 12) ---------------------------------
+
+    async def delete_if_older(
+        self, schema: CompiledSchema, items: Sequence[tuple[Any, int]]
+    ) -> int:
+        """Delete each ``(id, version)`` row only while its stored version is older than
+        ``version``, in one statement: a replayed write-behind delete never removes a row
+        written after it. Returns how many rows were deleted."""
+        if not items:
+            return 0
+        pk = _quote(schema.pk.name)
+        sql = (
+            f"WITH d AS (DELETE FROM {_qualified(schema)} AS t USING unnest($1::"
+            f"{_PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
+            f"AND t.{_quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
+        )
+        with translate_errors(f"{schema.name}: delete", self._url):
+            n = await self.pool.fetchval(sql, [i for i, _ in items], [v for _, v in items])
+        return int(n or 0)

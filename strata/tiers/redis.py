@@ -24,17 +24,21 @@ While open, calls fail fast without touching the network: reads are misses, writ
 applied, deletes and publishes are dropped, and ``on_error`` is called for each (the router
 counts them in ``Stats.errors``). The outage is logged once when it starts and once when it
 ends. ``on_recover`` tells the router that invalidations were lost while Redis was away.
+
+Refused writes. Redis may answer a write with an error (OOM under ``noeviction``, READONLY
+on a demoted master) and keep the key's old value, which would then be served after the
+write was acknowledged. So a refused ``set_many`` deletes its keys; when even DEL is refused,
+the keys are remembered and the circuit opens as for an outage (reads are misses, the router
+records the writes for repair), and the probe deletes those keys before Redis serves again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -42,7 +46,25 @@ from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import peek_version
 from strata.config import hide_password
-from strata.errors import InvalidValueError, LifecycleError, TierError, TierUnavailableError
+from strata.errors import (
+    CodecError,
+    InvalidValueError,
+    LifecycleError,
+    StrataError,
+    TierError,
+    TierUnavailableError,
+)
+from strata.tiers.redis_scripts import (
+    DELETE_IF,
+    GENERATION,
+    GET,
+    SET,
+    SHAPES,
+    bind,
+    get_one,
+    ttl_ms,
+    unbind,
+)
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
@@ -50,6 +72,7 @@ from strata.tiers.redis_topology import (
     hash_tagged,
     scan_unlink,
     set_by_slot,
+    where_of,
 )
 
 __all__ = ["RedisTier"]
@@ -71,151 +94,13 @@ _OUTAGE: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-# KEYS = keys. Returns payload, pttl, payload, pttl, ... (false, -2 for a miss; a key that
-# holds another type is a miss too).
-_GET_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'string' then
-    out[2 * i - 1] = value
-    out[2 * i] = redis.call('PTTL', key)
-  else
-    out[2 * i - 1] = false
-    out[2 * i] = -2
-  end
-end
-return out
-"""
-
-# KEYS = keys [+ a generation counter to INCR], ARGV = payload, ttl ms (0 = no expiry), ...
-# Returns 1 (written) or 0 (kept: the key holds a newer envelope) per key. Versions are
-# compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
-# server's collation locale the way string comparison does.
-_SET_LUA = """
-local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
-local function newer(current, new)
-  local ch = tonumber(string.sub(current, 3, 10), 16)
-  local nh = tonumber(string.sub(new, 3, 10), 16)
-  if ch ~= nh then return ch > nh end
-  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
-end
-local n = #ARGV / 2
-local applied = {}
-for i = 1, n do
-  local key = KEYS[i]
-  local new = ARGV[2 * i - 1]
-  local ttl = tonumber(ARGV[2 * i])
-  local current = redis.pcall('GET', key)
-  if type(current) == 'string' and string.find(current, ENVELOPE) and newer(current, new) then
-    applied[i] = 0
-  else
-    if ttl > 0 then
-      redis.call('SET', key, new, 'PX', ttl)
-    else
-      redis.call('SET', key, new)
-    end
-    applied[i] = 1
-  end
-end
-if #KEYS > n then
-  redis.call('INCR', KEYS[n + 1])
-end
-return applied
-"""
-
-# KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
-# (as its decimal text, "0" when unset) and the payload at prefix .. generation .. ":" .. digest
-# (the result key is derived here, so it is not declared in KEYS: standalone Redis only).
-_GENERATION_LUA = """
-local gen = redis.pcall('GET', KEYS[1])
-if type(gen) ~= 'string' or not string.find(gen, '^%d+$') then
-  gen = '0'
-end
-local payload = redis.pcall('GET', ARGV[1] .. gen .. ':' .. ARGV[2])
-if type(payload) ~= 'string' then
-  payload = false
-end
-return {gen, payload}
-"""
-
-
-class _Script:
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(
-        self, client: Client, keys: Sequence[str], args: Sequence[bytes | int | str]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:
-            # First use, or the server restarted: EVAL runs it and caches it again.
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-_GET = _Script(_GET_LUA)
-_SET = _Script(_SET_LUA)
-_GENERATION = _Script(_GENERATION_LUA)
-
-
-async def _get_one(client: aioredis.Redis, key: str) -> list[Any]:
-    """GET + PTTL pipelined on one pooled connection: the single-key hot path.
-
-    For one key this beats both EVALSHA (no Lua on the server) and redis-py's Pipeline
-    (no per-command bookkeeping); for batches one script reply is cheaper than 2n replies.
-    """
-    pool = client.connection_pool
-    for attempt in (1, 2):
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(conn.pack_commands((("GET", key), ("PTTL", key))))
-            try:
-                value = await conn.read_response()
-            except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
-                value = None
-            pttl = await conn.read_response()
-            return [value, pttl]
-        except rexc.ConnectionError:
-            # A pooled socket that died with a restarted server: one retry on a fresh one.
-            await conn.disconnect(nowait=True)
-            if attempt == 2:
-                raise
-        except BaseException:
-            await conn.disconnect(nowait=True)  # replies may still be in flight
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")  # pragma: no cover
-
 
 def _same(key: str) -> str:
     return key
 
 
-def _where(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return parts.path
-        if parts.hostname:
-            return f"{parts.hostname}:{parts.port or 6379}"
-    except ValueError:
-        pass
-    return hide_password(url)
-
-
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _ttl_ms(ttl: float | None) -> int:
-    if ttl is None:
-        return 0
-    return max(1, round(ttl * 1000))
 
 
 class RedisTier:
@@ -234,7 +119,7 @@ class RedisTier:
         on_recover: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
-        self.where = _where(url)
+        self.where = where_of(url)
         self.timeout = timeout
         self.max_connections = max_connections
         self.on_error = on_error
@@ -244,6 +129,10 @@ class RedisTier:
         self._conn: Connection | None = None
         self._key = _same  # the physical key of a logical one (cluster: hash-tagged)
         self.possible_loss = False  # see take_possible_loss()
+        # Physical keys a refused write could not overwrite nor delete: deleted by the next
+        # probe, before Redis serves anything again.
+        self._unwritten: set[str] = set()
+        self.unbound_dropped = 0  # payloads found not bound to their key, deleted
         self._closed = False
         # circuit breaker
         self._up = False
@@ -343,27 +232,48 @@ class RedisTier:
         client = self._require()
         if not keys:
             return []
+        physical = [self._key(k) for k in keys]
         try:
             if isinstance(client, RedisCluster):
-                flat = await self._run(
-                    lambda: get_by_slot(_GET, client, [self._key(k) for k in keys])
-                )
+                flat = await self._run(lambda: get_by_slot(GET, client, physical))
             elif len(keys) == 1:
-                flat = await self._run(lambda: _get_one(client, keys[0]))
+                flat = await self._run(lambda: get_one(client, physical[0]))
             else:
-                flat = await self._run(lambda: _GET(client, keys, ()))
+                flat = await self._run(lambda: GET(client, physical, ()))
         except TierError as exc:
             self._report(exc)
             return [(None, None)] * len(keys)
         out: list[tuple[bytes | None, float | None]] = []
-        for i in range(0, len(flat), 2):
-            payload = flat[i]
-            pttl = flat[i + 1]
+        unbound: list[tuple[str, bytes]] = []
+        for n, key in enumerate(physical):
+            value, pttl = flat[2 * n], flat[2 * n + 1]
+            payload = None if value is None else unbind(key, value)
+            if value is not None and payload is None:
+                unbound.append((key, value))
             # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
             out.append(
                 (payload, max(pttl, 1) / 1000 if payload is not None and pttl >= 0 else None)
             )
+        if unbound:
+            await self._drop_unbound(client, unbound)
         return out
+
+    async def _drop_unbound(self, client: Client, found: list[tuple[str, bytes]]) -> None:
+        """Values not bound to their key (planted under another id, corrupted, not ours):
+        a miss for the reader, deleted here (unless replaced meanwhile), and reported."""
+        self.unbound_dropped += len(found)
+        self._report(
+            CodecError(
+                f"L2 Redis at {self.where}: {len(found)} payload(s) not bound to their key "
+                f"(e.g. {found[0][0]!r}); dropped"
+            )
+        )
+        for key, value in found:
+            try:
+                await self._run(lambda k=key, v=value: DELETE_IF(client, [k], [v]))  # type: ignore[misc]
+            except TierError as exc:
+                self._report(exc)
+                return
 
     async def set_many(
         self, items: Sequence[tuple[str, bytes, float | None]], *, bump: str | None = None
@@ -384,19 +294,25 @@ class RedisTier:
                 raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
             if peek_version(payload) is None:
                 raise ValueError(f"payload for {key!r} is not a codec envelope")
-            keys.append(self._key(key))
-            args.append(payload)
-            args.append(_ttl_ms(ttl))
+            physical = self._key(key)
+            keys.append(physical)
+            args.append(bind(physical, payload))
+            args.append(ttl_ms(ttl))
+        written = list(keys)
         try:
             if isinstance(client, RedisCluster):
                 tag = None if bump is None else self._key(bump)
-                applied = await self._run(lambda: set_by_slot(_SET, client, keys, args, tag))
+                applied = await self._run(lambda: set_by_slot(SET, client, keys, args, tag))
             else:
                 if bump is not None:
                     keys.append(bump)
-                applied = await self._run(lambda: _SET(client, keys, args))
+                applied = await self._run(lambda: SET(client, keys, args))
+        except TierUnavailableError as exc:
+            self._report(exc)
+            return [False] * len(items)
         except TierError as exc:
             self._report(exc)
+            await self._drop_refused(written)
             return [False] * len(items)
         return [bool(flag) for flag in applied]
 
@@ -409,8 +325,57 @@ class RedisTier:
         try:
             # (RedisCluster splits a multi-key DEL per slot itself.)
             await self._run(lambda: client.delete(*physical))
-        except TierError as exc:
+        except TierUnavailableError as exc:
             self._report(exc)
+        except TierError as exc:  # refused (READONLY): the keys still hold their values
+            self._report(exc)
+            self._refusing(exc, physical)
+
+    async def _drop_refused(self, physical: list[str]) -> None:
+        """A refused write (OOM, READONLY) left each key's old value in Redis, where it
+        would be served after the write was acknowledged: delete the keys. When Redis
+        refuses even that, stop serving from it until a probe could (``_refusing``)."""
+        client = self._require()
+        try:
+            await self._run(lambda: client.delete(*physical))
+        except TierUnavailableError:
+            self._unwritten.update(physical)  # the circuit is open: the probe deletes them
+        except TierError as exc:
+            self._refusing(exc, physical)
+
+    def _refusing(self, exc: BaseException, physical: list[str]) -> None:
+        """Redis answers but keeps values we could neither overwrite nor delete: open the
+        circuit, as for an outage (reads are misses, writes are recorded for repair), and
+        let the probe delete those keys before anything is served from Redis again."""
+        self._unwritten.update(physical)
+        if not self._up or self._closed:
+            return
+        now = time.monotonic()
+        self._up = False
+        self._epoch += 1
+        self._down_since = now
+        self._failures = 1
+        self._backoff = _BACKOFF_MIN
+        self._retry_at = now + self._backoff
+        self._log.warning(
+            "L2 Redis at %s refuses writes (%s); serving from L3 until it takes them again",
+            self.where,
+            _describe(exc),
+        )
+
+    async def _delete_unwritten(self, client: Client) -> None:
+        """The probe's first step while keys wait for deletion (see ``_refusing``)."""
+        keys = list(self._unwritten)
+        try:
+            await client.delete(*keys)
+        except rexc.ResponseError as exc:
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            self._retry_at = time.monotonic() + self._backoff
+            self._failures += 1
+            raise TierUnavailableError(
+                f"L2 Redis at {self.where} still refuses writes: {exc}", tier="l2"
+            ) from exc
+        self._unwritten.difference_update(keys)
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Number of subscribers reached; 0 (and reported) while Redis is unreachable.
@@ -428,7 +393,7 @@ class RedisTier:
         """An unconditional SET (cached search results, not envelopes); False while Redis is
         unreachable."""
         client = self._require()
-        px = _ttl_ms(ttl) or None
+        px = ttl_ms(ttl) or None
         key = self._key(key)
         try:
             await self._run(lambda: client.set(key, value, px=px))
@@ -446,11 +411,20 @@ class RedisTier:
         # On a cluster the result key shares the counter's hash tag, hence its slot.
         keys, args = [self._key(counter)], [self._key(prefix), digest]
         try:
-            raw, payload = await self._run(lambda: _GENERATION(client, keys, args))
+            raw, payload = await self._run(lambda: GENERATION(client, keys, args))
         except TierError as exc:
             self._report(exc)
             return 0, None
         return int(raw), payload
+
+    async def shapes(self, key: str, shape: str, now: float, since: float) -> set[str]:
+        """Note ``shape`` as seen ``now`` in the registry ``key`` and return every shape
+        seen since ``since`` (unix seconds). Raises TierUnavailableError / TierError."""
+        client = self._require()
+        key = self._key(key)
+        args = [shape, repr(now), repr(since)]
+        members = await self.call(lambda: SHAPES(client, [key], args))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def get_raw(self, key: str) -> bytes | None:
         """A plain GET (generation counters); None while Redis is unreachable."""
@@ -514,6 +488,8 @@ class RedisTier:
                     probe = self._gate(force)  # the circuit opened while this call waited
                 epoch = self._epoch
                 try:
+                    if probe and self._unwritten:
+                        await self._delete_unwritten(self._require())
                     result = await call()
                 except rexc.MaxConnectionsError as exc:  # pool drained by other users
                     self._log_error(exc)
@@ -597,7 +573,7 @@ class RedisTier:
             except Exception:
                 self._log.exception("on_recover callback failed")
 
-    def _report(self, exc: TierError) -> None:
+    def _report(self, exc: StrataError) -> None:
         if self.on_error is not None:
             try:
                 self.on_error(exc)

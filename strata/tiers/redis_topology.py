@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -34,21 +35,45 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from strata.config import parse_redis_url
+from strata.config import hide_password, parse_redis_url
 
 __all__ = [
     "Connection",
     "by_slot",
     "connect_client",
     "get_by_slot",
+    "glob_escape",
     "hash_tagged",
     "scan_unlink",
     "set_by_slot",
+    "where_of",
 ]
 
 _POOL_HEADROOM = 8
 _SCAN_BATCH = 500
 Script = Callable[[Any, Sequence[str], Sequence[bytes | int | str]], Awaitable[Any]]
+
+
+_GLOB_SPECIALS = frozenset("*?[]\\")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH): ``X*`` matches only
+    ``X*``, not ``Xx``. Key prefixes and ids may hold any of ``* ? [ ] \\``."""
+    return "".join("\\" + c if c in _GLOB_SPECIALS else c for c in text)
+
+
+def where_of(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL, for log lines."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        pass
+    return hide_password(url)
 
 
 def hash_tagged(key: str) -> str:

@@ -513,3 +513,60 @@ class SqliteTier:
             last = rows[-1][schema.pk.name]
             if len(rows) < batch:
                 return
+
+    # -- version-checked and partial writes (ds.update / ds.patch) ----------------------
+
+    async def update_columns(
+        self,
+        schema: CompiledSchema,
+        id: Any,
+        values: Row,
+        *,
+        if_version: int | None = None,
+        tx: Any = None,
+    ) -> Row | None:
+        """UPDATE only the given columns of one existing row, with a new version; with
+        ``if_version``, only while the row still has that version. Returns the whole row as
+        stored (new version included), or None when no row matched."""
+        st = self._stmts[schema.name]
+        quote = _DIALECT.identifier_preparer.quote
+        columns = list(values)
+        sets = ", ".join(f"{quote(c)} = ?" for c in [*columns, VERSION_COLUMN])
+        where = f"{quote(schema.pk.name)} = ?"
+        if if_version is not None:
+            where += f" AND {quote(VERSION_COLUMN)} = ?"
+        names = [*st.columns, VERSION_COLUMN]
+        sql = (
+            f"UPDATE {quote(schema.table.name)} SET {sets} WHERE {where} "
+            f"RETURNING {', '.join(quote(n) for n in names)}"
+        )
+        to_db = dict(st.to_db)
+        args = []
+        for c, v in values.items():
+            conv = to_db[c]
+            args.append(conv(v) if conv is not None and v is not None else v)
+        pk_to = _TO.get(schema.pk.kind)
+        key = pk_to(id) if pk_to else id
+
+        def work() -> Row | None:
+            db = self.db
+            if tx is None:
+                db.execute("BEGIN IMMEDIATE")
+            try:
+                top = db.execute(
+                    "UPDATE _strata_seq SET v = v + 1 WHERE id = 1 RETURNING v"
+                ).fetchone()
+                if top is None:
+                    raise sqlite3.OperationalError("no such table: _strata_seq (row missing)")
+                tail = [key] if if_version is None else [key, if_version]
+                found = db.execute(sql, [*args, top[0], *tail]).fetchone()
+                if tx is None:
+                    db.execute("COMMIT" if found is not None else "ROLLBACK")
+                return self._row_out(st, names, found) if found is not None else None
+            except BaseException:
+                if tx is None and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        with translate_errors(f"{schema.name}: update"):
+            return await self._run(work)

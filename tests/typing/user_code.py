@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from strata import DataStore, Field, Id, Projection, Q, Stats, Tx
+from strata.sync import DataStore as SyncDataStore
 
 
 class Player(BaseModel):
@@ -38,6 +39,34 @@ async def writes(ds: DataStore) -> None:
     assert_type(await ds.set_many(Player, [Player(id="p1")]), list[Player])
     await ds.delete(Player, "p1")
     await ds.delete_many(Player, ["p1", "p2"])
+
+
+async def version_checked_writes(ds: DataStore) -> None:
+    def in_place(p: Player) -> None:
+        p.level += 1
+
+    async def fetched(p: Player) -> Player:
+        return p.model_copy(update={"level": 2})
+
+    bump = lambda p: p.model_copy(update={"level": p.level + 1})  # noqa: E731
+    assert_type(await ds.update(Player, "p1", bump), Player)
+    assert_type(await ds.update(Player, "p1", in_place, attempts=3), Player)
+    assert_type(await ds.update(Player, "p1", fetched), Player)
+    assert_type(await ds.update("players", "p1", lambda p: p), BaseModel)
+    assert_type(await ds.patch(Player, "p1", level=2), Player)
+    assert_type(await ds.patch("players", "p1", level=2), BaseModel)
+
+    def wrong(p: Player) -> int:
+        return p.level
+
+    await ds.update(Player, "p1", wrong)  # type: ignore[arg-type]  # fn must give a Player
+    await ds.update(Player, "p1", bump, attempts="3")  # type: ignore[call-overload]
+
+
+def version_checked_writes_blocking(ds: SyncDataStore) -> None:
+    assert_type(ds.update(Player, "p1", lambda p: p), Player)
+    assert_type(ds.patch(Player, "p1", level=2), Player)
+    assert_type(ds.patch("players", "p1", level=2), BaseModel)
 
 
 async def in_a_transaction(ds: DataStore) -> None:

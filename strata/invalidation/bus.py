@@ -1,80 +1,36 @@
-"""The invalidation bus: keeps every instance's L1 coherent through Redis pub/sub.
-
-    instance A (writer)              Redis channel               instance B, C, ...
-    ───────────────────              ─────────────               ──────────────────
-    write L3 ── commit ──► L2 ──► L1
-                                │
-                                ▼
-    publish(Invalidation) ─ PUBLISH ─► {"schema","id","op", ──► listener task
-                                        "origin","version"}       │
-                                                                  ├─ own origin ──► ignored
-                                                                  ├─ malformed ──► log, on_error
-                                                                  └─ else ──► on_message(msg):
-                                                                              drop L1 key(s)
-
-Publish only after the L3 commit (write-behind: after the L2 write), so that a reader woken by
-the message cannot fetch the old row again. A batch write publishes one message carrying
-``ids``/``versions``, not one message per row.
-
-Redis pub/sub is fire-and-forget: a subscriber that is not connected misses messages for
-good. So whenever the subscription may have missed something, the whole L1 is dropped:
-
-    subscription confirmed ──► on_reset() ──► connected = True ──► deliver messages
-          ▲                                                             │
-          │                              connection error, or no own heartbeat
-          │                              for 3 x heartbeat_interval (blackholed link)
-          │                                                             │
-          │                                                             ▼
-    backoff 0.1 s .. 5 s ◄── close pubsub ◄── on_reset() ◄── connected = False (one warning)
-
-``on_reset`` also runs on the very first subscription: between ``start()`` and the moment
-Redis confirms the subscription, this instance may have filled L1 while other instances'
-messages could not reach it; clearing an L1 that young costs next to nothing. It also runs
-when redis-py re-establishes a dropped pubsub connection by itself (it resubscribes
-silently; the second subscribe confirmation on one connection gives it away).
-
-Heartbeats: every ``heartbeat_interval`` the bus publishes ``{"op":"heartbeat","origin",
-"seq"}`` on the same channel, through the shared client. Hearing its own heartbeat proves the
-subscription delivers; heartbeats are never passed to ``on_message``.
-
-The bus owns two tasks (listener, heartbeat) and one pubsub connection, all ended by
-``stop()``. The shared ``redis.asyncio.Redis`` client belongs to the caller.
-"""
+"""The bus itself: ``InvalidationBus`` (see the package docstring for its flows)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast, get_args
+from typing import Any, Final, Protocol, cast
 
-import orjson
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from strata.config import hide_password
 from strata.errors import CodecError, StrataError, TierUnavailableError
+from strata.invalidation.messages import Heartbeat, Invalidation, decode_message
+from strata.invalidation.transport import Transport, transport_for
 
 __all__ = [
-    "Heartbeat",
-    "Invalidation",
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "MISSED_HEARTBEATS",
+    "BusClock",
     "InvalidationBus",
-    "InvalidationOp",
-    "decode_message",
+    "LoopClock",
 ]
-
-InvalidationOp = Literal["set", "delete", "invalidate_all"]
-_OPS: Final[frozenset[str]] = frozenset(get_args(InvalidationOp))
-_HEARTBEAT_OP: Final = "heartbeat"
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 #: The subscription is presumed dead after this many heartbeat intervals without our own.
-MISSED_HEARTBEATS: Final = 3
+MISSED_HEARTBEATS: Final = 2
 
 # Failures that mean "Redis is unreachable or misbehaving", retried in the background.
 # The builtin TimeoutError comes from our own asyncio.timeout() guards.
@@ -83,169 +39,21 @@ _OUTAGE_ERRORS: Final = (RedisError, OSError, TimeoutError)
 _logger = logging.getLogger("strata.invalidation")
 
 
-# ----------------------------------------------------------------------------- messages
+class BusClock(Protocol):
+    """Seconds on a monotonic scale, and a sleep on that scale."""
+
+    def time(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, str | int) and not isinstance(value, bool)
+class LoopClock:
+    """The running event loop's clock (the default)."""
 
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
 
-def _is_version(value: object) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool))
-
-
-@dataclass(frozen=True, slots=True)
-class Invalidation:
-    """One invalidation: a single key (``id``), a batch (``ids``) or a whole schema.
-
-    ``versions`` is parallel to ``ids``; an empty ``versions`` on a batch means "no versions"
-    and is normalised to ``(None,) * len(ids)``. Construction checks the shape and raises
-    ``ValueError`` for a message that could not be sent.
-    """
-
-    schema: str
-    op: InvalidationOp
-    origin: str
-    id: str | int | None = None
-    version: int | None = None
-    ids: tuple[str | int, ...] = ()
-    versions: tuple[int | None, ...] = ()
-    shape: str | None = None  # the writer's cache shape: other shapes drop their own L2 copy
-
-    def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise ValueError(f"invalidation op must be one of {sorted(_OPS)}")
-        ids = tuple(self.ids)
-        versions = tuple(self.versions)
-        if ids and not versions:
-            versions = (None,) * len(ids)
-        object.__setattr__(self, "ids", ids)
-        object.__setattr__(self, "versions", versions)
-        if len(versions) != len(ids):
-            raise ValueError("invalidation 'versions' must be empty or as long as 'ids'")
-        if self.op == "invalidate_all":
-            if self.id is not None or ids:
-                raise ValueError("an 'invalidate_all' invalidation carries no id nor ids")
-        elif (self.id is None) == (not ids):
-            raise ValueError(f"{self.op!r} invalidation needs exactly one of 'id' or 'ids'")
-        if ids and self.version is not None:
-            raise ValueError("a batch invalidation carries 'versions', not 'version'")
-
-    @property
-    def is_batch(self) -> bool:
-        return bool(self.ids)
-
-    def keys(self) -> list[tuple[str | int, int | None]]:
-        """The ``(id, version)`` pairs this message covers; empty for ``invalidate_all``."""
-        if self.ids:
-            return list(zip(self.ids, self.versions, strict=True))
-        if self.id is not None:
-            return [(self.id, self.version)]
-        return []
-
-    def encode(self) -> bytes:
-        """JSON bytes; ``ids``/``versions`` only for a batch. ``CodecError`` if not encodable."""
-        body: dict[str, Any] = {
-            "schema": self.schema,
-            "id": self.id,
-            "op": self.op,
-            "origin": self.origin,
-            "version": self.version,
-        }
-        if self.ids:
-            body["ids"] = list(self.ids)
-            body["versions"] = list(self.versions)
-        if self.shape is not None:
-            body["shape"] = self.shape
-        try:
-            return orjson.dumps(body)
-        except orjson.JSONEncodeError as exc:
-            raise CodecError(f"invalidation message cannot be encoded: {exc}") from exc
-
-    @classmethod
-    def decode(cls, raw: bytes | bytearray | memoryview | str) -> Invalidation:
-        """The message in ``raw``; ``CodecError`` if it is malformed or a heartbeat."""
-        message = decode_message(raw)
-        if isinstance(message, Heartbeat):
-            raise CodecError("invalidation message: a heartbeat, not an invalidation")
-        return message
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """The bus's liveness probe: published by each instance, only its sender looks at it."""
-
-    origin: str
-    seq: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"op": _HEARTBEAT_OP, "origin": self.origin, "seq": self.seq})
-
-
-def _field_error(name: str, expected: str) -> CodecError:
-    # Fixed text per kind of fault (no values): the bus logs each distinct text once.
-    return CodecError(f"invalidation message: {name!r} must be {expected}")
-
-
-def decode_message(raw: bytes | bytearray | memoryview | str) -> Invalidation | Heartbeat:
-    """Whatever the bus may find on its channel: an ``Invalidation`` or a ``Heartbeat``.
-
-    Raises ``CodecError`` for anything else. Unknown extra keys are ignored, so a newer
-    sender can add fields without breaking older receivers.
-    """
-    if not isinstance(raw, bytes | bytearray | memoryview | str):
-        raise CodecError("invalidation message: not bytes")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("invalidation message: not valid JSON") from exc
-    if not isinstance(body, dict):
-        raise CodecError("invalidation message: not a JSON object")
-    origin = body.get("origin")
-    if not isinstance(origin, str) or not origin:
-        raise _field_error("origin", "a non-empty string")
-    op = body.get("op")
-    if op == _HEARTBEAT_OP:
-        seq = body.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            raise _field_error("seq", "an integer")
-        return Heartbeat(origin=origin, seq=seq)
-    if op not in _OPS:
-        raise _field_error("op", "one of " + ", ".join(sorted(_OPS)))
-    schema = body.get("schema")
-    if not isinstance(schema, str) or not schema:
-        raise _field_error("schema", "a non-empty string")
-    id_ = body.get("id")
-    if id_ is not None and not _is_id(id_):
-        raise _field_error("id", "a string, an integer or null")
-    version = body.get("version")
-    if not _is_version(version):
-        raise _field_error("version", "an integer or null")
-    ids = body.get("ids", [])
-    if not isinstance(ids, list) or not all(_is_id(i) for i in ids):
-        raise _field_error("ids", "a list of strings or integers")
-    versions = body.get("versions", [])
-    if not isinstance(versions, list) or not all(_is_version(v) for v in versions):
-        raise _field_error("versions", "a list of integers or nulls")
-    shape = body.get("shape")
-    if shape is not None and not isinstance(shape, str):
-        raise _field_error("shape", "a string or null")
-    try:
-        return Invalidation(
-            schema=schema,
-            op=op,
-            origin=origin,
-            id=id_,
-            version=version,
-            ids=tuple(ids),
-            versions=tuple(versions),
-            shape=shape,
-        )
-    except ValueError as exc:
-        raise CodecError(f"invalidation message: {exc}") from exc
-
-
-# --------------------------------------------------------------------------------- bus
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class _PubSub(Protocol):
@@ -261,100 +69,11 @@ class _PubSub(Protocol):
     async def aclose(self) -> None: ...
 
 
-# Sharded pub/sub (Redis Cluster) names its events with an "s"; the bus speaks plain names.
-_SHARDED_KINDS: Final = {
-    "smessage": "message",
-    "ssubscribe": "subscribe",
-    "sunsubscribe": "unsubscribe",
-}
-
-
-class _Transport:
-    """How the bus reaches Redis: classic pub/sub on one channel, or (on a Redis Cluster)
-    sharded pub/sub, SSUBSCRIBE / SPUBLISH, on one channel per schema,
-    ``{channel}:{schema}``: each channel lives on the shard its name hashes to, and an
-    instance subscribes only to the schemas it has registered, so it hears only what it
-    caches. Heartbeats go to every subscribed channel (each shard proves itself)."""
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis | RedisCluster,
-        channel: str,
-        schemas: Callable[[], Iterable[str]] | None,
-    ) -> None:
-        self.client = client
-        self.channel = channel
-        self.sharded = isinstance(client, RedisCluster)
-        self._schemas = schemas
-
-    def channel_for(self, schema: str) -> str:
-        return f"{self.channel}:{schema}" if self.sharded else self.channel
-
-    def channels(self) -> list[str]:
-        if not self.sharded or self._schemas is None:
-            return [self.channel]
-        names = sorted(set(self._schemas()))
-        return [self.channel_for(n) for n in names] or [self.channel]
-
-    def pubsub(self) -> Any:
-        return self.client.pubsub()
-
-    async def subscribe(self, pubsub: Any, channels: list[str]) -> None:
-        if self.sharded:
-            await pubsub.ssubscribe(*channels)
-        else:
-            await pubsub.subscribe(*channels)
-
-    async def unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
-        if self.sharded:
-            await pubsub.sunsubscribe(*channels)
-        else:
-            await pubsub.unsubscribe(*channels)
-
-    async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        if not self.sharded:
-            return cast("dict[str, Any] | None", await pubsub.get_message(timeout=timeout))
-        message = await pubsub.get_sharded_message(timeout=timeout)
-        if message is not None:
-            kind = message.get("type")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            message = {**message, "type": _SHARDED_KINDS.get(kind, kind)}
-        return cast("dict[str, Any] | None", message)
-
-    async def close(self, pubsub: Any) -> None:
-        if self.sharded:  # one pubsub per node, each with its own connection
-            for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
-                with contextlib.suppress(Exception):
-                    await node_pubsub.aclose()
-        await pubsub.aclose()
-
-    async def publish(self, channel: str, payload: bytes) -> None:
-        if isinstance(self.client, RedisCluster):
-            await self.client.spublish(channel, payload)
-        else:
-            await self.client.publish(channel, payload)
-
-
 class _SubscriptionLost(TierUnavailableError):
     """Raised inside the listener when the subscription is presumed dead."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, tier="l2")
-
-
-def _describe_client(client: redis.asyncio.Redis | RedisCluster) -> str:
-    """Where the client points, password hidden, for log lines."""
-    if isinstance(client, RedisCluster):
-        nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_nodes()[:3])
-        return f"cluster {nodes}"
-    kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}"
-    user = kwargs.get("username") or ""
-    password = kwargs.get("password")
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    host = kwargs.get("host", "localhost")
-    return hide_password(f"redis://{auth}{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}")
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -390,6 +109,9 @@ class InvalidationBus:
         on_error: Callable[[BaseException], None] | None = None,
         publisher: Callable[[str, bytes], Awaitable[bool]] | None = None,
         schemas: Callable[[], Iterable[str]] | None = None,
+        transport: Transport | None = None,
+        prefix: str | None = None,
+        clock: BusClock | None = None,
     ) -> None:
         if not channel:
             raise ValueError("channel must be a non-empty string")
@@ -403,26 +125,34 @@ class InvalidationBus:
         self._publisher = publisher
         self._channel = channel
         # ``schemas`` (the names this instance caches) matters on a cluster only: one
-        # sharded channel per schema (see _Transport).
-        self._transport = _Transport(client, channel, schemas)
+        # sharded channel per schema (see ShardedTransport). ``transport`` replaces the
+        # Redis one altogether (a test transport).
+        self._transport: Transport = transport or transport_for(client, channel, schemas)
         self._subscribed: list[str] = [channel]
         self._beats: dict[bytes, float] = {}
         self._instance_id = instance_id
+        # Our app's key prefix: stamped on what we publish; messages of another prefix
+        # (another app on the same Redis and channel) are ignored.
+        self._prefix = prefix
         self._on_message = on_message
         self._on_reset = on_reset
         self._on_error = on_error
         self._interval = float(heartbeat_interval)
+        # Heartbeat timing only (when to beat, how long since our last one was heard): a
+        # test drives it with a fake clock instead of waiting.
+        self._clock: BusClock = clock or LoopClock()
         self._dead_after = MISSED_HEARTBEATS * self._interval
         # Long enough for a slow connect + SUBSCRIBE round trip, short enough that a
         # blackholed connection attempt is abandoned and retried.
         self._subscribe_timeout = max(self._dead_after, 1.0)
         self._log = logger or _logger
-        self._where = _describe_client(client)
+        self._where = self._transport.where
 
         self.sent = 0
         self.received = 0
         self.resets = 0
         self.malformed = 0
+        self.foreign = 0  # messages of another prefix, ignored
 
         self._listener: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
@@ -506,6 +236,8 @@ class InvalidationBus:
         (an id that is neither str nor int). The wait is bounded by the client's
         ``socket_timeout``.
         """
+        if self._prefix is not None and message.prefix is None:
+            message = dataclasses.replace(message, prefix=self._prefix)
         payload = message.encode()
         if self._publisher is not None:
             # The tier publishes with SPUBLISH on a cluster, on the schema's own channel.
@@ -578,17 +310,17 @@ class InvalidationBus:
         await self._subscribe(pubsub)
         if self._stopping:
             return
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         # Subscribed: whatever was published before this point is lost to us.
         self._reset("subscribed")
-        self._beat_all(loop.time())
+        self._beat_all(clock.time())
         self._set_connected(True)
         if self._outage_since is not None:
             self._log.info(
                 "invalidation bus subscribed to %r on %s again after %.1f s (%d attempts)",
                 self._channel,
                 self._where,
-                loop.time() - self._outage_since,
+                clock.time() - self._outage_since,
                 self._failures + 1,
             )
         else:
@@ -599,7 +331,7 @@ class InvalidationBus:
 
     def _session_ended(self, exc: Exception) -> None:
         """Account for a failed subscribe attempt or a lost subscription: log once, reset."""
-        now = asyncio.get_running_loop().time()
+        now = self._clock.time()
         # A bug rather than an outage deserves its traceback.
         trace = None if isinstance(exc, _OUTAGE_ERRORS) else exc
         reason = str(exc) if isinstance(exc, _SubscriptionLost) else _describe_error(exc)
@@ -657,9 +389,9 @@ class InvalidationBus:
 
     async def _pump(self, pubsub: _PubSub) -> None:
         """Deliver messages until the subscription is lost (raises) or the bus stops."""
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while not self._stopping:
-            silence = loop.time() - self._last_beat
+            silence = clock.time() - self._last_beat
             if silence > self._dead_after:
                 raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
             wait = min(self._interval, self._dead_after - silence) + 0.01
@@ -670,7 +402,7 @@ class InvalidationBus:
                 async with asyncio.timeout(wait + self._interval):
                     message = await self._transport.get_message(pubsub, wait)
             except TimeoutError:
-                silence = loop.time() - self._last_beat
+                silence = clock.time() - self._last_beat
                 raise _SubscriptionLost(
                     f"no heartbeat for {silence:.1f} s (the driver is stuck reconnecting)"
                 ) from None
@@ -678,7 +410,7 @@ class InvalidationBus:
                 continue
             kind = message.get("type")
             if kind == "message":
-                self._handle(message.get("data"), loop.time(), _channel_of(message))
+                self._handle(message.get("data"), clock.time(), _channel_of(message))
             elif kind == "subscribe" and _channel_of(message) in self._beats:
                 # redis-py reconnected the pubsub connection by itself and resubscribed:
                 # anything published while it was away is lost.
@@ -694,7 +426,7 @@ class InvalidationBus:
                     )
                 )
                 self._reset("resubscribed by driver")
-                self._beat_all(loop.time())
+                self._beat_all(clock.time())
             elif kind == "unsubscribe" and _channel_of(message) in self._beats:
                 raise _SubscriptionLost("unsubscribed by the server")
 
@@ -710,6 +442,13 @@ class InvalidationBus:
             return
         if decoded.origin == self._instance_id:
             return  # our own write: our L1 is already right
+        if (
+            decoded.prefix is not None
+            and self._prefix is not None
+            and decoded.prefix != self._prefix
+        ):
+            self.foreign += 1  # another app sharing this Redis and channel
+            return
         try:
             self._on_message(decoded)
         except Exception as exc:
@@ -742,7 +481,7 @@ class InvalidationBus:
     async def _beat_forever(self) -> None:
         seq = 0
         while not self._stopping:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             if self._stopping:
                 break
             seq += 1

@@ -1,0 +1,448 @@
+"""The journal of one DataStore's write-behind schemas and the flusher that empties it.
+
+    append ── one Lua script (scripts.APPEND): L2 value + XADD ──► acknowledged
+                                                                    │
+    flusher (each instance, consumer group "strata", consumer = instance_id)
+      at start: this consumer's own pending entries (a restart: XREADGROUP 0)
+      every claim_after / 2: XAUTOCLAIM entries idle > claim_after (a dead instance's)
+      every flush_interval, at flush_threshold, on flush(): XREADGROUP ">"
+                                                                    ▼
+      coalesce per id (newest version) ─► apply to L3, version-guarded (replay-safe)
+        L3 unreachable (or anything but a refusal): back off, try again, forever; the
+          entries stay claimed by this instance (their idle time is reset) meanwhile
+        L3 refuses (constraint, type): bisect; a refused single write is a dead letter
+      ─► XACK + XDEL ─► scripts.RELEASE (the L2 value gets its TTL back)
+
+Nothing acknowledged leaves the journal until L3 has it or it is a dead letter (kept in
+Redis, every instance sees it). ``close()`` flushes for at most ``wait_timeout`` and leaves
+the rest journaled for a peer or the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions as rexc
+
+from strata.codec import FMT_TOMBSTONE, peek_version
+from strata.errors import (
+    CodecError,
+    IntegrityError,
+    InvalidValueError,
+    TierError,
+    TierUnavailableError,
+    WriteBehindError,
+)
+from strata.journal.entry import JournalEntry, decode_entry
+from strata.journal.scripts import APPEND_LUA, RELEASE_LUA
+from strata.tiers.redis import RedisTier
+
+__all__ = ["GROUP", "Appended", "Journal", "Stream", "is_refusal"]
+
+GROUP = "strata"
+
+Appended = tuple[str, bytes, bytes, int, str, bytes]
+"""(logical L2 key, L2 payload, packed id, version, op, packed row) of one write"""
+
+Apply = Callable[[str, list[JournalEntry]], Awaitable[None]]
+OnRefused = Callable[[JournalEntry, BaseException], Awaitable[None]]
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The one place that decides: did L3 refuse these rows (dead letter) or fail (retry)?"""
+    if isinstance(exc, TierUnavailableError):
+        return False
+    if isinstance(exc, IntegrityError | InvalidValueError | CodecError):
+        return True
+    cause = exc.__cause__
+    return (
+        isinstance(exc, TierError)
+        and cause is not None
+        and any(c.__name__ in ("DataError", "DataException") for c in type(cause).__mro__)
+    )
+
+
+@dataclass(slots=True)
+class Stream:
+    """The journal keys of one schema (physical: hash-tagged on a cluster)."""
+
+    schema: str
+    stream: str
+    latest: str
+    gen: str
+    dead: str
+    ttl_ms: int  # the L2 TTL a flushed value gets back (0: none)
+    length: int = 0  # entries last seen
+
+
+def _sid(stream_id: bytes | str) -> tuple[int, int]:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Journal:
+    """The journals of every journaled write-behind schema of one DataStore."""
+
+    def __init__(
+        self,
+        tier: RedisTier,
+        *,
+        consumer: str,
+        apply: Apply,
+        on_refused: OnRefused,
+        claim_after: float,
+        interval: float,
+        threshold: int,
+        batch: int,
+        retry_base: float,
+        retry_max: float,
+        max_pending: int,
+        wait_timeout: float,
+        tombstone_ttl: float,
+        logger: logging.Logger,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.tier = tier
+        self._consumer = consumer
+        self._apply = apply
+        self._on_refused = on_refused
+        self._claim_after = claim_after
+        self._interval = interval
+        self._threshold = threshold
+        self._batch = max(1, batch)
+        self._retry_base = max(retry_base, 0.001)
+        self._retry_max = max(retry_max, self._retry_base)
+        self._max_pending = max_pending
+        self.wait_timeout = wait_timeout
+        self._tomb_ms = int(max(tombstone_ttl, 2 * claim_after) * 1000)
+        self._log = logger
+        self._on_error = on_error
+        self.streams: dict[str, Stream] = {}
+        self._last: dict[str, tuple[int, int]] = {}  # schema -> this instance's last append
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._next_claim = 0.0
+        self._grouped: set[str] = set()
+        self._stopping = False
+
+    # -- registry ----------------------------------------------------------------------
+
+    def add(self, schema: str, base: str, ttl: float | None) -> None:
+        """Journal a schema; ``base`` is its logical key base (``{prefix}:{schema}``)."""
+        key = self.tier.physical_key
+        self.streams[schema] = Stream(
+            schema,
+            key(f"{base}:journal"),
+            key(f"{base}:journal:latest"),
+            key(f"{base}:gen"),
+            key(f"{base}:deadletters"),
+            int(ttl * 1000) if ttl else 0,
+        )
+
+    def has(self, schema: str) -> bool:
+        return schema in self.streams
+
+    @property
+    def pending(self) -> int:
+        """Journal entries not yet in L3, as last seen by this instance (for Stats)."""
+        return sum(s.length for s in self.streams.values())
+
+    # -- writers -----------------------------------------------------------------------
+
+    async def append(self, schema: str, items: Sequence[Appended]) -> None:
+        """Journal writes with their L2 values; returns once Redis holds both. Waits while
+        the journal is full; WriteBehindError after ``wait_timeout``. TierError (and
+        TierUnavailableError) when Redis fails: nothing was acknowledged."""
+        st = self.streams[schema]
+        key = self.tier.physical_key
+        keys = [st.stream, st.latest, st.gen, *(key(k) for k, *_ in items)]
+        args: list[bytes | str | int] = [schema, self._max_pending]
+        for _, payload, id, version, op, row in items:
+            args += [payload, id, str(version), op, row]
+        client = self.tier.client
+        deadline = time.monotonic() + self.wait_timeout
+        delay = 0.005
+        while True:
+            res = await self.tier.call(lambda: client.eval(APPEND_LUA, len(keys), *keys, *args))
+            st.length = int(res[1])
+            if int(res[0]) == 1:
+                if res[2] is not None:
+                    self._last[schema] = _sid(res[2])
+                if st.length >= self._threshold:
+                    self._wake.set()
+                return
+            self._wake.set()  # a full journal is flushed now
+            if time.monotonic() >= deadline:
+                raise WriteBehindError(
+                    f"{schema}: the write-behind journal holds {st.length} unflushed writes "
+                    f"(write_behind_max_pending={self._max_pending}) and did not drain within "
+                    f"{self.wait_timeout} s; is the database reachable?"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="strata-write-behind-journal"
+        )
+
+    async def close(self) -> None:
+        """Flush for at most ``wait_timeout``; what is left stays journaled (a peer or
+        this instance's next start flushes it)."""
+        if self._task is None:
+            return
+        try:
+            await self.flush(self.wait_timeout)
+        except WriteBehindError as exc:
+            self._log.warning("write-behind: left in the Redis journal for later: %s", exc)
+        finally:
+            self._stopping = True
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def flush(self, timeout: float | None) -> None:
+        """Wait until every entry this instance journaled so far (and every older entry)
+        is in L3 or a dead letter."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        targets = dict(self._last)
+        delay = 0.002
+        while True:
+            if self._task is None or self._task.done():
+                raise WriteBehindError("the write-behind journal flusher is not running")
+            self._wake.set()
+            left = 0
+            for st in self.streams.values():
+                target = targets.get(st.schema)
+                if target is None:
+                    continue  # nothing journaled here: nothing to wait for
+                try:
+                    left += await self._left(st, target)
+                except TierError:  # Redis away: the entries wait there; so does this flush
+                    left += max(st.length, 1)
+            if left == 0:
+                return
+            if deadline is not None and loop.time() >= deadline:
+                raise WriteBehindError(
+                    f"write-behind flush timed out after {timeout} s; {left} writes journaled"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _left(self, st: Stream, target: tuple[int, int]) -> int:
+        client = self.tier.client
+        length = int(await self.tier.call(lambda: client.xlen(st.stream)))
+        st.length = length
+        if length == 0:
+            return 0
+        first = await self.tier.call(lambda: client.xrange(st.stream, "-", "+", count=1))
+        oldest = first[0][0] if first else None
+        return length if oldest is not None and _sid(oldest) <= target else 0
+
+    # -- the flusher -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        own = True  # first: what this consumer had read before a restart
+        fresh = False  # new entries wait for the interval, the threshold or a flush()
+        next_tick = loop.time() + self._interval
+        while not self._stopping:
+            try:
+                for st in list(self.streams.values()):
+                    await self._drain(st, own=own, fresh=fresh)
+                own = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the journal waits there
+                self._on_error(exc)
+                self._log.warning("write-behind journal: %s", exc)
+                await asyncio.sleep(self._retry_base)
+                continue
+            if fresh:
+                next_tick = loop.time() + self._interval
+            wait = min(next_tick, self._next_claim) - loop.time()
+            if wait > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+            fresh = self._wake.is_set() or loop.time() >= next_tick
+            self._wake.clear()
+
+    async def _drain(self, st: Stream, *, own: bool, fresh: bool) -> None:
+        client = self.tier.client
+        if st.stream not in self._grouped:
+            try:
+                await client.xgroup_create(st.stream, GROUP, id="0", mkstream=True)
+            except rexc.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._grouped.add(st.stream)
+        after = "0"
+        while own:  # entries delivered to this consumer before a restart, not acknowledged
+            read: Any = await self.tier.call(
+                lambda a=after: client.xreadgroup(  # type: ignore[misc]
+                    GROUP, self._consumer, {st.stream: a}, count=self._batch
+                )
+            )
+            entries = list(read[0][1]) if read else []
+            if not entries:
+                break
+            after = entries[-1][0]
+            await self._flush_batch(st, entries)
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_claim:
+            self._next_claim = now + max(self._claim_after / 2, 0.01)
+            await self._claim(st)
+        while fresh and not self._stopping:
+            read = await self.tier.call(
+                lambda: client.xreadgroup(
+                    GROUP, self._consumer, {st.stream: ">"}, count=self._batch
+                )
+            )
+            entries = list(read[0][1]) if read else []
+            if not entries:
+                break
+            await self._flush_batch(st, entries)
+
+    async def _claim(self, st: Stream) -> bool:
+        client = self.tier.client
+        idle = int(self._claim_after * 1000)
+        start: Any = "0-0"
+        worked = False
+        while True:
+            res = await self.tier.call(
+                lambda s=start: client.xautoclaim(  # type: ignore[misc]
+                    st.stream, GROUP, self._consumer, idle, s, count=self._batch
+                )
+            )
+            start, entries = res[0], list(res[1])
+            if entries:
+                self._log.info(
+                    "write-behind: claimed %d journal entries of %s left by another instance",
+                    len(entries),
+                    st.schema,
+                )
+                await self._flush_batch(st, entries)
+                worked = True
+            if _sid(start) == (0, 0):
+                return worked
+
+    async def _flush_batch(self, st: Stream, raw: list[Any]) -> None:
+        newest: dict[Any, JournalEntry] = {}
+        bad: list[bytes] = []
+        for stream_id, fields in raw:
+            if not fields:  # superseded by a newer entry of its key (XDEL) meanwhile
+                continue
+            try:
+                e = decode_entry(st.schema, stream_id, fields)
+            except CodecError as exc:
+                self._log.error("write-behind: dropping an unreadable journal entry: %s", exc)
+                self._on_error(exc)
+                bad.append(stream_id)
+                continue
+            key = e.key or repr(e.id)
+            held = newest.get(key)
+            if held is None or held.version <= e.version:
+                if held is not None:
+                    e.stream_ids = held.stream_ids + e.stream_ids
+                newest[key] = e
+            else:
+                held.stream_ids.append(stream_id)
+        writes = await self._not_deleted_since(list(newest.values()))
+        if writes:
+            await self._apply_until_done(st, writes)
+        ids = [sid for sid, _ in raw]
+        client = self.tier.client
+        await self.tier.call(lambda: client.xack(st.stream, GROUP, *ids))
+        await self.tier.call(lambda: client.xdel(st.stream, *ids))
+        await self._release(st, writes)
+        st.length = max(0, st.length - len(ids))
+
+    async def _not_deleted_since(self, writes: list[JournalEntry]) -> list[JournalEntry]:
+        """Drop sets that a newer delete's L2 tombstone outranks: a set delivered again
+        (claimed twice) after its key was deleted must not bring the row back."""
+        keys = [w.key for w in writes if w.op == "set" and w.key]
+        if not keys:
+            return writes
+        client = self.tier.client
+        current = await self.tier.call(lambda: client.mget(keys))
+        tomb = {
+            k: peek_version(v) or 0
+            for k, v in zip(keys, current, strict=True)
+            if isinstance(v, bytes) and len(v) > 1 and v[1:2] == FMT_TOMBSTONE
+        }
+        return [w for w in writes if w.op != "set" or tomb.get(w.key, -1) <= w.version]
+
+    async def _apply_until_done(self, st: Stream, writes: list[JournalEntry]) -> None:
+        """Apply, backing off while L3 fails; isolate the rows L3 refuses."""
+        delay = self._retry_base
+        attempt = 0
+        while True:
+            try:
+                await self._apply(st.schema, writes)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_refusal(exc):
+                    await self._isolate(st, writes, exc)
+                    return
+                attempt += 1
+                self._on_error(exc)
+                self._log.log(
+                    logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG,
+                    "write-behind %s: %d journaled writes wait for L3 (attempt %d: %s); "
+                    "retrying in %.2f s",
+                    st.schema,
+                    len(writes),
+                    attempt,
+                    exc,
+                    delay,
+                )
+            await self._keep_claimed(st, writes)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, self._retry_max)
+
+    async def _keep_claimed(self, st: Stream, writes: list[JournalEntry]) -> None:
+        """Reset the entries' idle time: this live instance still works on them."""
+        ids: list[int | bytes | str | memoryview[int]] = [
+            sid for w in writes for sid in w.stream_ids
+        ]
+        client = self.tier.client
+        with contextlib.suppress(TierError):
+            await self.tier.call(
+                lambda: client.xclaim(st.stream, GROUP, self._consumer, 0, ids, justid=True)
+            )
+
+    async def _isolate(self, st: Stream, writes: list[JournalEntry], exc: BaseException) -> None:
+        if len(writes) == 1:
+            await self._on_refused(writes[0], exc)
+            return
+        half = len(writes) // 2
+        for part in (writes[:half], writes[half:]):
+            await self._apply_until_done(st, part)
+
+    async def _release(self, st: Stream, writes: list[JournalEntry]) -> None:
+        if not writes:
+            return
+        keys = [st.latest, st.gen]
+        args: list[bytes | str | int] = []
+        for w in writes:
+            if not w.key:
+                continue
+            keys.append(w.key)
+            ttl = st.ttl_ms if w.op == "set" else self._tomb_ms
+            args += [max(w.stream_ids, key=_sid), f"{w.version:016x}", ttl]
+        client = self.tier.client
+        await self.tier.call(lambda: client.eval(RELEASE_LUA, len(keys), *keys, *args))

@@ -1,0 +1,81 @@
+"""The journal's Lua scripts: what makes a write-behind write and its journal entry atomic.
+
+APPEND  KEYS = stream, latest-entry hash, generation counter, L2 key 1..n
+        ARGV = schema, max pending, then per key: payload, id, version, op, row
+  full journal (XLEN >= max pending, counting only keys not already journaled) -> {-1, len}
+  else, per key:
+    L2 key := payload, no TTL, unless it holds a newer envelope (the "only if newer" rule)
+    XADD stream * s schema i id v version o op r row k key
+    an older entry of the same key still in the stream: XDEL (the new one supersedes it:
+      it carries the whole row, and its version)
+    latest[key] := the new entry id
+  INCR generation (cached searches did not see these writes)      -> {1, XLEN}
+
+RELEASE KEYS = latest-entry hash, generation counter, L2 key 1..n
+        ARGV = per key: entry id, version (16 hex digits), ttl ms (0: keep no TTL)
+  after the entries reached L3: a key whose latest entry is this one is journaled no more
+  (HDEL); its L2 value gets its TTL back if it is still the flushed version (a newer
+  journaled value keeps none); INCR generation (a search cached before the flush missed it)
+
+A journaled key's L2 value has no TTL until its entry is in L3, so an expiry cannot expose
+an older L3 row to a reader of another instance.
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPEND_LUA", "RELEASE_LUA"]
+
+APPEND_LUA = """
+local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
+local function newer(current, new)
+  local ch = tonumber(string.sub(current, 3, 10), 16)
+  local nh = tonumber(string.sub(new, 3, 10), 16)
+  if ch ~= nh then return ch > nh end
+  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
+end
+local stream, latest, gen = KEYS[1], KEYS[2], KEYS[3]
+local schema, limit = ARGV[1], tonumber(ARGV[2])
+local len = redis.call('XLEN', stream)
+if len >= limit then
+  local fresh = 0
+  for j = 4, #KEYS do
+    if redis.call('HEXISTS', latest, KEYS[j]) == 0 then fresh = fresh + 1 end
+  end
+  if fresh > 0 then return {-1, len} end
+end
+for j = 4, #KEYS do
+  local key = KEYS[j]
+  local b = 2 + (j - 4) * 5
+  local payload = ARGV[b + 1]
+  local current = redis.pcall('GET', key)
+  if not (type(current) == 'string' and string.find(current, ENVELOPE)
+          and newer(current, payload)) then
+    redis.call('SET', key, payload)
+  end
+  local id = redis.call('XADD', stream, '*', 's', schema, 'i', ARGV[b + 2],
+    'v', ARGV[b + 3], 'o', ARGV[b + 4], 'r', ARGV[b + 5], 'k', key)
+  local older = redis.call('HGET', latest, key)
+  if older then redis.call('XDEL', stream, older) end
+  redis.call('HSET', latest, key, id)
+end
+redis.call('INCR', gen)
+return {1, redis.call('XLEN', stream), redis.call('HGET', latest, KEYS[#KEYS])}
+"""
+
+RELEASE_LUA = """
+local latest, gen = KEYS[1], KEYS[2]
+for j = 3, #KEYS do
+  local key = KEYS[j]
+  local b = (j - 3) * 3
+  if redis.call('HGET', latest, key) == ARGV[b + 1] then
+    redis.call('HDEL', latest, key)
+    local ttl = tonumber(ARGV[b + 3])
+    local current = redis.pcall('GET', key)
+    if ttl > 0 and type(current) == 'string' and string.sub(current, 3, 18) == ARGV[b + 2] then
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
+redis.call('INCR', gen)
+return 1
+"""

@@ -1,0 +1,213 @@
+"""The L2 tier's server-side pieces: its Lua scripts (the conditional set, the batch get,
+the search-result generation) and the pipelined single-key GET.
+
+Keys and arguments are physical (already hash-tagged on a cluster); ``strata.tiers.redis``
+runs these through its circuit breaker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+
+__all__ = [
+    "DELETE_IF",
+    "GENERATION",
+    "GET",
+    "SET",
+    "SHAPES",
+    "Script",
+    "bind",
+    "get_one",
+    "ttl_ms",
+    "unbind",
+]
+
+# Every stored row payload is ``envelope + b"#" + 16 hex digits of sha1(key + envelope)``
+# (``key`` the physical key): a payload copied or planted under another key, or whose
+# version digits were corrupted, does not verify and is a miss (and deleted), never trusted.
+_TRAILER = 17
+
+
+def ttl_ms(ttl: float | None) -> int:
+    """A TTL in seconds as the scripts' milliseconds (0: no expiry, else at least 1)."""
+    if ttl is None:
+        return 0
+    return max(1, round(ttl * 1000))
+
+
+def bind(key: str, envelope: bytes) -> bytes:
+    """``envelope`` bound to the physical ``key`` (see above)."""
+    return envelope + b"#" + _tag(key, envelope)
+
+
+def unbind(key: str, value: bytes) -> bytes | None:
+    """The envelope stored under ``key``, or None when ``value`` is not bound to it."""
+    if len(value) < 18 + _TRAILER or value[-_TRAILER] != 0x23:  # b"#"
+        return None
+    envelope = value[:-_TRAILER]
+    return envelope if value[-16:] == _tag(key, envelope) else None
+
+
+def _tag(key: str, envelope: bytes) -> bytes:
+    return hashlib.sha1(key.encode() + envelope, usedforsecurity=False).hexdigest()[:16].encode()
+
+
+Client = aioredis.Redis | RedisCluster
+
+# KEYS = keys. Returns payload, pttl, payload, pttl, ... (false, -2 for a miss; a key that
+# holds another type is a miss too).
+_GET_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'string' then
+    out[2 * i - 1] = value
+    out[2 * i] = redis.call('PTTL', key)
+  else
+    out[2 * i - 1] = false
+    out[2 * i] = -2
+  end
+end
+return out
+"""
+
+# KEYS = keys [+ a generation counter to INCR], ARGV = bound payload, ttl ms (0 = no expiry),
+# ... Returns 1 (written) or 0 (kept: the key holds a newer envelope bound to it) per key; a
+# value not bound to its key (planted, corrupt) is never trusted for its version. Versions are
+# compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
+# server's collation locale the way string comparison does.
+_SET_LUA = """
+local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
+-- A stored value is ours only if its trailer is the hash of its key and envelope.
+local function bound(key, value)
+  local n = #value
+  if n < 35 or string.sub(value, n - 16, n - 16) ~= '#' then return false end
+  local envelope = string.sub(value, 1, n - 17)
+  return string.sub(redis.sha1hex(key .. envelope), 1, 16) == string.sub(value, n - 15)
+end
+local function newer(current, new)
+  local ch = tonumber(string.sub(current, 3, 10), 16)
+  local nh = tonumber(string.sub(new, 3, 10), 16)
+  if ch ~= nh then return ch > nh end
+  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
+end
+local n = #ARGV / 2
+local applied = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local new = ARGV[2 * i - 1]
+  local ttl = tonumber(ARGV[2 * i])
+  local current = redis.pcall('GET', key)
+  if type(current) == 'string' and string.find(current, ENVELOPE) and bound(key, current)
+      and newer(current, new) then
+    applied[i] = 0
+  else
+    if ttl > 0 then
+      redis.call('SET', key, new, 'PX', ttl)
+    else
+      redis.call('SET', key, new)
+    end
+    applied[i] = 1
+  end
+end
+if #KEYS > n then
+  redis.call('INCR', KEYS[n + 1])
+end
+return applied
+"""
+
+# KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
+# (as its decimal text, "0" when unset) and the payload at prefix .. generation .. ":" .. digest
+# (the result key is derived here, so it is not declared in KEYS: standalone Redis only).
+_GENERATION_LUA = """
+local gen = redis.pcall('GET', KEYS[1])
+if type(gen) ~= 'string' or not string.find(gen, '^%d+$') then
+  gen = '0'
+end
+local payload = redis.pcall('GET', ARGV[1] .. gen .. ':' .. ARGV[2])
+if type(payload) ~= 'string' then
+  payload = false
+end
+return {gen, payload}
+"""
+
+
+class Script:
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(
+        self, client: Client, keys: Sequence[str], args: Sequence[bytes | int | str]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            # First use, or the server restarted: EVAL runs it and caches it again.
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+GET = Script(_GET_LUA)
+SET = Script(_SET_LUA)
+GENERATION = Script(_GENERATION_LUA)
+
+
+async def get_one(client: aioredis.Redis, key: str) -> list[Any]:
+    """GET + PTTL pipelined on one pooled connection: the single-key hot path.
+
+    For one key this beats both EVALSHA (no Lua on the server) and redis-py's Pipeline
+    (no per-command bookkeeping); for batches one script reply is cheaper than 2n replies.
+    """
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands((("GET", key), ("PTTL", key))))
+            try:
+                value = await conn.read_response()
+            except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
+                value = None
+            pttl = await conn.read_response()
+            return [value, pttl]
+        except rexc.ConnectionError:
+            # A pooled socket that died with a restarted server: one retry on a fresh one.
+            await conn.disconnect(nowait=True)
+            if attempt == 2:
+                raise
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies may still be in flight
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# KEYS[1] = key, ARGV[1] = value: DEL only if the key still holds that value (an unbound
+# value found by a read is dropped without racing a good write that replaced it meanwhile).
+_DELETE_IF_LUA = """
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+DELETE_IF = Script(_DELETE_IF_LUA)
+
+# KEYS[1] = a schema's shape registry (a sorted set: shape -> last seen, unix seconds),
+# ARGV = our shape, now, oldest score still of interest. Notes our shape, forgets shapes
+# not seen since, returns those left.
+_SHAPES_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+"""
+
+SHAPES = Script(_SHAPES_LUA)
