@@ -65,7 +65,7 @@ integration: $(STAMP)
 
 model: $(STAMP)
 	scripts/ensure-services
-	STRATA_MODEL_BUDGET=$${STRATA_MODEL_BUDGET:-120} $(BIN)/python -m pytest \
+	STRATA_MODEL_ALL=1 STRATA_MODEL_BUDGET=$${STRATA_MODEL_BUDGET:-120} $(BIN)/python -m pytest \
 		integration/test_model_based.py -k test_every_read $(PYTEST_ARGS)
 
 # One pytest invocation, so the run ends in a single summary line. Its exit status is
