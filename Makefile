@@ -5,6 +5,8 @@
 #                     tests/ and integration/ (what CI runs: .ci/run)
 #   make unit         pytest tests            (no servers)
 #   make integration  scripts/ensure-services, then pytest integration
+#   make model        the model-based coherence test for minutes, not seconds
+#                     (STRATA_MODEL_BUDGET seconds per configuration, default 120)
 #   make lint         ruff check, ruff format --check, mypy --strict strata, and the
 #                     user-side typing: examples/, tests/typing/ (assert_type checks)
 #   make fmt          ruff format + import sorting (rewrites files)
@@ -25,7 +27,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := test
 
-.PHONY: demo test unit integration lint bench fmt clean distclean services
+.PHONY: demo test unit integration model lint bench fmt clean distclean services
 
 # (Re)install when pyproject.toml changes; creates the venv if it is missing.
 $(STAMP): pyproject.toml
@@ -60,6 +62,11 @@ services: $(STAMP)
 integration: $(STAMP)
 	scripts/ensure-services
 	$(BIN)/python -m pytest integration $(PYTEST_ARGS)
+
+model: $(STAMP)
+	scripts/ensure-services
+	STRATA_MODEL_ALL=1 STRATA_MODEL_BUDGET=$${STRATA_MODEL_BUDGET:-120} $(BIN)/python -m pytest \
+		integration/test_model_based.py -k test_every_read $(PYTEST_ARGS)
 
 # One pytest invocation, so the run ends in a single summary line. Its exit status is
 # make's: 5 (no tests collected) fails like any other non-zero status.
