@@ -3,8 +3,9 @@
 Every verb is one line: ``self._run(op, schema, work, *args)``, the operation template of
 ``router/template.py`` (lifecycle, schema resolution, counting, the Observer, error
 mapping), over the router's work: reads (``router/reads.py``), the write path of each
-write mode (``router/writes.py``), queries (``router/queries.py``), coherence
-(``router/coherence.py``). Transactions are ``strata.tx``, on ``router/txhost.py``.
+write mode (``router/writes.py``), version-checked writes (``router/update.py``), queries
+(``router/queries.py``), coherence (``router/coherence.py``). Transactions are ``strata.tx``,
+on ``router/txhost.py``.
 """
 
 from __future__ import annotations
