@@ -177,7 +177,7 @@ async def test_a_postgresql_outage_logs_one_warning_and_periodic_summaries(
         deadline = asyncio.get_running_loop().time() + GUARD / 4
         try:
             # Callers keep failing fast, write-behind keeps retrying, for several summaries.
-            while sum("still unavailable" in m for m in _outage_lines(caplog)) < 3:
+            while sum("still unavailable" in m for m in _outage_lines(caplog)) < 3 or failed < 100:
                 lines = _outage_lines(caplog)
                 assert asyncio.get_running_loop().time() < deadline, (len(lines), lines[-3:])
                 await ds.set(Note, Note(id=f"n{failed % 50}", body="queued"))
@@ -190,7 +190,6 @@ async def test_a_postgresql_outage_logs_one_warning_and_periodic_summaries(
             await pg_proxy.restore()  # close() flushes the queued writes
         await asyncio.wait_for(ds.flush_dirty(), GUARD)
         lines = _outage_lines(caplog)
-        assert failed >= 60
         first = [m for m in lines if "PostgreSQL" in m and "unavailable" in m]
         assert "still unavailable" not in first[0]
         # One warning when it began, one summary per interval, nothing per failed call.

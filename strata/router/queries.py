@@ -117,16 +117,18 @@ class Queries:
             to_db=to_db,
         )
 
-    async def _rows(self, rt: Route, cq: CompiledQuery) -> list[dict[str, Any]]:
+    async def _rows(self, rt: Route, cq: CompiledQuery) -> tuple[list[dict[str, Any]], bool]:
+        """The rows, and whether a replica served them (they may lag the primary: they
+        never fill a cache, DESIGN section 4)."""
         self.core.c.l3_queries += 1
         tier = self._replica_for(rt)
         if tier is not None:
             try:
                 await tier.ensure_connected()  # down at connect(): retried once it is due
-                return await tier.fetch(cq.sql, cq.args, schema=rt.b.cs)
+                return await tier.fetch(cq.sql, cq.args, schema=rt.b.cs), True
             except TierUnavailableError as exc:
                 self._replica_down(rt, exc)
-        return await self.core.l3.fetch(cq.sql, cq.args, schema=rt.b.cs)
+        return await self.core.l3.fetch(cq.sql, cq.args, schema=rt.b.cs), False
 
     # -- the verbs -----------------------------------------------------------------------
 
@@ -135,12 +137,12 @@ class Queries:
         if query.tier == "l2":
             return await self.search_cached(rt, q)
         cq = self.compile(rt, query)
-        rows = await self._rows(rt, cq)
+        rows, replica = await self._rows(rt, cq)
         if cq.projection:
             return rt.b.rows.projection(cq.columns, rows), "l3"
         b = rt.b
         loaded = [b.rows.from_row(r) for r in rows]
-        if query.tier != "l3" and loaded:
+        if query.tier != "l3" and loaded and not replica:
             await self.reads.fill(rt, [(getattr(v, b.pk_field), v, ver) for v, ver in loaded])
         return [v for v, _ in loaded], "l3"
 
@@ -164,14 +166,16 @@ class Queries:
                 )
         if query.tier == "l2":
             raise CacheMissError(f"{rt.name}: no cached result for this query (force_l2)")
-        rows = await self._rows(rt, cq)
+        rows, replica = await self._rows(rt, cq)
         if cq.projection:
             result: list[Any] = b.rows.projection(cq.columns, rows)
             encoded = _RESULT_DICTS + orjson.dumps(result, default=json_default)
-            if any(b.cs.by_column[c].meta.encrypted for c in cq.columns):
+            if replica or any(b.cs.by_column[c].meta.encrypted for c in cq.columns):
                 return result, "l3"  # plaintext of an encrypted field never goes to Redis
         else:
             loaded = [b.rows.from_row(r) for r in rows]
+            if replica:  # a lagging replica's rows and result are never cached
+                return [v for v, _ in loaded], "l3"
             if loaded:
                 await self.reads.fill(rt, [(getattr(v, b.pk_field), v, ver) for v, ver in loaded])
             result = [v for v, _ in loaded]
@@ -198,7 +202,7 @@ class Queries:
 
     async def count(self, rt: Route, q: Q | Query | None) -> tuple[int, str | None]:
         cq = self.compile(rt, q, count=True)
-        rows = await self._rows(rt, cq)
+        rows, _ = await self._rows(rt, cq)
         return (int(next(iter(rows[0].values()))) if rows else 0), "l3"
 
     async def warm(

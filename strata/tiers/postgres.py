@@ -405,10 +405,15 @@ class PostgresTier:
             )
 
     async def ensure_connected(self) -> None:
-        """Connect unless connected (one attempt at a time: never two pools)."""
+        """Connect unless connected (one attempt at a time: never two pools). A lazy
+        (re)connect on the way to a call is bounded like the call (``l3_timeout``)."""
         async with self._connect_lock:
             if self._pool is None:
-                await self.connect()
+                try:
+                    async with asyncio.timeout(self._config.l3_timeout_seconds):
+                        await self.connect()
+                except TimeoutError as exc:
+                    raise self._timed_out("connect") from exc
 
     def abandon(self) -> None:
         """Forget the pool of an event loop that has ended (it cannot be closed from
