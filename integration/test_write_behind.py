@@ -186,12 +186,12 @@ async def test_row_postgresql_refuses_is_dead_lettered_after_max_retries_with_th
     assert [tuple(r.values()) for r in rows] == [("first", "taken"), ("third", "free")]
 
 
+# These two are of the in-process queue (the store runs without Redis, redis_url=None): with
+# Redis the journal waits out any outage instead (integration/test_journal.py).
 @pytest.mark.needs(pg=True)  # a PostgreSQL server to cut
 async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
     wb_env: Env, pg_url: str
 ) -> None:
-    if wb_env.stack.l2:
-        pytest.skip("embedded only: with Redis the journal waits (integration/test_journal.py)")
     hook = HookRecorder()
     accounts = Schema(
         name="accounts",
@@ -202,6 +202,7 @@ async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
     async with FaultProxy.for_url(pg_url) as proxy:
         config = {
             "database_url": proxy.url_for(pg_url),
+            "redis_url": None,  # the in-process queue
             "write_behind_flush_interval": 0.05,
             "write_behind_max_retry": 2,
             "write_behind_retry_base": 0.01,
@@ -228,8 +229,6 @@ async def test_writes_are_dead_lettered_when_postgresql_stays_unreachable(
 async def test_flush_dirty_returns_only_after_the_dead_letter_hook_has_run(
     wb_env: Env, pg_url: str
 ) -> None:
-    if wb_env.stack.l2:
-        pytest.skip("embedded only: with Redis the journal waits (integration/test_journal.py)")
     reported: list[Any] = []
 
     async def report(id: Any, value: Any, exc: BaseException) -> None:
@@ -245,6 +244,7 @@ async def test_flush_dirty_returns_only_after_the_dead_letter_hook_has_run(
     async with FaultProxy.for_url(pg_url) as proxy:
         config = {
             "database_url": proxy.url_for(pg_url),
+            "redis_url": None,  # the in-process queue
             "write_behind_flush_interval": 0.05,
             "write_behind_max_retry": 2,
             "write_behind_retry_base": 0.01,
