@@ -18,258 +18,36 @@ so two batches of the same ids never deadlock. Every version a read sees is obse
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-import orjson
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from strata.clock import HybridClock
-from strata.config import PGBOUNCER_HINT, Config, hide_password
+from strata.config import Config, hide_password
 from strata.errors import (
-    ConfigError,
-    IntegrityError,
-    SerializationError,
-    TierError,
     TierUnavailableError,
 )
-from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
+from strata.schema import VERSION_COLUMN, CompiledSchema
 from strata.tiers.outage import OutageLog
+from strata.tiers.pg_statements import (
+    PK_ARRAY,
+    Statements,
+    build_statements,
+    conn_of,
+    init_connection,
+    isolation_level,
+    keep_session,
+    qualified,
+    quote,
+    translate_errors,
+)
 
 __all__ = ["PostgresTier", "translate_errors"]
 
-_DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
-_PK_ARRAY = {ColumnKind.TEXT: "text[]", ColumnKind.INT: "bigint[]", ColumnKind.UUID: "uuid[]"}
-
 Row = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Statements:
-    columns: tuple[str, ...]  # data columns, in upsert parameter order
-    get_many: str
-    get_for_update: str
-    upsert: str
-    upsert_if_newer: str
-    copy_upsert: str
-    copy_upsert_if_newer: str
-    upsert_if_newer_quiet: str  # no RETURNING: the write-behind flush reads nothing back
-    copy_upsert_if_newer_quiet: str
-    temp_table: str
-    create_temp: str
-    delete_many: str
-    exists_many: str
-    returning: tuple[str, ...]
-    iterate: str
-
-
-def _compile(stmt: Any) -> tuple[str, list[str]]:
-    compiled = stmt.compile(dialect=_DIALECT)
-    return str(compiled), list(compiled.positiontup or [])
-
-
-def _quote(name: str) -> str:
-    return _DIALECT.identifier_preparer.quote(name)
-
-
-def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statements:
-    """``kept``: columns an existing row keeps (the caller did not assign them); they are
-    returned, so the caches get the stored value."""
-    table = cs.table
-    pk = table.c[cs.pk.name]
-    data_cols = [c.name for c in cs.columns]
-    selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
-    returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
-    returning += [table.c[n] for n in sorted(kept)]
-    returning.append(table.c[VERSION_COLUMN])
-    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name} | kept
-
-    ids = sa.bindparam("ids", type_=sa.ARRAY(pk.type))
-    get_many, _ = _compile(sa.select(*selected).where(pk == sa.any_(ids)))
-    get_for_update, _ = _compile(
-        sa.select(*selected).where(pk == sa.any_(ids)).order_by(pk).with_for_update()
-    )
-
-    def upsert(if_newer: bool, source: Any = None, *, quiet: bool = False) -> str:
-        if source is None:
-            values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
-            values[VERSION_COLUMN] = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
-            stmt = pg_insert(table).values(values)
-        else:
-            stmt = pg_insert(table).from_select([*data_cols, VERSION_COLUMN], source)
-        update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
-        stored = table.c[VERSION_COLUMN]
-        if if_newer:  # write-behind: the row's own version, and only over an older row
-            update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
-            where = stored < stmt.excluded[VERSION_COLUMN]
-        else:  # one version space: commit order wins over a lagging client clock
-            update[VERSION_COLUMN] = sa.func.greatest(
-                stmt.excluded[VERSION_COLUMN], stored + sa.literal_column("1")
-            )
-            where = None
-        stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
-        sql, order = _compile(stmt if quiet else stmt.returning(*returning))
-        if source is None and order != [*data_cols, VERSION_COLUMN]:
-            raise AssertionError(f"unexpected parameter order {order}")  # pragma: no cover
-        return sql
-
-    shape = hashlib.blake2b(
-        ",".join(f"{c.name}:{c.kind.value}" for c in cs.columns).encode(), digest_size=4
-    ).hexdigest()
-    temp_name = f"_strata_tmp_{table.name[:40]}_{shape}"
-    temp = sa.Table(
-        temp_name,
-        sa.MetaData(),
-        *[sa.Column(n, table.c[n].type) for n in data_cols],
-        sa.Column(VERSION_COLUMN, sa.BigInteger()),
-        prefixes=["TEMPORARY"],
-    )
-    # Ordered by key: the upsert locks rows in that order, so concurrent batches of the
-    # same ids (in any order) wait for each other instead of deadlocking.
-    src = sa.select(*[temp.c[n] for n in data_cols], temp.c[VERSION_COLUMN]).order_by(
-        temp.c[cs.pk.name]
-    )
-    create_temp = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_quote(temp_name)} "
-        f"(LIKE {_qualified(cs)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    pkq, verq, qual = _quote(cs.pk.name), _quote(VERSION_COLUMN), _qualified(cs)
-    # Locked in key order (as set_many), then deleted; the tombstone version is
-    # GREATEST(client clock, newest deleted version + 1).
-    delete_many = (
-        f"WITH l AS (SELECT {pkq} FROM {qual} WHERE {pkq} = ANY($1::{_PK_ARRAY[cs.pk.kind]}) "
-        f"ORDER BY {pkq} FOR UPDATE), d AS (DELETE FROM {qual} t USING l "
-        f"WHERE t.{pkq} = l.{pkq} RETURNING t.{verq} AS v) "
-        "SELECT (SELECT count(*) FROM d) AS n, "
-        "GREATEST($2::bigint, COALESCE((SELECT max(v) FROM d), 0) + 1) AS v"
-    )
-    exists_many, _ = _compile(sa.select(pk).where(pk == sa.any_(ids)))
-    iterate = (
-        f"SELECT {', '.join(_quote(n) for n in [*data_cols, VERSION_COLUMN])} "
-        f"FROM {_qualified(cs)} WHERE $1::{_PK_ARRAY[cs.pk.kind][:-2]} IS NULL "
-        f"OR {_quote(cs.pk.name)} > $1 ORDER BY {_quote(cs.pk.name)} LIMIT $2"
-    )
-    return _Statements(
-        columns=tuple(data_cols),
-        get_many=get_many,
-        get_for_update=get_for_update,
-        upsert=upsert(False),
-        upsert_if_newer=upsert(True),
-        copy_upsert=upsert(False, src),
-        copy_upsert_if_newer=upsert(True, src),
-        upsert_if_newer_quiet=upsert(True, quiet=True),
-        copy_upsert_if_newer_quiet=upsert(True, src, quiet=True),
-        temp_table=temp_name,
-        create_temp=create_temp,
-        delete_many=delete_many,
-        exists_many=exists_many,
-        returning=tuple(c.name for c in returning),
-        iterate=iterate,
-    )
-
-
-def _conn(tx: Any) -> asyncpg.Connection | None:
-    """The connection of a transaction handle (None: take one from the pool)."""
-    return None if tx is None else tx.conn
-
-
-def _qualified(cs: CompiledSchema) -> str:
-    t = cs.table
-    return f"{_quote(t.schema)}.{_quote(t.name)}" if t.schema else _quote(t.name)
-
-
-@contextmanager
-def translate_errors(what: str, url: str) -> Iterator[None]:
-    """Map asyncpg / socket failures to the StrataError tree, chaining the original."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        raise IntegrityError(f"{what}: unique constraint violated: {exc}", tier="l3") from exc
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise IntegrityError(f"{what}: {exc}", tier="l3") from exc
-    except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
-        raise SerializationError(f"{what}: {exc} (retry the transaction)") from exc
-    except asyncpg.UndefinedTableError as exc:
-        raise TierError(
-            f"{what}: {exc}; create the tables first with `await ds.migrate()` or `strata migrate`",
-            tier="l3",
-        ) from exc
-    except asyncpg.UndefinedColumnError as exc:
-        raise TierError(
-            f"{what}: {exc}; the table is older than the model: run `await ds.migrate()`",
-            tier="l3",
-        ) from exc
-    except (
-        TimeoutError,
-        OSError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.TooManyConnectionsError,
-    ) as exc:
-        raise TierUnavailableError(
-            f"{what}: PostgreSQL at {hide_password(url)} is unavailable: {exc}", tier="l3"
-        ) from exc
-    except (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError) as exc:
-        raise TierError(f"{what}: {exc}{PGBOUNCER_HINT}", tier="l3") from exc
-    except asyncpg.DataError as exc:
-        raise TierError(f"{what}: PostgreSQL refused a value: {exc}", tier="l3") from exc
-    except asyncpg.PostgresError as exc:
-        raise TierError(f"{what}: {exc}", tier="l3") from exc
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=_encode_jsonb,
-        decoder=_decode_jsonb,
-        schema="pg_catalog",
-        format="binary",
-    )
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool release hook. asyncpg's default runs a reset query (UNLISTEN, RESET ALL, ...)
-    on every release: a second round trip per call. Strata leaves no session state (its
-    settings and locks are transaction-scoped; the temp table is meant to stay), and asyncpg
-    still rolls back an open transaction before this hook."""
-
-
-def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value, default=json_default)
-
-
-def _decode_jsonb(data: bytes) -> Any:
-    return orjson.loads(data[1:])
-
-
-_ISOLATION = {
-    "read_committed": "read_committed",
-    "read committed": "read_committed",
-    "repeatable_read": "repeatable_read",
-    "repeatable read": "repeatable_read",
-    "serializable": "serializable",
-}
-
-
-def isolation_level(name: str | None) -> str | None:
-    """asyncpg's name for an isolation level given as ``"serializable"``, ``"repeatable
-    read"``, ``"read_committed"``..."""
-    if name is None:
-        return None
-    try:
-        return _ISOLATION[name.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"isolation must be one of read_committed, repeatable_read, serializable; got {name!r}"
-        ) from None
 
 
 class PgTransaction:
@@ -324,8 +102,8 @@ class PostgresTier:
         self._log = logger
         self._pool: asyncpg.Pool | None = None
         self._connect_lock = asyncio.Lock()
-        self._stmts: dict[str, _Statements] = {}
-        self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
+        self._stmts: dict[str, Statements] = {}
+        self._kept_stmts: dict[tuple[str, frozenset[str]], Statements] = {}
         # The router's clock (router/core.py takes it): every write carries its value and
         # every version read here advances it.
         self.clock = HybridClock()
@@ -387,7 +165,7 @@ class PostgresTier:
         )
 
     def register(self, schema: CompiledSchema) -> None:
-        self._stmts[schema.name] = _build(schema)
+        self._stmts[schema.name] = build_statements(schema)
 
     async def connect(self) -> None:
         cfg = self._config
@@ -397,8 +175,8 @@ class PostgresTier:
                 min_size=cfg.pool_min_size,
                 max_size=cfg.pool_max_size,
                 timeout=cfg.pool_timeout,
-                init=_init_connection,
-                reset=_keep_session,
+                init=init_connection,
+                reset=keep_session,
                 # Behind pgbouncer in transaction mode a server connection is not this
                 # client's between transactions: no named statements may outlive one.
                 statement_cache_size=0 if not cfg.prepared_statements else 100,
@@ -457,7 +235,7 @@ class PostgresTier:
     ) -> list[Row]:
         st = self._stmts[schema.name]
         sql = st.get_for_update if tx is not None and for_update else st.get_many
-        async with self.bounded(f"{schema.name}: get", _conn(tx)) as conn:
+        async with self.bounded(f"{schema.name}: get", conn_of(tx)) as conn:
             records = await conn.fetch(sql, list(ids))
         return self._observed(records)
 
@@ -513,7 +291,7 @@ class PostgresTier:
         cols = st.columns
         quiet = versioned and not returning
         versions = self._versions(rows, versioned)
-        async with self.bounded(f"{schema.name}: set", _conn(tx)) as conn:
+        async with self.bounded(f"{schema.name}: set", conn_of(tx)) as conn:
             if len(rows) == 1:
                 row = rows[0]
                 args = [row[c] for c in cols]
@@ -536,17 +314,17 @@ class PostgresTier:
         now = self.clock.now
         return [row.get(VERSION_COLUMN) or now() for row in rows]
 
-    def _statements(self, schema: CompiledSchema, kept: frozenset[str]) -> _Statements:
+    def _statements(self, schema: CompiledSchema, kept: frozenset[str]) -> Statements:
         if not kept:
             return self._stmts[schema.name]
         st = self._kept_stmts.get((schema.name, kept))
         if st is None:
-            st = self._kept_stmts[(schema.name, kept)] = _build(schema, kept)
+            st = self._kept_stmts[(schema.name, kept)] = build_statements(schema, kept)
         return st
 
     async def _copy_upsert(
         self,
-        st: _Statements,
+        st: Statements,
         conn: asyncpg.Connection,
         rows: Sequence[Row],
         versions: Sequence[int],
@@ -569,7 +347,7 @@ class PostgresTier:
             else:
                 out = await conn.fetch(st.copy_upsert_if_newer if versioned else st.copy_upsert)
             if tx is not None:
-                await conn.execute(f"TRUNCATE {_quote(st.temp_table)}")
+                await conn.execute(f"TRUNCATE {quote(st.temp_table)}")
             return out
 
     async def delete_many(
@@ -577,7 +355,7 @@ class PostgresTier:
     ) -> int:
         st = self._stmts[schema.name]
         version = self.clock.now()
-        async with self.bounded(f"{schema.name}: delete", _conn(tx)) as conn:
+        async with self.bounded(f"{schema.name}: delete", conn_of(tx)) as conn:
             row = await conn.fetchrow(st.delete_many, list(ids), version)
         assert row is not None
         self.clock.observe(int(row["v"]))
@@ -593,7 +371,7 @@ class PostgresTier:
         self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
     ) -> list[Row]:
         """Rows of a compiled query; values are already canonical on PostgreSQL."""
-        async with self.bounded("query", _conn(tx)) as conn:
+        async with self.bounded("query", conn_of(tx)) as conn:
             records = await conn.fetch(sql, *args)
         return self._observed(records)
 
@@ -631,24 +409,24 @@ class PostgresTier:
         key = (schema.name, columns, if_version is not None)
         sql = cache.get(key)
         if sql is None:
-            table = schema.table
-            seq = "_strata_version_seq"
-            seq = f"{_quote(table.schema)}.{seq}" if table.schema else seq
-            sets = [f"{_quote(c)} = ${n}" for n, c in enumerate(columns, 1)]
-            sets.append(f"{_quote(VERSION_COLUMN)} = nextval('{seq}')")
-            where = f"{_quote(schema.pk.name)} = ${len(columns) + 1}"
+            ver = quote(VERSION_COLUMN)
+            sets = [f"{quote(c)} = ${n}" for n, c in enumerate(columns, 1)]
+            # One version space: the clock's value, raised past the stored version.
+            sets.append(f"{ver} = GREATEST(${len(columns) + 1}::bigint, {ver} + 1)")
+            where = f"{quote(schema.pk.name)} = ${len(columns) + 2}"
             if if_version is not None:
-                where += f" AND {_quote(VERSION_COLUMN)} = ${len(columns) + 2}"
+                where += f" AND {ver} = ${len(columns) + 3}"
             names = [*(c.name for c in schema.columns), VERSION_COLUMN]
             sql = cache[key] = (
-                f"UPDATE {_qualified(schema)} SET {', '.join(sets)} WHERE {where} "
-                f"RETURNING {', '.join(_quote(n) for n in names)}"
+                f"UPDATE {qualified(schema)} SET {', '.join(sets)} WHERE {where} "
+                f"RETURNING {', '.join(quote(n) for n in names)}"
             )
-        args = [*values.values(), id, *([] if if_version is None else [if_version])]
+        args = [*values.values(), self.clock.now(), id]
+        args += [] if if_version is None else [if_version]
         with translate_errors(f"{schema.name}: update", self._url):
             conn = self.pool if tx is None else tx.conn
             record = await conn.fetchrow(sql, *args)
-        return dict(record) if record is not None else None
+        return self._observed([record])[0] if record is not None else None
 
     # -- added for the write-behind journal (issue 12) ---------------------------------
 
@@ -660,11 +438,11 @@ class PostgresTier:
         written after it. Returns how many rows were deleted."""
         if not items:
             return 0
-        pk = _quote(schema.pk.name)
+        pk = quote(schema.pk.name)
         sql = (
-            f"WITH d AS (DELETE FROM {_qualified(schema)} AS t USING unnest($1::"
-            f"{_PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
-            f"AND t.{_quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
+            f"WITH d AS (DELETE FROM {qualified(schema)} AS t USING unnest($1::"
+            f"{PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
+            f"AND t.{quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
         )
         with translate_errors(f"{schema.name}: delete", self._url):
             n = await self.pool.fetchval(sql, [i for i, _ in items], [v for _, v in items])

@@ -570,7 +570,9 @@ class SqliteTier:
         st = self._stmts[schema.name]
         quote = _DIALECT.identifier_preparer.quote
         columns = list(values)
-        sets = ", ".join(f"{quote(c)} = ?" for c in [*columns, VERSION_COLUMN])
+        ver = quote(VERSION_COLUMN)
+        # One version space: the clock's value, raised past the stored version.
+        sets = ", ".join([*(f"{quote(c)} = ?" for c in columns), f"{ver} = max(?, {ver} + 1)"])
         where = f"{quote(schema.pk.name)} = ?"
         if if_version is not None:
             where += f" AND {quote(VERSION_COLUMN)} = ?"
@@ -587,21 +589,22 @@ class SqliteTier:
         pk_to = _TO.get(schema.pk.kind)
         key = pk_to(id) if pk_to else id
 
+        version = self.clock.now()
+
         def work() -> Row | None:
             db = self.db
             if tx is None:
                 db.execute("BEGIN IMMEDIATE")
             try:
-                top = db.execute(
-                    "UPDATE _strata_seq SET v = v + 1 WHERE id = 1 RETURNING v"
-                ).fetchone()
-                if top is None:
-                    raise sqlite3.OperationalError("no such table: _strata_seq (row missing)")
                 tail = [key] if if_version is None else [key, if_version]
-                found = db.execute(sql, [*args, top[0], *tail]).fetchone()
+                found = db.execute(sql, [*args, version, *tail]).fetchone()
                 if tx is None:
                     db.execute("COMMIT" if found is not None else "ROLLBACK")
-                return self._row_out(st, names, found) if found is not None else None
+                if found is None:
+                    return None
+                row = self._row_out(st, names, found)
+                self.clock.observe(int(row[VERSION_COLUMN]))
+                return row
             except BaseException:
                 if tx is None and db.in_transaction:
                     db.execute("ROLLBACK")
