@@ -14,173 +14,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
-
-import orjson
-import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite as sa_sqlite
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from strata.clock import HybridClock
 from strata.config import Config
 from strata.errors import (
     ConfigError,
-    IntegrityError,
-    SerializationError,
-    TierError,
     TierUnavailableError,
 )
-from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
+from strata.schema import VERSION_COLUMN, CompiledSchema
+from strata.tiers.sqlite_statements import (
+    DIALECT,
+    TO_DB,
+    Statements,
+    build_statements,
+    from_sqlite,
+    to_sqlite,
+    translate_errors,
+)
 
 __all__ = ["SqliteTier", "from_sqlite", "to_sqlite"]
 
-_DIALECT = sa_sqlite.dialect(paramstyle="qmark")
 T = TypeVar("T")
 Row = dict[str, Any]
-
-
-def _dt_out(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _json_out(value: Any) -> str:
-    return orjson.dumps(value, default=json_default).decode()
-
-
-_TO: dict[ColumnKind, Callable[[Any], Any]] = {
-    ColumnKind.DATETIME: _dt_out,
-    ColumnKind.DATE: date.isoformat,
-    ColumnKind.TIME: time.isoformat,
-    ColumnKind.UUID: str,
-    ColumnKind.DECIMAL: str,
-    ColumnKind.BOOL: int,
-    ColumnKind.JSON: _json_out,
-}
-_FROM: dict[ColumnKind, Callable[[Any], Any]] = {
-    ColumnKind.DATETIME: datetime.fromisoformat,
-    ColumnKind.DATE: date.fromisoformat,
-    ColumnKind.TIME: time.fromisoformat,
-    ColumnKind.UUID: uuid.UUID,
-    ColumnKind.DECIMAL: Decimal,
-    ColumnKind.BOOL: bool,
-    ColumnKind.JSON: orjson.loads,
-}
-
-
-def to_sqlite(kind: ColumnKind, value: Any) -> Any:
-    """A canonical value as SQLite stores it (also used for query arguments)."""
-    if value is None:
-        return None
-    conv = _TO.get(kind)
-    return conv(value) if conv else value
-
-
-def from_sqlite(kind: ColumnKind, value: Any) -> Any:
-    if value is None:
-        return None
-    conv = _FROM.get(kind)
-    return conv(value) if conv else value
-
-
-@dataclass(frozen=True, slots=True)
-class _Statements:
-    columns: tuple[str, ...]
-    to_db: tuple[tuple[str, Callable[[Any], Any] | None], ...]
-    from_db: tuple[tuple[str, Callable[[Any], Any]], ...]
-    get_one: str
-    upsert: str
-    upsert_if_newer: str
-    delete: str
-    exists: str
-    iterate_first: str
-    iterate_next: str
-    returning: tuple[str, ...]
-
-
-def _compile(stmt: Any) -> str:
-    return str(stmt.compile(dialect=_DIALECT))
-
-
-def _build(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> _Statements:
-    """``kept``: columns an existing row keeps (the caller did not assign them); they are
-    returned, so the caches get the stored value."""
-    table = cs.table.to_metadata(sa.MetaData(), schema=None)  # type: ignore[arg-type]
-    pk = table.c[cs.pk.name]
-    data_cols = [c.name for c in cs.columns]
-    selected = [table.c[n] for n in data_cols] + [table.c[VERSION_COLUMN]]
-    returning = [pk] + [table.c[cs.by_field[f].name] for f in cs.auto_now_add]
-    returning += [table.c[n] for n in sorted(kept)]
-    returning.append(table.c[VERSION_COLUMN])
-    keep = {cs.by_field[f].name for f in cs.auto_now_add} | {cs.pk.name} | kept
-
-    def upsert(if_newer: bool) -> str:
-        values: dict[str, Any] = {n: sa.bindparam(n) for n in [*data_cols, VERSION_COLUMN]}
-        stmt = sqlite_insert(table).values(values)
-        update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
-        stored = table.c[VERSION_COLUMN]
-        if if_newer:  # write-behind: the row's own version, and only over an older row
-            update[VERSION_COLUMN] = stmt.excluded[VERSION_COLUMN]
-            where = stored < stmt.excluded[VERSION_COLUMN]
-        else:  # one version space: commit order wins over a lagging client clock
-            update[VERSION_COLUMN] = sa.func.max(
-                stmt.excluded[VERSION_COLUMN], stored + sa.literal_column("1")
-            )
-            where = None
-        stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=update, where=where)
-        return _compile(stmt.returning(*returning))
-
-    one: sa.BindParameter[Any] = sa.bindparam("id")
-    # LIMIT written by hand: SQLAlchemy's SQLite LIMIT ? also binds an OFFSET parameter.
-    page = sa.select(*selected).order_by(pk)
-    return _Statements(
-        columns=tuple(data_cols),
-        to_db=tuple((c.name, _TO.get(c.kind)) for c in cs.columns),
-        from_db=tuple((c.name, _FROM[c.kind]) for c in cs.columns if c.kind in _FROM),
-        get_one=_compile(sa.select(*selected).where(pk == one)),
-        upsert=upsert(False),
-        upsert_if_newer=upsert(True),
-        delete=_compile(sa.delete(table).where(pk == one).returning(table.c[VERSION_COLUMN])),
-        exists=_compile(sa.select(pk).where(pk == one)),
-        iterate_first=_compile(page) + " LIMIT ?",
-        iterate_next=_compile(page.where(pk > sa.bindparam("after"))) + " LIMIT ?",
-        returning=tuple(c.name for c in returning),
-    )
-
-
-@contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise IntegrityError(f"{what}: {exc}", tier="l3") from exc
-    except sqlite3.OperationalError as exc:
-        msg = str(exc)
-        if "no such table" in msg:
-            raise TierError(
-                f"{what}: {msg}; create the tables first with `await ds.migrate()`", tier="l3"
-            ) from exc
-        if "no such column" in msg or "has no column" in msg:
-            raise TierError(
-                f"{what}: {msg}; the table is older than the model: run `await ds.migrate()`",
-                tier="l3",
-            ) from exc
-        if "locked" in msg or "busy" in msg:
-            raise SerializationError(f"{what}: {msg} (retry)") from exc
-        if "unable to open" in msg:
-            raise TierUnavailableError(f"{what}: {msg}", tier="l3") from exc
-        raise TierError(f"{what}: {msg}", tier="l3") from exc
-    except sqlite3.Error as exc:
-        raise TierError(f"{what}: {exc}", tier="l3") from exc
 
 
 class SqliteTransaction:
@@ -249,8 +108,8 @@ class SqliteTier:
         self._path = config.sqlite_path
         self._timeout = config.l3_timeout_seconds
         self._log = logger
-        self._stmts: dict[str, _Statements] = {}
-        self._kept_stmts: dict[tuple[str, frozenset[str]], _Statements] = {}
+        self._stmts: dict[str, Statements] = {}
+        self._kept_stmts: dict[tuple[str, frozenset[str]], Statements] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         # One connection, so one transaction at a time: a Tx holds the lock from BEGIN to
@@ -266,7 +125,7 @@ class SqliteTier:
         return self._path
 
     def register(self, schema: CompiledSchema) -> None:
-        self._stmts[schema.name] = _build(schema)
+        self._stmts[schema.name] = build_statements(schema)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
@@ -363,7 +222,7 @@ class SqliteTier:
     # -- conversions -------------------------------------------------------------------
 
     @staticmethod
-    def _row_out(st: _Statements, cols: Sequence[str], values: Sequence[Any]) -> Row:
+    def _row_out(st: Statements, cols: Sequence[str], values: Sequence[Any]) -> Row:
         row = dict(zip(cols, values, strict=True))
         for name, conv in st.from_db:
             v = row.get(name)
@@ -372,7 +231,7 @@ class SqliteTier:
         return row
 
     @staticmethod
-    def _args_in(st: _Statements, row: Row, version: int) -> list[Any]:
+    def _args_in(st: Statements, row: Row, version: int) -> list[Any]:
         args = []
         for name, conv in st.to_db:
             v = row[name]
@@ -391,7 +250,7 @@ class SqliteTier:
         for_update: bool = False,  # BEGIN IMMEDIATE already holds the write lock
     ) -> list[Row]:
         st = self._stmts[schema.name]
-        pk_to = _TO.get(schema.pk.kind)
+        pk_to = TO_DB.get(schema.pk.kind)
         keys = [pk_to(i) if pk_to else i for i in ids]
 
         def work() -> list[Row]:
@@ -421,7 +280,7 @@ class SqliteTier:
         st = self._stmts[schema.name]
         if kept:  # columns an existing row keeps: a statement of their own, built once
             st = self._kept_stmts.get((schema.name, kept)) or self._kept_stmts.setdefault(
-                (schema.name, kept), _build(schema, kept)
+                (schema.name, kept), build_statements(schema, kept)
             )
         sql = st.upsert_if_newer if versioned else st.upsert
         if versioned:
@@ -463,7 +322,7 @@ class SqliteTier:
         self, schema: CompiledSchema, ids: Sequence[Any], *, tx: Any = None
     ) -> int:
         st = self._stmts[schema.name]
-        pk_to = _TO.get(schema.pk.kind)
+        pk_to = TO_DB.get(schema.pk.kind)
         keys = [pk_to(i) if pk_to else i for i in ids]
 
         version = self.clock.now()
@@ -492,7 +351,7 @@ class SqliteTier:
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
         st = self._stmts[schema.name]
-        pk_to = _TO.get(schema.pk.kind)
+        pk_to = TO_DB.get(schema.pk.kind)
 
         def work() -> set[Any]:
             found = set()
@@ -530,7 +389,7 @@ class SqliteTier:
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
         st = self._stmts[schema.name]
         names = [*st.columns, VERSION_COLUMN]
-        pk_to = _TO.get(schema.pk.kind)
+        pk_to = TO_DB.get(schema.pk.kind)
         last: Any = None
         while True:
             args: tuple[Any, ...]
@@ -568,7 +427,7 @@ class SqliteTier:
         ``if_version``, only while the row still has that version. Returns the whole row as
         stored (new version included), or None when no row matched."""
         st = self._stmts[schema.name]
-        quote = _DIALECT.identifier_preparer.quote
+        quote = DIALECT.identifier_preparer.quote
         columns = list(values)
         ver = quote(VERSION_COLUMN)
         # One version space: the clock's value, raised past the stored version.
@@ -586,7 +445,7 @@ class SqliteTier:
         for c, v in values.items():
             conv = to_db[c]
             args.append(conv(v) if conv is not None and v is not None else v)
-        pk_to = _TO.get(schema.pk.kind)
+        pk_to = TO_DB.get(schema.pk.kind)
         key = pk_to(id) if pk_to else id
 
         version = self.clock.now()
