@@ -19,22 +19,21 @@ from pydantic import BaseModel
 
 from strata import oplog
 from strata.cache import KeyedCache
-from strata.config import Config, hide_password, seconds
+from strata.config import Config, hide_password
 from strata.crypto import FieldCipher
 from strata.errors import (
-    ConfigError,
     InvalidModelError,
     LifecycleError,
     SchemaDuplicateError,
-    TierUnavailableError,
 )
 from strata.hooks import HookRunner
-from strata.journal.host import JournalHost, start_journal
+from strata.journal.host import JournalHost
 from strata.observability import Counters, Stats, default_logger
 from strata.query import Projection, Q, Query
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
+from strata.router.lifecycle import Lifecycle, default_l2, default_l3
 from strata.router.queries import Queries
 from strata.router.reads import Reads
 from strata.router.template import CLOSED, NEW, OPEN, OperationTemplate
@@ -44,11 +43,8 @@ from strata.router.writes import Writes, choose_path
 from strata.schema import CompiledSchema, Schema, compile_schema
 from strata.tiers.base import Id, L1Factory, L1Tier, L2Tier, L3Tier
 from strata.tiers.memory import MemoryTier
-from strata.tiers.postgres import PostgresTier
-from strata.tiers.redis import RedisTier
-from strata.tiers.sqlite import SqliteTier
 from strata.tx import Tx, TxContext, retry
-from strata.writebehind import DeadLetter, WriteBehindQueue
+from strata.writebehind import DeadLetter
 
 if TYPE_CHECKING:
     from strata import migrations
@@ -91,20 +87,9 @@ class DataStore:
         self._metadata = sa.MetaData()
         self._c = Counters()
         self._hooks = HookRunner(self._log, self._absorbed)
-        if l3 is None:
-            if config.dialect == "postgresql":
-                l3 = PostgresTier(config, logger=self._log)
-            else:
-                l3 = SqliteTier(config, logger=self._log)
-        if l2 is None and config.redis_url is not None:
-            l2 = RedisTier(
-                config.redis_url,
-                timeout=config.redis_timeout,
-                max_connections=config.redis_max_connections,
-                logger=self._log,
-                on_error=self._absorbed,
-                on_recover=self._on_l2_recover,
-            )
+        l3 = l3 if l3 is not None else default_l3(config, self._log)
+        if l2 is None:
+            l2 = default_l2(config, self._log, self._absorbed, self._on_l2_recover)
         self._l1_factory = l1
         self._core = core = Core(config, self._log, l3, l2, self._c, self._hooks, self._cipher)
         self._coherence = Coherence(core)
@@ -112,7 +97,6 @@ class DataStore:
         self._writes = Writes(core, self._coherence, self._reads)
         self._queries = Queries(core, self._reads)
         self._versioned = VersionedWrites(core, self._coherence, self._writes)
-        self._journal_host = JournalHost(core, self._coherence)
         self._ops = ops = OperationTemplate(self._c, config.observer, self._log)
         self._run = ops.run
         ops.rebind = self._rebind
@@ -124,6 +108,16 @@ class DataStore:
         # `_strata_cache` joins the L3 metadata.
         self.cache = KeyedCache(config, self._c, self._check_open, self._log, l3, self._metadata)
         core.attachments.append(self.cache)
+        self._life = Lifecycle(
+            core,
+            self._coherence,
+            self._writes,
+            self._queries,
+            self._hooks,
+            self.cache,
+            JournalHost(core, self._coherence),
+            self._absorbed,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -139,45 +133,10 @@ class DataStore:
             return
         if self._ops.state is CLOSED:
             raise LifecycleError("this DataStore is closed; create a new one")
-        core, cfg = self._core, self.config
-        await core.l3.connect()
-        await self._queries.connect_replicas()
-        try:
-            if core.l2 is not None:
-                await core.l2.connect()
-                if cfg.require_redis and not core.l2.available:
-                    raise TierUnavailableError(
-                        f"Redis at {hide_password(cfg.redis_url or '')} is unreachable and "
-                        "Config.require_redis is set: refusing to start without L2",
-                        tier="l2",
-                    )
-                await self._coherence.start_bus(core.l2)
-            elif cfg.require_redis:
-                raise ConfigError("Config.require_redis is set but no redis_url is configured")
-            core.wb = WriteBehindQueue(
-                self._writes.apply_queued,
-                flush_interval=_secs(cfg.write_behind_flush_interval),
-                flush_threshold=cfg.write_behind_flush_threshold,
-                max_retry=cfg.write_behind_max_retry,
-                retry_base_delay=_secs(cfg.write_behind_retry_base),
-                retry_max_delay=_secs(cfg.write_behind_retry_max),
-                max_pending=cfg.write_behind_max_pending,
-                on_dead_letter=self._writes.on_dead_letter,
-                on_error=self._absorbed,
-                logger=self._log,
-            )
-            await core.wb.start()
-            core.journal = start_journal(core, self._journal_host)
-            redis = core.l2 if isinstance(core.l2, RedisTier) else None
-            await self.cache.attach(redis, core.bus, core.spawn)
-            core.lease = self.cache.lease if redis is not None else None
-        except BaseException:
-            await self._shutdown()
-            raise
+        await self._life.start()
         self._ops.state = OPEN
         self._ops.loop = asyncio.get_running_loop()
-        core.spawn(self._coherence.sweep_forever())
-        oplog.log_connect(self, core.l2, core.bus is not None)
+        oplog.log_connect(self, self._core.l2, self._core.bus is not None)
 
     async def close(self) -> None:
         """Flush write-behind, end background tasks, close connections. Idempotent."""
@@ -197,46 +156,12 @@ class DataStore:
             await self._rebind()
 
     async def _rebind(self) -> None:
-        """The loop ``connect()`` ran on has ended, and its connections and tasks with it:
-        forget them (each tier's ``abandon()``), connect again on the running loop, and
-        move the write-behind writes left in the old queue to the new one. With Redis, L1 is
-        cleared: invalidations may have been missed meanwhile."""
-        core = self._core
-        leftover = core.wb.leftover() if core.wb is not None else []
-        for tier in (core.l3, core.l2, *self._queries.replicas.values()):
-            if tier is not None:
-                tier.abandon()
-        self._hooks.abandon()
-        core.tasks.clear()
-        core.inflight.clear()
-        core.bus = core.wb = core.journal = None
-        if core.l2 is not None:
-            self._coherence.clear_l1()
+        """The loop ``connect()`` ran on has ended: see router/lifecycle.py."""
         self._ops.state, self._ops.loop = NEW, None
-        await self.connect()
-        assert core.wb is not None
-        for write in leftover:
-            await core.wb.put(write)
+        await self._life.rebind(self.connect)
 
     async def _shutdown(self) -> None:
-        core = self._core
-        try:
-            if core.journal is not None:
-                await core.journal.close()
-            if core.wb is not None:
-                await core.wb.close()
-        finally:
-            for task in list(core.tasks):
-                task.cancel()
-            if core.tasks:
-                await asyncio.gather(*core.tasks, return_exceptions=True)
-            await self._hooks.close()
-            if core.bus is not None:
-                await core.bus.stop()
-            if core.l2 is not None:
-                await core.l2.close()
-            await self._queries.close_replicas()
-            await core.l3.close()
+        await self._life.shutdown()
 
     def _check_open(self) -> None:
         self._ops.check_open()
@@ -519,7 +444,7 @@ class DataStore:
         return await self._run("drop_dead_letters", None, self._dead, "drop", schema, ids)
 
     async def _dead(self, _: None, verb: str, schema: Any, ids: Any) -> tuple[Any, None]:
-        return await getattr(self._journal_host, verb)(schema, ids), None
+        return await getattr(self._life.journal_host, verb)(schema, ids), None
 
     def _on_l2_recover(self) -> None:
         self._coherence.on_l2_recover()
@@ -571,7 +496,3 @@ class DataStore:
             f"<DataStore {self._ops.state} l3={hide_password(str(where))} "
             f"schemas={list(self._core.routes)}>"
         )
-
-
-def _secs(value: Any) -> float:
-    return seconds(value, "interval") or 0.0
