@@ -126,6 +126,20 @@ async def test_omit_cache_fields_never_reach_redis_through_the_journal(
     assert "password_hash never go to Redis" in caplog.text
 
 
+async def test_another_instance_reads_a_journaled_write_from_redis_before_the_flush(
+    settings: dict[str, Any], pg_conn: asyncpg.Connection
+) -> None:
+    """The journal writes the L2 value bound to its key, as the Redis tier does: a reader
+    takes it, not the older row in PostgreSQL (an unbound value would be dropped as planted)."""
+    async with store(settings) as writer, store(settings, migrate=False) as reader:
+        await writer.set(Account, Account(id="a", balance=1))
+        await writer.flush_dirty(WAIT)
+        await writer.set(Account, Account(id="a", balance=2))
+        assert await balances(pg_conn) == {"a": 1}
+        assert (await reader.get(Account, "a")).balance == 2
+        assert reader.stats().l2_hits == 1
+
+
 async def test_an_entry_delivered_twice_leaves_postgresql_unchanged(
     settings: dict[str, Any], redis_client: Redis, pg_conn: asyncpg.Connection
 ) -> None:

@@ -43,6 +43,7 @@ from strata.errors import (
 from strata.journal.entry import JournalEntry, decode_entry
 from strata.journal.scripts import APPEND, RELEASE
 from strata.tiers.redis import RedisTier
+from strata.tiers.redis_scripts import bind, unbind
 
 __all__ = ["GROUP", "Appended", "Journal", "Stream", "is_refusal"]
 
@@ -172,11 +173,13 @@ class Journal:
         the journal is full; WriteBehindError after ``wait_timeout``. TierError (and
         TierUnavailableError) when Redis fails: nothing was acknowledged."""
         st = self.streams[schema]
-        key = self.tier.physical_key
-        keys = [st.stream, st.latest, st.gen, *(key(k) for k, *_ in items)]
+        physical = [self.tier.physical_key(k) for k, *_ in items]
+        keys = [st.stream, st.latest, st.gen, *physical]
         args: list[bytes | str | int] = [schema, self._max_pending]
-        for _, payload, id, version, op, row in items:
-            args += [payload, id, str(version), op, row]
+        for where, (_, payload, id, version, op, row) in zip(physical, items, strict=True):
+            # Bound to its key as every L2 payload is (tiers/redis_scripts.py), or readers
+            # would take it for a planted or corrupt value and drop it.
+            args += [bind(where, payload), id, str(version), op, row]
         client = self.tier.client
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.005
@@ -389,10 +392,14 @@ class Journal:
             return writes
         client = self.tier.client
         current = await self.tier.call(lambda: client.mget(keys))
+        envelopes = [
+            unbind(k, v) if isinstance(v, bytes) else None
+            for k, v in zip(keys, current, strict=True)
+        ]
         tomb = {
             k: peek_version(v) or 0
-            for k, v in zip(keys, current, strict=True)
-            if isinstance(v, bytes) and len(v) > 1 and v[1:2] == FMT_TOMBSTONE
+            for k, v in zip(keys, envelopes, strict=True)
+            if v is not None and v[1:2] == FMT_TOMBSTONE  # only a tombstone bound to its key
         }
         return [w for w in writes if w.op != "set" or tomb.get(w.key, -1) <= w.version]
 

@@ -4,7 +4,8 @@ APPEND  KEYS = stream, latest-entry hash, generation counter, L2 key 1..n
         ARGV = schema, max pending, then per key: payload, id, version, op, row
   full journal (XLEN >= max pending, counting only keys not already journaled) -> {-1, len}
   else, per key:
-    L2 key := payload, no TTL, unless it holds a newer envelope (the "only if newer" rule)
+    L2 key := payload (bound to its key), no TTL, unless it holds a newer envelope bound to
+    it (the "only if newer" rule; a planted or corrupt value is never trusted)
     XADD stream * s schema i id v version o op r row k key
     an older entry of the same key still in the stream: XDEL (the new one supersedes it:
       it carries the whole row, and its version)
@@ -50,6 +51,13 @@ class Script:
 
 APPEND_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
+-- A stored value is ours only if its trailer is the hash of its key and envelope.
+local function bound(key, value)
+  local n = #value
+  if n < 35 or string.sub(value, n - 16, n - 16) ~= '#' then return false end
+  local envelope = string.sub(value, 1, n - 17)
+  return string.sub(redis.sha1hex(key .. envelope), 1, 16) == string.sub(value, n - 15)
+end
 local function newer(current, new)
   local ch = tonumber(string.sub(current, 3, 10), 16)
   local nh = tonumber(string.sub(new, 3, 10), 16)
@@ -72,7 +80,7 @@ for j = 4, #KEYS do
   local payload = ARGV[b + 1]
   local current = redis.pcall('GET', key)
   if not (type(current) == 'string' and string.find(current, ENVELOPE)
-          and newer(current, payload)) then
+          and bound(key, current) and newer(current, payload)) then
     redis.call('SET', key, payload)
   end
   local id = redis.call('XADD', stream, '*', 's', schema, 'i', ARGV[b + 2],
