@@ -379,9 +379,12 @@ class Journal:
             await self._apply_until_done(st, writes)
         ids = [sid for sid, _ in raw]
         client = self.tier.client
+        # Released (TTL back, search generation bumped) before the entries leave the stream:
+        # flush() returns once the stream is empty, so its caller sees the release done. A
+        # crash in between redelivers entries whose replay changes nothing.
+        await self._release(st, writes)
         await self.tier.call(lambda: client.xack(st.stream, GROUP, *ids))
         await self.tier.call(lambda: client.xdel(st.stream, *ids))
-        await self._release(st, writes)
         st.length = max(0, st.length - len(ids))
 
     async def _not_deleted_since(self, writes: list[JournalEntry]) -> list[JournalEntry]:
