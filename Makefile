@@ -22,6 +22,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 PYTEST_ARGS ?=
+# make test runs test files in parallel (pytest-xdist): the suite mostly waits on servers,
+# sockets and subprocesses, not on the CPU. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 4
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -72,7 +75,7 @@ model: $(STAMP)
 # make's: 5 (no tests collected) fails like any other non-zero status.
 test: $(STAMP) lint
 	scripts/ensure-services
-	$(BIN)/python -m pytest tests integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests integration -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@if [ -f benchmarks/__main__.py ]; then \
