@@ -24,46 +24,14 @@ an older L3 row to a reader of another instance.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from typing import Any
-
-import redis.exceptions as rexc
+from strata.tiers.redis_scripts import ENVELOPE_LUA, Script
 
 __all__ = ["APPEND", "APPEND_LUA", "RELEASE", "RELEASE_LUA", "Script"]
 
 
-class Script:
-    """A Lua script run by its SHA (EVALSHA), sent in full only when the server lacks it."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-APPEND_LUA = """
-local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
--- A stored value is ours only if its trailer is the hash of its key and envelope.
-local function bound(key, value)
-  local n = #value
-  if n < 35 or string.sub(value, n - 16, n - 16) ~= '#' then return false end
-  local envelope = string.sub(value, 1, n - 17)
-  return string.sub(redis.sha1hex(key .. envelope), 1, 16) == string.sub(value, n - 15)
-end
-local function newer(current, new)
-  local ch = tonumber(string.sub(current, 3, 10), 16)
-  local nh = tonumber(string.sub(new, 3, 10), 16)
-  if ch ~= nh then return ch > nh end
-  return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
-end
+APPEND_LUA = (
+    ENVELOPE_LUA
+    + """
 local stream, latest, gen = KEYS[1], KEYS[2], KEYS[3]
 local schema, limit = ARGV[1], tonumber(ARGV[2])
 local len = redis.call('XLEN', stream)
@@ -92,6 +60,7 @@ end
 redis.call('INCR', gen)
 return {1, redis.call('XLEN', stream), redis.call('HGET', latest, KEYS[#KEYS])}
 """
+)
 
 RELEASE_LUA = """
 local latest, gen = KEYS[1], KEYS[2]

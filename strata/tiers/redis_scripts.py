@@ -16,6 +16,7 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 __all__ = [
+    "ENVELOPE_LUA",
     "DELETE_IF",
     "GENERATION",
     "GET",
@@ -82,7 +83,9 @@ return out
 # value not bound to its key (planted, corrupt) is never trusted for its version. Versions are
 # compared as two 32-bit halves, which is exact in Lua's doubles and does not depend on the
 # server's collation locale the way string comparison does.
-_SET_LUA = """
+# The helpers every script that writes row payloads starts with (the journal's too):
+# ENVELOPE (a header pattern), bound(key, value) (the trailer check), newer(current, new).
+ENVELOPE_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
 -- A stored value is ours only if its trailer is the hash of its key and envelope.
 local function bound(key, value)
@@ -97,6 +100,11 @@ local function newer(current, new)
   if ch ~= nh then return ch > nh end
   return tonumber(string.sub(current, 11, 18), 16) > tonumber(string.sub(new, 11, 18), 16)
 end
+"""
+
+_SET_LUA = (
+    ENVELOPE_LUA
+    + """
 local n = #ARGV / 2
 local applied = {}
 for i = 1, n do
@@ -121,6 +129,7 @@ if #KEYS > n then
 end
 return applied
 """
+)
 
 # KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
 # (as its decimal text, "0" when unset) and the payload at prefix .. generation .. ":" .. digest
