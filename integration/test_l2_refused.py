@@ -20,9 +20,10 @@ import redis.asyncio as aioredis
 from integration._servers import PrivateRedis, free_port
 from integration.procs import eventually
 from integration.procs.models import ITEMS, Item
-from strata import Config, DataStore
+from strata import Config, DataStore, Q
 
 WAIT = 20.0  # the circuit breaker probes with a backoff of up to 5 s
+K = Q().filter(id="k")  # one cached query (the repair probes write other rows)
 
 
 @contextlib.asynccontextmanager
@@ -122,3 +123,35 @@ async def repaired(ds: DataStore, admin: aioredis.Redis) -> bool:
     of ``k``: the writer found Redis healthy again and dropped what it could not before."""
     await ds.set(Item, Item(id="probe", name="probe"))
     return not await holds_old(admin, l2_key(ds, "k"))
+
+
+@pytest.mark.parametrize(
+    ("refuse", "peers_at_once"), [(refuse_writes_oom, True), (refuse_writes_readonly, False)]
+)
+async def test_a_refused_write_leaves_no_stale_search_cached_result(
+    settings: dict[str, Any],
+    server: PrivateRedis,
+    admin: aioredis.Redis,
+    refuse: Any,
+    peers_at_once: bool,
+) -> None:
+    """OOM refuses the write but still lets the writer start a new search generation, so
+    no instance serves the older cached result; a read-only Redis takes nothing, so the
+    writer stops serving from it and the others are right once it is healed."""
+    async with (
+        store(settings, redis_url=server.url) as a,
+        store(settings, redis_url=server.url) as b,
+    ):
+        await a.set(Item, Item(id="k", name="old"))
+        assert [i.name for i in await b.search_cached(Item, K)] == ["old"]
+        assert [i.name for i in await b.search_cached(Item, K)] == ["old"]  # now from Redis
+        await refuse(admin)
+
+        await a.set(Item, Item(id="k", name="new"))  # acknowledged: PostgreSQL has it
+
+        assert [i.name for i in await a.search_cached(Item, K)] == ["new"]
+        if peers_at_once:
+            assert [i.name for i in await b.search_cached(Item, K)] == ["new"]
+        await heal(admin)
+        await eventually(lambda: repaired(a, admin), timeout=WAIT, interval=0.05)
+        assert [i.name for i in await b.search_cached(Item, K)] == ["new"]

@@ -57,6 +57,7 @@ from strata.errors import (
 )
 from strata.tiers.redis_scripts import (
     DELETE_IF,
+    DROP_REFUSED,
     GENERATION,
     GET,
     SET,
@@ -133,6 +134,8 @@ class RedisTier:
         # Physical keys a refused write could not overwrite nor delete: deleted by the next
         # probe, before Redis serves anything again.
         self._unwritten: set[str] = set()
+        # Generation counters a refused write could not bump: bumped by the probe too.
+        self._unbumped: set[str] = set()
         self.unbound_dropped = 0  # payloads found not bound to their key, deleted
         self._closed = False
         # circuit breaker
@@ -313,7 +316,7 @@ class RedisTier:
             return [False] * len(items)
         except TierError as exc:
             self._report(exc)
-            await self._drop_refused(written)
+            await self._drop_refused(written, bump)
             return [False] * len(items)
         return [bool(flag) for flag in applied]
 
@@ -332,16 +335,27 @@ class RedisTier:
             self._report(exc)
             self._refusing(exc, physical)
 
-    async def _drop_refused(self, physical: list[str]) -> None:
+    async def _drop_refused(self, physical: list[str], bump: str | None = None) -> None:
         """A refused write (OOM, READONLY) left each key's old value in Redis, where it
-        would be served after the write was acknowledged: delete the keys. When Redis
-        refuses even that, stop serving from it until a probe could (``_refusing``)."""
+        would be served after the write was acknowledged: delete the keys, and start the
+        new search-result generation the write would have (``bump``). When Redis refuses
+        even that, stop serving from it until a probe could (``_refusing``)."""
         client = self._require()
+        counters = [] if bump is None else [self._key(bump)]
         try:
-            await self._run(lambda: client.delete(*physical))
+            if isinstance(client, RedisCluster):
+                await self._run(lambda: client.delete(*physical))
+                for counter in counters:
+                    await self._run(functools.partial(DROP_REFUSED, client, [counter], ["1"]))
+            else:
+                keys, flag = physical + counters, "1" if counters else "0"
+                await self._run(functools.partial(DROP_REFUSED, client, keys, [flag]))
         except TierUnavailableError:
-            self._unwritten.update(physical)  # the circuit is open: the probe deletes them
+            # The circuit is open: the probe deletes them (and bumps) first.
+            self._unwritten.update(physical)
+            self._unbumped.update(counters)
         except TierError as exc:
+            self._unbumped.update(counters)
             self._refusing(exc, physical)
 
     def _refusing(self, exc: BaseException, physical: list[str]) -> None:
@@ -366,9 +380,12 @@ class RedisTier:
 
     async def _delete_unwritten(self, client: Client) -> None:
         """The probe's first step while keys wait for deletion (see ``_refusing``)."""
-        keys = list(self._unwritten)
+        keys, counters = list(self._unwritten), list(self._unbumped)
         try:
-            await client.delete(*keys)
+            if keys:
+                await client.delete(*keys)
+            for counter in counters:
+                await client.incr(counter)
         except rexc.ResponseError as exc:
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             self._retry_at = time.monotonic() + self._backoff
@@ -377,6 +394,7 @@ class RedisTier:
                 f"L2 Redis at {self.where} still refuses writes: {exc}", tier="l2"
             ) from exc
         self._unwritten.difference_update(keys)
+        self._unbumped.difference_update(counters)
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Number of subscribers reached; 0 (and reported) while Redis is unreachable.
@@ -489,7 +507,7 @@ class RedisTier:
                     probe = self._gate(force)  # the circuit opened while this call waited
                 epoch = self._epoch
                 try:
-                    if probe and self._unwritten:
+                    if probe and (self._unwritten or self._unbumped):
                         await self._delete_unwritten(self._require())
                     result = await call()
                 except rexc.MaxConnectionsError as exc:  # pool drained by other users

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 __all__ = [
     "ENVELOPE_LUA",
     "DELETE_IF",
+    "DROP_REFUSED",
     "GENERATION",
     "GET",
     "SET",
@@ -220,3 +221,22 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
 """
 
 SHAPES = Script(_SHAPES_LUA)
+
+# KEYS = keys a refused write left holding their old values [+ a generation counter],
+# ARGV[1] = "1" when the last key is the counter. DEL each key, INCR the counter. Flagged
+# allow-oom: a write refused for memory (noeviction) must still start a new search-result
+# generation, or a result cached before the write would be served after it. DEL frees
+# memory and INCR of an existing counter takes none to speak of.
+_DROP_REFUSED_LUA = """#!lua flags=allow-oom
+local n = #KEYS
+if ARGV[1] == '1' then
+  redis.call('INCR', KEYS[n])
+  n = n - 1
+end
+for i = 1, n do
+  redis.call('DEL', KEYS[i])
+end
+return 1
+"""
+
+DROP_REFUSED = Script(_DROP_REFUSED_LUA)
