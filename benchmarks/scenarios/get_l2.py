@@ -72,7 +72,7 @@ async def _model(env: Env, name: str) -> Check:
         name,
         samples,
         against="redis GET + model_validate_json",
-        target=le(1.15),
+        target=le(1.10),
         note=missed,
         cpu=cpu,
     )

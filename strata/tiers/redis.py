@@ -1,7 +1,8 @@
 """L2: Redis, shared by every instance. Batch-first, one round trip per batch, and never the
 reason a read or a write fails.
 
-    get_many(keys)   GET+PTTL pipelined (one key) | EVALSHA get (a batch)
+    get_many(keys)   GET (one key) | MGET (a batch; per slot on a cluster): one round trip,
+                     no PTTL: each payload carries its expiry in its binding trailer
                      -> [(payload | None, remaining ttl seconds | None), ...]
     set_many(items)  EVALSHA set  -> [applied?, ...]   "only if newer", see below
     delete_many      DEL k1 k2 ...
@@ -39,7 +40,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -59,18 +60,16 @@ from strata.tiers.redis_scripts import (
     DELETE_IF,
     DROP_REFUSED,
     GENERATION,
-    GET,
     SET,
     SHAPES,
     bind,
     get_one,
     ttl_ms,
-    unbind,
+    unbind_entry,
 )
 from strata.tiers.redis_topology import (
     Connection,
     connect_client,
-    get_by_slot,
     hash_tagged,
     scan_unlink,
     set_by_slot,
@@ -232,35 +231,68 @@ class RedisTier:
 
     async def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, float | None]]:
         """``(payload, remaining ttl in seconds)`` per key; ``(None, None)`` for a miss.
-        The ttl is None for a key without expiry. All misses while Redis is unreachable."""
+        The ttl is None for a key without expiry (or written without its expiry in the
+        trailer: the journal's). All misses while Redis is unreachable."""
         client = self._require()
         if not keys:
             return []
         physical = [self._key(k) for k in keys]
         try:
             if isinstance(client, RedisCluster):
-                flat = await self._run(lambda: get_by_slot(GET, client, physical))
+                values = await self._run(lambda: client.mget_nonatomic(physical))
             elif len(keys) == 1:
-                flat = await self._run(lambda: get_one(client, physical[0]))
+                values = [await self._run(lambda: get_one(client, physical[0]))]
             else:
-                flat = await self._run(lambda: GET(client, physical, ()))
+                values = await self._run(lambda: client.mget(physical))
         except TierError as exc:
             self._report(exc)
             return [(None, None)] * len(keys)
         out: list[tuple[bytes | None, float | None]] = []
         unbound: list[tuple[str, bytes]] = []
-        for n, key in enumerate(physical):
-            value, pttl = flat[2 * n], flat[2 * n + 1]
-            payload = None if value is None else unbind(key, value)
-            if value is not None and payload is None:
-                unbound.append((key, value))
-            # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
-            out.append(
-                (payload, max(pttl, 1) / 1000 if payload is not None and pttl >= 0 else None)
-            )
+        unknown: list[int] = []  # positions whose trailer does not carry the expiry
+        now_ms = time.time() * 1000
+        for n, (key, value) in enumerate(zip(physical, values, strict=True)):
+            entry = None if value is None else unbind_entry(key, value)
+            if entry is None:
+                if value is not None:
+                    unbound.append((key, value))
+                out.append((None, None))
+                continue
+            payload, expires = entry
+            if expires is None:
+                unknown.append(n)
+            # Expiring this instant (or a clock behind the writer's) is kept as 1 ms left.
+            out.append((payload, max(expires - now_ms, 1.0) / 1000 if expires else None))
+        if unknown:
+            await self._ask_ttl(client, physical, unknown, out)
         if unbound:
             await self._drop_unbound(client, unbound)
         return out
+
+    async def _ask_ttl(
+        self,
+        client: Client,
+        physical: list[str],
+        positions: list[int],
+        out: list[tuple[bytes | None, float | None]],
+    ) -> None:
+        """PTTL for payloads whose trailer does not carry their expiry (the journal's)."""
+
+        async def run() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for n in positions:
+                pipe.pttl(physical[n])
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        try:
+            pttls = await self._run(run)
+        except TierError as exc:
+            self._report(exc)
+            return  # an unknown remaining life: the caller's own TTL bounds it
+        for n, pttl in zip(positions, pttls, strict=True):
+            # PTTL -1: no expiry; 0 (expiring this instant) is kept as a positive 1 ms.
+            out[n] = (out[n][0], max(pttl, 1) / 1000 if pttl >= 0 else None)
 
     async def _drop_unbound(self, client: Client, found: list[tuple[str, bytes]]) -> None:
         """Values not bound to their key (planted under another id, corrupted, not ours):
@@ -293,6 +325,7 @@ class RedisTier:
             return []
         keys: list[str] = []
         args: list[bytes | int] = []
+        now_ms = int(time.time() * 1000)
         for key, payload, ttl in items:
             if not isinstance(payload, bytes):
                 raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
@@ -300,8 +333,9 @@ class RedisTier:
                 raise ValueError(f"payload for {key!r} is not a codec envelope")
             physical = self._key(key)
             keys.append(physical)
-            args.append(bind(physical, payload))
-            args.append(ttl_ms(ttl))
+            ms = ttl_ms(ttl)
+            args.append(bind(physical, payload, expires_ms=now_ms + ms if ms else 0))
+            args.append(ms)
         written = list(keys)
         try:
             if isinstance(client, RedisCluster):

@@ -20,7 +20,6 @@ __all__ = [
     "DELETE_IF",
     "DROP_REFUSED",
     "GENERATION",
-    "GET",
     "SET",
     "SHAPES",
     "Script",
@@ -28,12 +27,18 @@ __all__ = [
     "get_one",
     "ttl_ms",
     "unbind",
+    "unbind_entry",
 ]
 
 # Every stored row payload is ``envelope + b"#" + 16 hex digits of sha1(key + envelope)``
 # (``key`` the physical key): a payload copied or planted under another key, or whose
 # version digits were corrupted, does not verify and is a miss (and deleted), never trusted.
+# The L2 tier's own writes carry their expiry too, so a read needs no PTTL:
+# ``envelope + b"!" + 12 hex digits (expiry, unix ms) + b"@" + 16 hex digits of sha1(key +
+# envelope + b"!" + expiry)``. Both forms hash everything before the trailer's mark, which
+# is what the Lua ``bound`` checks; the mark says which form it is.
 _TRAILER = 17
+_EXPIRY = 13  # b"!" + 12 hex digits
 
 
 def ttl_ms(ttl: float | None) -> int:
@@ -43,17 +48,42 @@ def ttl_ms(ttl: float | None) -> int:
     return max(1, round(ttl * 1000))
 
 
-def bind(key: str, envelope: bytes) -> bytes:
-    """``envelope`` bound to the physical ``key`` (see above)."""
-    return envelope + b"#" + _tag(key, envelope)
+def bind(key: str, envelope: bytes, *, expires_ms: int | None = None) -> bytes:
+    """``envelope`` bound to the physical ``key`` (see above), with its expiry (unix
+    milliseconds, 0 for none) when given."""
+    if expires_ms is None:
+        return envelope + b"#" + _tag(key, envelope)
+    body = envelope + b"!%012x" % expires_ms
+    return body + b"@" + _tag(key, body)
 
 
 def unbind(key: str, value: bytes) -> bytes | None:
     """The envelope stored under ``key``, or None when ``value`` is not bound to it."""
-    if len(value) < 18 + _TRAILER or value[-_TRAILER] != 0x23:  # b"#"
+    entry = unbind_entry(key, value)
+    return None if entry is None else entry[0]
+
+
+def unbind_entry(key: str, value: bytes) -> tuple[bytes, int | None] | None:
+    """``(envelope, expiry)`` stored under ``key``, or None when ``value`` is not bound to
+    it. The expiry is in unix ms, 0 for none, None when the trailer does not carry it (a
+    payload bound by the journal: its TTL is set apart, ask PTTL)."""
+    if len(value) < 18 + _TRAILER:
         return None
-    envelope = value[:-_TRAILER]
-    return envelope if value[-16:] == _tag(key, envelope) else None
+    mark = value[-_TRAILER]
+    if mark != 0x23 and mark != 0x40:  # b"#", b"@"
+        return None
+    body = value[:-_TRAILER]
+    if value[-16:] != _tag(key, body):
+        return None
+    if mark == 0x23:
+        return body, None
+    if len(body) < 18 + _EXPIRY or body[-_EXPIRY] != 0x21:  # b"!"
+        return None
+    try:
+        expires = int(body[-12:], 16)
+    except ValueError:
+        return None
+    return body[:-_EXPIRY], expires
 
 
 def _tag(key: str, envelope: bytes) -> bytes:
@@ -61,23 +91,6 @@ def _tag(key: str, envelope: bytes) -> bytes:
 
 
 Client = aioredis.Redis | RedisCluster
-
-# KEYS = keys. Returns payload, pttl, payload, pttl, ... (false, -2 for a miss; a key that
-# holds another type is a miss too).
-_GET_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'string' then
-    out[2 * i - 1] = value
-    out[2 * i] = redis.call('PTTL', key)
-  else
-    out[2 * i - 1] = false
-    out[2 * i] = -2
-  end
-end
-return out
-"""
 
 # KEYS = keys [+ a generation counter to INCR], ARGV = bound payload, ttl ms (0 = no expiry),
 # ... Returns 1 (written) or 0 (kept: the key holds a newer envelope bound to it) per key; a
@@ -88,10 +101,11 @@ return out
 # ENVELOPE (a header pattern), bound(key, value) (the trailer check), newer(current, new).
 ENVELOPE_LUA = """
 local ENVELOPE = '^S[jmt]' .. string.rep('[0-9a-f]', 16)
--- A stored value is ours only if its trailer is the hash of its key and envelope.
+-- A stored value is ours only if its trailer is the hash of its key and what precedes it.
 local function bound(key, value)
   local n = #value
-  if n < 35 or string.sub(value, n - 16, n - 16) ~= '#' then return false end
+  local mark = string.sub(value, n - 16, n - 16)
+  if n < 35 or (mark ~= '#' and mark ~= '@') then return false end
   local envelope = string.sub(value, 1, n - 17)
   return string.sub(redis.sha1hex(key .. envelope), 1, 16) == string.sub(value, n - 15)
 end
@@ -165,35 +179,35 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-GET = Script(_GET_LUA)
 SET = Script(_SET_LUA)
 GENERATION = Script(_GENERATION_LUA)
 
 
-async def get_one(client: aioredis.Redis, key: str) -> list[Any]:
-    """GET + PTTL pipelined on one pooled connection: the single-key hot path.
+async def get_one(client: aioredis.Redis, key: str) -> bytes | None:
+    """GET on one pooled connection: the single-key hot path, one round trip and no Lua
+    (the payload carries its own expiry, see ``bind``). A key of another type is a miss.
 
-    For one key this beats both EVALSHA (no Lua on the server) and redis-py's Pipeline
-    (no per-command bookkeeping); for batches one script reply is cheaper than 2n replies.
+    Cheaper than ``client.get``: no per-call command lookup, retry wrapper nor response
+    callback, only the pool's connection and its parser.
     """
     pool = client.connection_pool
+    command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded := key.encode()), encoded)
     for attempt in (1, 2):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(conn.pack_commands((("GET", key), ("PTTL", key))))
+            await conn.send_packed_command(command)
             try:
                 value = await conn.read_response()
             except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
-                value = None
-            pttl = await conn.read_response()
-            return [value, pttl]
+                return None
+            return value if isinstance(value, bytes) else None
         except rexc.ConnectionError:
             # A pooled socket that died with a restarted server: one retry on a fresh one.
             await conn.disconnect(nowait=True)
             if attempt == 2:
                 raise
         except BaseException:
-            await conn.disconnect(nowait=True)  # replies may still be in flight
+            await conn.disconnect(nowait=True)  # the reply may still be in flight
             raise
         finally:
             await pool.release(conn)

@@ -41,7 +41,6 @@ __all__ = [
     "Connection",
     "by_slot",
     "connect_client",
-    "get_by_slot",
     "glob_escape",
     "hash_tagged",
     "scan_unlink",
@@ -184,18 +183,6 @@ async def scan_unlink(client: Any, pattern: str, node: Any) -> int:
             removed += int(await client.unlink(*batch))
         if cursor == 0:
             return removed
-
-
-async def get_by_slot(script: Script, client: RedisCluster, keys: Sequence[str]) -> list[Any]:
-    """The get script once per slot (a script may only touch one slot), in parallel."""
-    groups = list(by_slot(keys).values())
-    replies = await asyncio.gather(*(script(client, [keys[i] for i in g], ()) for g in groups))
-    flat: list[Any] = [None] * (2 * len(keys))
-    for group, reply in zip(groups, replies, strict=True):
-        for n, i in enumerate(group):
-            flat[2 * i] = reply[2 * n]
-            flat[2 * i + 1] = reply[2 * n + 1]
-    return flat
 
 
 async def set_by_slot(
