@@ -58,13 +58,13 @@ class Copier:
             self.strategy = "round trip"
         else:
             self.strategy = "deepcopy"
-        self.out: Callable[[Any], Any] = self._choose_out(plain)
+        self.out: Callable[[BaseModel], BaseModel] = self._choose_out(plain)
         # The copy L1 keeps is never handed out, so even a frozen value is copied once.
-        self.keep_copy: Callable[[Any], Any] = (
+        self.keep_copy: Callable[[BaseModel], BaseModel] = (
             (_shallow if plain else copy.copy) if self.strategy == "none" else self.out
         )
 
-    def _choose_out(self, plain: bool) -> Callable[[Any], Any]:
+    def _choose_out(self, plain: bool) -> Callable[[BaseModel], BaseModel]:
         if self.strategy == "none":
             return _same
         if self.strategy == "shallow":
@@ -75,7 +75,7 @@ class Copier:
 
     def keep(self, value: M) -> M:
         """L1's private copy of ``value``, its fields set shared with its equals."""
-        kept: M = self.keep_copy(value)
+        kept = typing.cast(M, self.keep_copy(value))
         self.intern(kept)
         return kept
 
@@ -97,7 +97,7 @@ class Copier:
         try:
             out = _round_trip(value)
             ok = out == value
-        except Exception:  # noqa: BLE001 - any failure means: this model needs deepcopy
+        except Exception:  # any failure means: this model needs deepcopy
             ok = False
         if not ok:
             self.strategy = "deepcopy"
