@@ -47,7 +47,7 @@ class Copier:
     def __init__(self, model: type[BaseModel], *, mutable: bool) -> None:
         self.model = model
         self._interned: dict[frozenset[str], set[str]] = {}
-        self._verified = False
+        self._verified: bool | None = False  # round trip: None once it proved unfaithful
         plain = _plain(model)
         self.strategy: Strategy
         if not mutable and plain and model.model_config.get("frozen"):
@@ -70,7 +70,7 @@ class Copier:
         if self.strategy == "shallow":
             return _shallow if plain else copy.copy
         if self.strategy == "round trip":
-            return self._first_round_trip
+            return self._checked_round_trip
         return _deep
 
     def keep(self, value: M) -> M:
@@ -91,9 +91,15 @@ class Copier:
             shared = self._interned[key] = set(key)
         _setattr(value, "__pydantic_fields_set__", shared)
 
-    def _first_round_trip(self, value: BaseModel) -> BaseModel:
-        """The round trip, checked once: when it does not reproduce the value (a custom type
-        whose python form does not validate back to itself), deepcopy from then on."""
+    def _checked_round_trip(self, value: BaseModel) -> BaseModel:
+        """The round trip, checked on the first value: when it does not reproduce it (a
+        custom type whose python form does not validate back to itself), deepcopy from then
+        on. (``out`` stays this method: callers may hold it bound.)"""
+        verified = self._verified
+        if verified is True:
+            return _round_trip(value)
+        if verified is None:
+            return _deep(value)
         try:
             out = _round_trip(value)
             ok = out == value
@@ -101,12 +107,9 @@ class Copier:
             ok = False
         if not ok:
             self.strategy = "deepcopy"
-            self.out = _deep
+            self._verified = None
             return _deep(value)
-        if not self._verified:
-            self._verified = True
-            self.out = _round_trip
-            self.keep_copy = _round_trip
+        self._verified = True
         return out
 
 
