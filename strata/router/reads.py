@@ -46,7 +46,7 @@ class Reads:
         c = self.core.c
         c.gets += 1
         c.l1_hits += 1
-        return hit.model_copy(deep=b.mutable)
+        return b.copy_out(hit)
 
     async def get(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel, str]:
         b = rt.b
@@ -62,7 +62,7 @@ class Reads:
                 hit = l1.get(id)
                 if hit is not None:
                     c.l1_hits += 1
-                    out = hit.model_copy(deep=b.mutable)
+                    out = b.copy_out(hit)
                     if hooks.after_get is not None:
                         out = await self.deliver(rt, out)
                     return out, "l1"
@@ -253,7 +253,7 @@ class Reads:
         if rt.l1 is not None:
             hits = rt.l1.get_many(missing)
             for i, v in hits.items():
-                found[i] = v.model_copy(deep=b.mutable)
+                found[i] = b.copy_out(v)
             c.l1_hits += len(hits)
             missing = [i for i in missing if i not in hits]
             tier = "l1" if hits else None
