@@ -204,11 +204,12 @@ class Coherence:
 
     def on_invalidation(self, msg: Invalidation) -> None:
         core = self.core
-        for attachment in core.attachments:
-            if attachment.on_message(msg):
-                return
         rt = core.routes.get(msg.schema)
         if rt is None:
+            # Schema names are identifiers; the keyed cache's messages name "cache:...".
+            for attachment in core.attachments:
+                if attachment.on_message(msg):
+                    return
             return
         core.c.invalidations_received += 1
         rt.epoch += 1
@@ -218,15 +219,19 @@ class Coherence:
                 rt.l1.clear()
             return
         foreign: list[tuple[Any, int | None]] = []
-        for raw_id, version in msg.keys():  # noqa: SIM118 - a method, not dict.keys
+        coerce, negative, inflight, l1 = rt.b.coerce, rt.negative, core.inflight, rt.l1
+        pairs = ((msg.id, msg.version),) if msg.id is not None else msg.keys()
+        for raw_id, version in pairs:
             try:
-                id = rt.b.coerce(raw_id)
+                id = coerce(raw_id)
             except (TypeError, ValueError):
                 continue
-            rt.negative.pop(id, None)
-            core.inflight.pop((rt.name, id), None)
-            if rt.l1 is not None:
-                rt.l1.delete(id, version)
+            if negative:
+                negative.pop(id, None)
+            if inflight:
+                inflight.pop((rt.name, id), None)
+            if l1 is not None:
+                l1.delete(id, version)
             foreign.append((id, version))
         if msg.shape is not None and msg.shape != rt.b.cs.shape:
             self._other_shapes.setdefault(rt.name, set()).add(msg.shape)
