@@ -99,7 +99,7 @@ class InvalidationBus:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis | RedisCluster,
+        client: redis.asyncio.Redis | RedisCluster | None,
         channel: str,
         instance_id: str,
         *,
@@ -120,7 +120,6 @@ class InvalidationBus:
             raise ValueError("instance_id must be a non-empty string")
         if not heartbeat_interval > 0:
             raise ValueError("heartbeat_interval must be positive")
-        self._client = client
         # The DataStore publishes through its L2 tier (behind the tier's circuit breaker);
         # the bus's own heartbeats and subscription use the client directly.
         self._publisher = publisher
@@ -128,7 +127,11 @@ class InvalidationBus:
         # ``schemas`` (the names this instance caches) matters on a cluster only: one
         # sharded channel per schema (see ShardedTransport). ``transport`` replaces the
         # Redis one altogether (a test transport).
-        self._transport: Transport = transport or transport_for(client, channel, schemas)
+        if transport is None:
+            if client is None:
+                raise ValueError("an InvalidationBus needs a Redis client or a transport")
+            transport = transport_for(client, channel, schemas)
+        self._transport: Transport = transport
         self._subscribed: list[str] = [channel]
         self._beats: dict[bytes, float] = {}
         self._instance_id = instance_id

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from strata.config import hide_password
 
 __all__ = [
+    "BusCarrier",
     "PubSubTransport",
     "ShardedTransport",
     "Transport",
@@ -42,6 +43,14 @@ class Transport(Protocol):
     async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None: ...
     async def close(self, pubsub: Any) -> None: ...
     async def publish(self, channel: str, payload: bytes) -> None: ...
+
+
+class BusCarrier(Protocol):
+    """An L2 tier that ``subscribes``: it hands the bus the transport to use (the Redis tier
+    its pub/sub, ``strata.testing.MemoryL2`` its in-memory channels). ``schemas()`` names
+    what the instance caches (a sharded transport subscribes one channel per schema)."""
+
+    def transport(self, channel: str, schemas: Callable[[], Iterable[str]]) -> Transport: ...
 
 
 # Sharded pub/sub (Redis Cluster) names its events with an "s"; the bus speaks plain names.

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 from strata.config import seconds
 from strata.errors import TierError
 from strata.invalidation import Invalidation, InvalidationBus
+from strata.invalidation.transport import BusCarrier
 from strata.router.core import Core, Route
 from strata.tiers.base import L2Tier
 from strata.tiers.redis_topology import glob_escape
@@ -57,11 +58,13 @@ class Coherence:
     async def start_bus(self, l2: L2Tier) -> None:
         """Subscribe to the invalidation channel, when the L2 tier can carry it."""
         core, cfg = self.core, self.core.config
-        if not getattr(l2, "subscribes", False):
+        _hear_from(l2, core.count_error, self.on_l2_recover)
+        if not l2.subscribes:
             return
+        channel = invalidation_channel(cfg.invalidation_channel, cfg.key_prefix)
         bus = core.bus = InvalidationBus(
-            l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
-            invalidation_channel(cfg.invalidation_channel, cfg.key_prefix),
+            None,
+            channel,
             core.instance_id,
             on_message=self.on_invalidation,
             on_reset=self.clear_l1,
@@ -69,7 +72,8 @@ class Coherence:
             logger=core.log,
             on_error=core.count_error,
             publisher=self.publish_via_l2,
-            schemas=core.routes.keys,  # cluster: one sharded channel per schema
+            # cluster: one sharded channel per schema
+            transport=cast(BusCarrier, l2).transport(channel, core.routes.keys),
             prefix=cfg.key_prefix,
         )
         await bus.start()
@@ -362,6 +366,9 @@ class Coherence:
             self._l2_missed_overflow = overflow
             self._l2_dirty_schemas |= dirty | {rt.name for rt in core.routes.values()}
             return
+        # A read between the recovery and this repair may have filled L1 from a value
+        # dropped just now (our own repair messages do not reach us): clear it again.
+        self.clear_l1()
         await self._publish_repair(keys, dirty if not overflow else set(core.routes))
 
     async def _publish_repair(self, keys: list[str], whole: Iterable[str]) -> None:
@@ -391,6 +398,18 @@ class Coherence:
                         shape=rt.b.cs.shape,
                     )
                 )
+
+
+def _hear_from(
+    l2: L2Tier, on_error: Callable[[BaseException], None], on_recover: Callable[[], None]
+) -> None:
+    """An injected tier built without callbacks (``DataStore(config, l2=RedisTier(url))``,
+    ``MemoryL2(server)``) reports its errors and its recovery to this store, so what was
+    written while it was away is repaired as for the tier the store builds itself."""
+    if getattr(l2, "on_error", False) is None:
+        l2.on_error = on_error  # type: ignore[attr-defined]
+    if getattr(l2, "on_recover", False) is None:
+        l2.on_recover = on_recover  # type: ignore[attr-defined]
 
 
 def _shapes_key(rt: Route) -> str:

@@ -39,7 +39,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -56,6 +56,7 @@ from strata.errors import (
     TierError,
     TierUnavailableError,
 )
+from strata.invalidation.transport import Transport, transport_for
 from strata.tiers.redis_scripts import (
     DELETE_IF,
     DROP_REFUSED,
@@ -107,7 +108,7 @@ def _describe(exc: BaseException) -> str:
 class RedisTier:
     """The L2 tier. ``connect()`` never fails because Redis is down; see the module doc."""
 
-    subscribes = True  # carries the invalidation bus (``client``)
+    subscribes = True  # carries the invalidation bus (``transport()``)
 
     def __init__(
         self,
@@ -193,6 +194,12 @@ class RedisTier:
         """The underlying client (its pool is shared with the pub/sub bus): a
         ``redis.asyncio.Redis``, or a ``RedisCluster`` for ``redis+cluster://``."""
         return self._require()
+
+    def transport(self, channel: str, schemas: Callable[[], Iterable[str]]) -> Transport:
+        """What the invalidation bus subscribes and publishes through: pub/sub on
+        ``channel``, or on a cluster sharded pub/sub with one channel per schema of
+        ``schemas()``. Shares this tier's client (and its pool)."""
+        return transport_for(self._require(), channel, schemas)
 
     @property
     def cluster(self) -> bool:
