@@ -21,6 +21,7 @@ wrote are repaired, and every L1 cleared, on recovery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -52,6 +53,8 @@ class Coherence:
         # shape registry in Redis, and from other instances' messages).
         self._other_shapes: dict[str, set[str]] = {}
         self._shapes_at = float("-inf")  # monotonic time of the last registry refresh
+        # The items of the last write whose invalidation went out with its L2 write.
+        self._announced: Sequence[Any] | None = None
 
     # -- the bus, and L1 upkeep ---------------------------------------------------------------
 
@@ -101,12 +104,49 @@ class Coherence:
 
     # -- publish -----------------------------------------------------------------------
 
+    async def write_l2(
+        self,
+        rt: Route,
+        payloads: list[tuple[str, bytes, float | None]],
+        items: Sequence[tuple[Any, Any, int | None]],
+    ) -> None:
+        """A write's L2 step (with the schema's generation bump). Where the tier can, the
+        write's invalidation rides the same round trip, published once the values are in
+        place; the ``publish`` of these ``items`` that follows then sends nothing more."""
+        core, b = self.core, rt.b
+        assert core.l2 is not None
+        bus = core.bus
+        combined = getattr(core.l2, "set_many_and_publish", None)
+        if combined is None or bus is None or self._other_shapes.get(rt.name):
+            await core.l2.set_many(payloads, bump=b.gen_key)
+            return
+        msg = dataclasses.replace(self._message(rt, "set", items), prefix=core.config.key_prefix)
+        _, sent = await combined(
+            payloads, bump=b.gen_key, publish=(bus.channel_for(rt.name), msg.encode())
+        )
+        if sent:
+            self._announced = items
+            bus.sent += 1
+            core.c.invalidations_sent += 1
+
     async def publish(
         self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
     ) -> None:
         core = self.core
         if core.bus is None or (not rt.b.l2_on and rt.l1 is None):
             return
+        if items is self._announced:  # published with the L2 write (write_l2)
+            self._announced = None
+            return
+        msg = self._message(rt, op, items)
+        if rt.b.l2_on and self._other_shapes.get(rt.name):
+            await self._drop_other_shapes(rt, op, items)
+        await self.publish_raw(msg)
+
+    def _message(
+        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> Invalidation:
+        core = self.core
         shape = rt.b.cs.shape
         if len(items) == 1:
             i, _, ver = items[0]
@@ -127,9 +167,7 @@ class Coherence:
                 versions=tuple(ver for _, _, ver in items),
                 shape=shape,
             )
-        if rt.b.l2_on and self._other_shapes.get(rt.name):
-            await self._drop_other_shapes(rt, op, items)
-        await self.publish_raw(msg)
+        return msg
 
     # -- other model shapes ------------------------------------------------------------
 
