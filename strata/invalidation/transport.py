@@ -100,9 +100,10 @@ class PubSubTransport:
 
 class ShardedTransport(PubSubTransport):
     """Sharded pub/sub on a Redis Cluster, SSUBSCRIBE / SPUBLISH, on one channel per schema,
-    ``{channel}:{schema}``: each channel lives on the shard its name hashes to, and an
-    instance subscribes only to the schemas it has registered, so it hears only what it
-    caches. Heartbeats go to every subscribed channel (each shard proves itself)."""
+    ``{channel}:{schema}`` (and ``{channel}:cache`` for the keyed cache): each channel
+    lives on the shard its name hashes to, and an instance subscribes only to the schemas
+    it has registered, so it hears only what it caches. Heartbeats go to every subscribed
+    channel (each shard proves itself)."""
 
     def __init__(
         self,
@@ -115,13 +116,16 @@ class ShardedTransport(PubSubTransport):
         self._schemas = schemas
 
     def channel_for(self, schema: str) -> str:
-        return f"{self.channel}:{schema}"
+        # Schema names are identifiers; a name with a ':' is one of a family sharing the
+        # channel of its first part (the keyed cache's "cache:<namespace>": one channel
+        # for every namespace, created at any time, so never missing from a subscription).
+        return f"{self.channel}:{schema.partition(':')[0]}"
 
     def channels(self) -> list[str]:
         if self._schemas is None:
             return [self.channel]
-        names = sorted(set(self._schemas()))
-        return [self.channel_for(n) for n in names] or [self.channel]
+        names = sorted({self.channel_for(n) for n in self._schemas()})
+        return names or [self.channel]
 
     async def subscribe(self, pubsub: Any, channels: list[str]) -> None:
         await pubsub.ssubscribe(*channels)

@@ -38,6 +38,8 @@ __all__ = ["Coherence", "invalidation_channel"]
 
 DEFAULT_CHANNEL = "strata:invalidation"  # Config.invalidation_channel's default
 
+# The keyed cache's messages name "cache:<namespace>" (strata.cache): one bus channel.
+KEYED = "cache"
 _MISSED_MAX = 100_000
 _SHAPES_REFRESH = 60.0  # seconds between refreshes of the shape registry
 
@@ -75,8 +77,8 @@ class Coherence:
             logger=core.log,
             on_error=core.count_error,
             publisher=self.publish_via_l2,
-            # cluster: one sharded channel per schema
-            transport=cast(BusCarrier, l2).transport(channel, core.routes.keys),
+            # cluster: one sharded channel per schema, and one for the keyed cache
+            transport=cast(BusCarrier, l2).transport(channel, lambda: [*core.routes, KEYED]),
             prefix=cfg.key_prefix,
         )
         await bus.start()
