@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from strata import Config, Field, MemPolicy, Schema
+from strata.errors import TierError, TierUnavailableError
 from strata.migrations import migrate
 from strata.schema import CompiledSchema
 from strata.testing import MemoryL2, MemoryRedis, embedded_config, eventually, where
@@ -98,6 +99,63 @@ async def test_without_the_shared_l2_a_second_store_keeps_its_old_copy(
         await asyncio.sleep(0)
     assert (await reader.get(Note, "a")).text == "one"
     assert (await reader.get(Note, "a", force_l3=True)).text == "two"
+
+
+# -- outages of the in-memory Redis ------------------------------------------------------
+
+
+async def test_while_memory_redis_is_down_reads_miss_and_writes_fail_with_typed_errors() -> None:
+    server = MemoryRedis()
+    tier = MemoryL2(server)
+    await tier.set_raw("k", b"v", None)
+    with server.outage():
+        assert not tier.available
+        assert await tier.get_many(["k"]) == [(None, None)]
+        assert await tier.set_raw("k", b"w", None) is False
+        assert await tier.publish("ch", b"m") == 0
+        with pytest.raises(TierUnavailableError):
+            await tier.incr("n")
+        with pytest.raises(TierUnavailableError):
+            await tier.delete_pattern("*")
+    assert tier.available
+    assert await tier.get_many(["k"]) == [(b"v", None)]  # kept, as a restarted Redis would
+
+
+async def test_memory_redis_refusing_writes_raises_tier_error_and_keeps_no_old_value() -> None:
+    server = MemoryRedis()
+    tier = MemoryL2(server)
+    old = b"Sj" + b"0" * 15 + b"1" + b"{}"
+    new = b"Sj" + b"0" * 15 + b"2" + b"{}"
+    assert await tier.set_many([("k", old, None)]) == [True]
+    with server.refusing_writes():
+        assert tier.available  # Redis answers, with an error
+        assert await tier.set_many([("k", new, None)], bump="gen") == [False]
+        assert await tier.get_many(["k"]) == [(None, None)]  # the old value was dropped
+        assert await tier.get_raw("gen") == b"1"  # the search generation still moved on
+        with pytest.raises(TierError) as caught:
+            await tier.incr("n")
+        assert not isinstance(caught.value, TierUnavailableError)
+    assert await tier.set_many([("k", new, None)]) == [True]
+
+
+async def test_a_store_on_memory_redis_reads_l3_during_an_outage_and_nothing_stale_after(
+    strata_make_store: StoreFactory, strata_redis: MemoryRedis
+) -> None:
+    writer, reader = await strata_make_store(), await strata_make_store()
+    await writer.set(Note, Note(id="a", text="old"))
+    assert (await reader.get(Note, "a")).text == "old"
+    with strata_redis.outage():
+        await writer.set(Note, Note(id="a", text="new"))  # acknowledged: L3 has it
+        assert (await writer.get(Note, "a")).text == "new"
+
+    async def everyone_reads_new() -> bool:
+        return (await reader.get(Note, "a")).text == "new" and (
+            await writer.get(Note, "a")
+        ).text == "new"
+
+    await eventually(everyone_reads_new)
+    fresh = await strata_make_store()
+    assert (await fresh.get(Note, "a")).text == "new"
 
 
 async def test_where_reports_each_tier(strata_store: object) -> None:

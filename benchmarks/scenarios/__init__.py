@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "set_many": "set_many 10,000 rows vs asyncpg COPY and executemany upsert",
     "search": "search 100 rows vs asyncpg fetch + validate",
     "invalidation": "invalidation lag from a write in process A to process B (p50, p99)",
+    "bus_throughput": "invalidations applied per instance vs a redis-py subscriber + orjson",
     "concurrency": "64 tasks, 90% reads / 10% writes, Zipf keys: ops/s and p99",
     "remember": "ds.cache remember hit (memory, Redis) vs cashews @cache and aiocache @cached",
     "memory": "bytes per L1 entry for 100,000 models vs a dict of the models",

@@ -78,7 +78,7 @@ async def _model(env: Env, name: str) -> Check:
         await pool.close()
         await client.aclose()
     return latency_check(
-        "set, write-through", name, samples, against=BASELINE, target=le(1.3), cpu=cpu
+        "set, write-through", name, samples, against=BASELINE, target=le(1.2), cpu=cpu
     )
 
 

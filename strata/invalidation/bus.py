@@ -10,6 +10,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Protocol, cast
 
+import orjson
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -98,7 +99,7 @@ class InvalidationBus:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis | RedisCluster,
+        client: redis.asyncio.Redis | RedisCluster | None,
         channel: str,
         instance_id: str,
         *,
@@ -119,7 +120,6 @@ class InvalidationBus:
             raise ValueError("instance_id must be a non-empty string")
         if not heartbeat_interval > 0:
             raise ValueError("heartbeat_interval must be positive")
-        self._client = client
         # The DataStore publishes through its L2 tier (behind the tier's circuit breaker);
         # the bus's own heartbeats and subscription use the client directly.
         self._publisher = publisher
@@ -127,10 +127,15 @@ class InvalidationBus:
         # ``schemas`` (the names this instance caches) matters on a cluster only: one
         # sharded channel per schema (see ShardedTransport). ``transport`` replaces the
         # Redis one altogether (a test transport).
-        self._transport: Transport = transport or transport_for(client, channel, schemas)
+        if transport is None:
+            if client is None:
+                raise ValueError("an InvalidationBus needs a Redis client or a transport")
+            transport = transport_for(client, channel, schemas)
+        self._transport: Transport = transport
         self._subscribed: list[str] = [channel]
         self._beats: dict[bytes, float] = {}
         self._instance_id = instance_id
+        self._own = b'"origin":' + orjson.dumps(instance_id)  # see _handle
         # Our app's key prefix: stamped on what we publish; messages of another prefix
         # (another app on the same Redis and channel) are ignored.
         self._prefix = prefix
@@ -388,54 +393,72 @@ class InvalidationBus:
                         return
 
     async def _pump(self, pubsub: _PubSub) -> None:
-        """Deliver messages until the subscription is lost (raises) or the bus stops."""
-        clock = self._clock
+        """Deliver messages until the subscription is lost (raises) or the bus stops.
+
+        ``get_message(timeout=wait)`` returns within ``wait``, unless redis-py is busy
+        reconnecting inside it (its retries, a handshake that never answers): an outer
+        bound keeps the heartbeat deadline in force even then. It is armed once per stretch
+        of ``interval`` seconds, not per message, so a burst pays for one timer."""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            silence = clock.time() - self._last_beat
-            if silence > self._dead_after:
-                # A starved event loop (a long synchronous stretch) is not a silent link:
-                # let a due heartbeat task run first, and account for the lag it saw.
-                await asyncio.sleep(0)
-                silence = clock.time() - self._last_beat
-            if silence > self._dead_after:
-                raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
-            wait = min(self._interval, self._dead_after - silence) + 0.01
+            armed = loop.time()
             try:
-                # get_message(timeout=wait) returns within `wait`, unless redis-py is busy
-                # reconnecting inside it (its retries, a handshake that never answers):
-                # the outer bound keeps the heartbeat deadline in force even then.
-                async with asyncio.timeout(wait + self._interval):
-                    message = await self._transport.get_message(pubsub, wait)
+                async with asyncio.timeout_at(armed + 3 * self._interval + 0.01):
+                    while not self._stopping and loop.time() - armed < self._interval:
+                        if not await self._next(pubsub):
+                            break
             except TimeoutError:
-                silence = clock.time() - self._last_beat
+                silence = self._clock.time() - self._last_beat
                 raise _SubscriptionLost(
                     f"no heartbeat for {silence:.1f} s (the driver is stuck reconnecting)"
                 ) from None
-            if message is None:
-                continue
-            kind = message.get("type")
-            if kind == "message":
-                self._handle(message.get("data"), clock.time(), _channel_of(message))
-            elif kind == "subscribe" and _channel_of(message) in self._beats:
-                # redis-py reconnected the pubsub connection by itself and resubscribed:
-                # anything published while it was away is lost.
-                self._log.warning(
-                    "invalidation subscription to %r on %s was re-established by the driver; "
-                    "L1 cleared",
-                    self._channel,
-                    self._where,
+
+    async def _next(self, pubsub: _PubSub) -> bool:
+        """Wait for and handle one message; False when the wait ended without one."""
+        clock = self._clock
+        silence = clock.time() - self._last_beat
+        if silence > self._dead_after:
+            # A starved event loop (a long synchronous stretch) is not a silent link:
+            # let a due heartbeat task run first, and account for the lag it saw.
+            await asyncio.sleep(0)
+            silence = clock.time() - self._last_beat
+        if silence > self._dead_after:
+            raise _SubscriptionLost(f"no heartbeat for {silence:.1f} s")
+        wait = min(self._interval, self._dead_after - silence) + 0.01
+        message = await self._transport.get_message(pubsub, wait)
+        if message is None:
+            return False
+        kind = message.get("type")
+        if kind == "message":
+            self._handle(message.get("data"), clock.time(), _channel_of(message))
+        elif kind == "subscribe" and _channel_of(message) in self._beats:
+            # redis-py reconnected the pubsub connection by itself and resubscribed:
+            # anything published while it was away is lost.
+            self._log.warning(
+                "invalidation subscription to %r on %s was re-established by the driver; "
+                "L1 cleared",
+                self._channel,
+                self._where,
+            )
+            self._report(
+                TierUnavailableError(
+                    f"invalidation subscription on {self._where} was interrupted", tier="l2"
                 )
-                self._report(
-                    TierUnavailableError(
-                        f"invalidation subscription on {self._where} was interrupted", tier="l2"
-                    )
-                )
-                self._reset("resubscribed by driver")
-                self._beat_all(clock.time())
-            elif kind == "unsubscribe" and _channel_of(message) in self._beats:
-                raise _SubscriptionLost("unsubscribed by the server")
+            )
+            self._reset("resubscribed by driver")
+            self._beat_all(clock.time())
+        elif kind == "unsubscribe" and _channel_of(message) in self._beats:
+            raise _SubscriptionLost("unsubscribed by the server")
+        return True
 
     def _handle(self, data: object, now: float, channel: bytes = b"") -> None:
+        if isinstance(data, bytes) and self._own in data:
+            # Our own message (the JSON encoder escapes quotes inside strings, so this
+            # text occurs only as the origin field): only a heartbeat needs a look, and
+            # its text is known too. No JSON decoding for what we sent ourselves.
+            if channel in self._beats and data.startswith(b'{"op":"heartbeat"'):
+                self._beats[channel] = now
+            return
         try:
             decoded = decode_message(cast(bytes, data))
         except CodecError as exc:

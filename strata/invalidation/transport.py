@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from strata.config import hide_password
 
 __all__ = [
+    "BusCarrier",
     "PubSubTransport",
     "ShardedTransport",
     "Transport",
@@ -42,6 +43,14 @@ class Transport(Protocol):
     async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None: ...
     async def close(self, pubsub: Any) -> None: ...
     async def publish(self, channel: str, payload: bytes) -> None: ...
+
+
+class BusCarrier(Protocol):
+    """An L2 tier that ``subscribes``: it hands the bus the transport to use (the Redis tier
+    its pub/sub, ``strata.testing.MemoryL2`` its in-memory channels). ``schemas()`` names
+    what the instance caches (a sharded transport subscribes one channel per schema)."""
+
+    def transport(self, channel: str, schemas: Callable[[], Iterable[str]]) -> Transport: ...
 
 
 # Sharded pub/sub (Redis Cluster) names its events with an "s"; the bus speaks plain names.
@@ -91,9 +100,10 @@ class PubSubTransport:
 
 class ShardedTransport(PubSubTransport):
     """Sharded pub/sub on a Redis Cluster, SSUBSCRIBE / SPUBLISH, on one channel per schema,
-    ``{channel}:{schema}``: each channel lives on the shard its name hashes to, and an
-    instance subscribes only to the schemas it has registered, so it hears only what it
-    caches. Heartbeats go to every subscribed channel (each shard proves itself)."""
+    ``{channel}:{schema}`` (and ``{channel}:cache`` for the keyed cache): each channel
+    lives on the shard its name hashes to, and an instance subscribes only to the schemas
+    it has registered, so it hears only what it caches. Heartbeats go to every subscribed
+    channel (each shard proves itself)."""
 
     def __init__(
         self,
@@ -106,13 +116,16 @@ class ShardedTransport(PubSubTransport):
         self._schemas = schemas
 
     def channel_for(self, schema: str) -> str:
-        return f"{self.channel}:{schema}"
+        # Schema names are identifiers; a name with a ':' is one of a family sharing the
+        # channel of its first part (the keyed cache's "cache:<namespace>": one channel
+        # for every namespace, created at any time, so never missing from a subscription).
+        return f"{self.channel}:{schema.partition(':')[0]}"
 
     def channels(self) -> list[str]:
         if self._schemas is None:
             return [self.channel]
-        names = sorted(set(self._schemas()))
-        return [self.channel_for(n) for n in names] or [self.channel]
+        names = sorted({self.channel_for(n) for n in self._schemas()})
+        return names or [self.channel]
 
     async def subscribe(self, pubsub: Any, channels: list[str]) -> None:
         await pubsub.ssubscribe(*channels)

@@ -21,13 +21,15 @@ wrote are repaired, and every L1 cleared, on recovery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 from strata.config import seconds
 from strata.errors import TierError
 from strata.invalidation import Invalidation, InvalidationBus
+from strata.invalidation.transport import BusCarrier
 from strata.router.core import Core, Route
 from strata.tiers.base import L2Tier
 from strata.tiers.redis_topology import glob_escape
@@ -36,6 +38,8 @@ __all__ = ["Coherence", "invalidation_channel"]
 
 DEFAULT_CHANNEL = "strata:invalidation"  # Config.invalidation_channel's default
 
+# The keyed cache's messages name "cache:<namespace>" (strata.cache): one bus channel.
+KEYED = "cache"
 _MISSED_MAX = 100_000
 _SHAPES_REFRESH = 60.0  # seconds between refreshes of the shape registry
 
@@ -51,17 +55,21 @@ class Coherence:
         # shape registry in Redis, and from other instances' messages).
         self._other_shapes: dict[str, set[str]] = {}
         self._shapes_at = float("-inf")  # monotonic time of the last registry refresh
+        # The items of the last write whose invalidation went out with its L2 write.
+        self._announced: Sequence[Any] | None = None
 
     # -- the bus, and L1 upkeep ---------------------------------------------------------------
 
     async def start_bus(self, l2: L2Tier) -> None:
         """Subscribe to the invalidation channel, when the L2 tier can carry it."""
         core, cfg = self.core, self.core.config
-        if not getattr(l2, "subscribes", False):
+        _hear_from(l2, core.count_error, self.on_l2_recover)
+        if not l2.subscribes:
             return
+        channel = invalidation_channel(cfg.invalidation_channel, cfg.key_prefix)
         bus = core.bus = InvalidationBus(
-            l2.client,  # type: ignore[attr-defined]  # a tier that subscribes has one
-            invalidation_channel(cfg.invalidation_channel, cfg.key_prefix),
+            None,
+            channel,
             core.instance_id,
             on_message=self.on_invalidation,
             on_reset=self.clear_l1,
@@ -69,7 +77,8 @@ class Coherence:
             logger=core.log,
             on_error=core.count_error,
             publisher=self.publish_via_l2,
-            schemas=core.routes.keys,  # cluster: one sharded channel per schema
+            # cluster: one sharded channel per schema, and one for the keyed cache
+            transport=cast(BusCarrier, l2).transport(channel, lambda: [*core.routes, KEYED]),
             prefix=cfg.key_prefix,
         )
         await bus.start()
@@ -97,12 +106,49 @@ class Coherence:
 
     # -- publish -----------------------------------------------------------------------
 
+    async def write_l2(
+        self,
+        rt: Route,
+        payloads: list[tuple[str, bytes, float | None]],
+        items: Sequence[tuple[Any, Any, int | None]],
+    ) -> None:
+        """A write's L2 step (with the schema's generation bump). Where the tier can, the
+        write's invalidation rides the same round trip, published once the values are in
+        place; the ``publish`` of these ``items`` that follows then sends nothing more."""
+        core, b = self.core, rt.b
+        assert core.l2 is not None
+        bus = core.bus
+        combined = getattr(core.l2, "set_many_and_publish", None)
+        if combined is None or bus is None or self._other_shapes.get(rt.name):
+            await core.l2.set_many(payloads, bump=b.gen_key)
+            return
+        msg = dataclasses.replace(self._message(rt, "set", items), prefix=core.config.key_prefix)
+        _, sent = await combined(
+            payloads, bump=b.gen_key, publish=(bus.channel_for(rt.name), msg.encode())
+        )
+        if sent:
+            self._announced = items
+            bus.sent += 1
+            core.c.invalidations_sent += 1
+
     async def publish(
         self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
     ) -> None:
         core = self.core
         if core.bus is None or (not rt.b.l2_on and rt.l1 is None):
             return
+        if items is self._announced:  # published with the L2 write (write_l2)
+            self._announced = None
+            return
+        msg = self._message(rt, op, items)
+        if rt.b.l2_on and self._other_shapes.get(rt.name):
+            await self._drop_other_shapes(rt, op, items)
+        await self.publish_raw(msg)
+
+    def _message(
+        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> Invalidation:
+        core = self.core
         shape = rt.b.cs.shape
         if len(items) == 1:
             i, _, ver = items[0]
@@ -123,9 +169,7 @@ class Coherence:
                 versions=tuple(ver for _, _, ver in items),
                 shape=shape,
             )
-        if rt.b.l2_on and self._other_shapes.get(rt.name):
-            await self._drop_other_shapes(rt, op, items)
-        await self.publish_raw(msg)
+        return msg
 
     # -- other model shapes ------------------------------------------------------------
 
@@ -204,11 +248,12 @@ class Coherence:
 
     def on_invalidation(self, msg: Invalidation) -> None:
         core = self.core
-        for attachment in core.attachments:
-            if attachment.on_message(msg):
-                return
         rt = core.routes.get(msg.schema)
         if rt is None:
+            # Schema names are identifiers; the keyed cache's messages name "cache:...".
+            for attachment in core.attachments:
+                if attachment.on_message(msg):
+                    return
             return
         core.c.invalidations_received += 1
         rt.epoch += 1
@@ -218,15 +263,19 @@ class Coherence:
                 rt.l1.clear()
             return
         foreign: list[tuple[Any, int | None]] = []
-        for raw_id, version in msg.keys():  # noqa: SIM118 - a method, not dict.keys
+        coerce, negative, inflight, l1 = rt.b.coerce, rt.negative, core.inflight, rt.l1
+        pairs = ((msg.id, msg.version),) if msg.id is not None else msg.keys()
+        for raw_id, version in pairs:
             try:
-                id = rt.b.coerce(raw_id)
+                id = coerce(raw_id)
             except (TypeError, ValueError):
                 continue
-            rt.negative.pop(id, None)
-            core.inflight.pop((rt.name, id), None)
-            if rt.l1 is not None:
-                rt.l1.delete(id, version)
+            if negative:
+                negative.pop(id, None)
+            if inflight:
+                inflight.pop((rt.name, id), None)
+            if l1 is not None:
+                l1.delete(id, version)
             foreign.append((id, version))
         if msg.shape is not None and msg.shape != rt.b.cs.shape:
             self._other_shapes.setdefault(rt.name, set()).add(msg.shape)
@@ -357,6 +406,9 @@ class Coherence:
             self._l2_missed_overflow = overflow
             self._l2_dirty_schemas |= dirty | {rt.name for rt in core.routes.values()}
             return
+        # A read between the recovery and this repair may have filled L1 from a value
+        # dropped just now (our own repair messages do not reach us): clear it again.
+        self.clear_l1()
         await self._publish_repair(keys, dirty if not overflow else set(core.routes))
 
     async def _publish_repair(self, keys: list[str], whole: Iterable[str]) -> None:
@@ -386,6 +438,18 @@ class Coherence:
                         shape=rt.b.cs.shape,
                     )
                 )
+
+
+def _hear_from(
+    l2: L2Tier, on_error: Callable[[BaseException], None], on_recover: Callable[[], None]
+) -> None:
+    """An injected tier built without callbacks (``DataStore(config, l2=RedisTier(url))``,
+    ``MemoryL2(server)``) reports its errors and its recovery to this store, so what was
+    written while it was away is repaired as for the tier the store builds itself."""
+    if getattr(l2, "on_error", False) is None:
+        l2.on_error = on_error  # type: ignore[attr-defined]
+    if getattr(l2, "on_recover", False) is None:
+        l2.on_recover = on_recover  # type: ignore[attr-defined]
 
 
 def _shapes_key(rt: Route) -> str:

@@ -426,7 +426,7 @@ class Writes:
             payloads = [
                 (b.key(i), codec.encode(v, ver, cts.get(i)), b.l2_ttl) for i, v, ver in items
             ]
-            await core.l2.set_many(payloads, bump=b.gen_key)
+            await self.coh.write_l2(rt, payloads, items)
             if not core.l2.available:
                 self.coh.remember_l2_missed(k for k, _, _ in payloads)
         if rt.l1 is not None:

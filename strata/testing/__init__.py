@@ -1,7 +1,9 @@
 """Strata for your own tests: stores without servers, and the tier contracts.
 
     MemoryRedis, MemoryL2   an in-memory L2 with pub/sub: two DataStores on one MemoryRedis
-                            share values and hear each other's invalidations
+                            share values and hear each other's invalidations; outages and
+                            refused writes on demand (``server.outage()``, ...)
+    MemoryTransport         its invalidation-bus Transport
     embedded_config(dir)    a Config for a throwaway embedded store (SQLite file in ``dir``)
     where(ds, schema, id)   which tiers hold a row: {"l1", "l2", "l3"}
     eventually(check)       await until ``await check()`` is true (an invalidation arrived)
@@ -22,13 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from strata.codec import FMT_TOMBSTONE
 from strata.config import Config
-from strata.testing.memory_l2 import MemoryL2, MemoryRedis
+from strata.testing.memory_l2 import MemoryL2, MemoryRedis, MemoryTransport
 
 if TYPE_CHECKING:
     from strata.datastore import DataStore, SchemaRef
     from strata.tiers.base import Id
 
-__all__ = ["MemoryL2", "MemoryRedis", "embedded_config", "eventually", "where"]
+__all__ = [
+    "MemoryL2",
+    "MemoryRedis",
+    "MemoryTransport",
+    "embedded_config",
+    "eventually",
+    "where",
+]
 
 
 def embedded_config(directory: str | Path, **settings: Any) -> Config:

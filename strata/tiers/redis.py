@@ -5,6 +5,7 @@ reason a read or a write fails.
                      no PTTL: each payload carries its expiry in its binding trailer
                      -> [(payload | None, remaining ttl seconds | None), ...]
     set_many(items)  EVALSHA set  -> [applied?, ...]   "only if newer", see below
+                     (set_many_and_publish: + the write's invalidation, same round trip)
     delete_many      DEL k1 k2 ...
     get_generation   EVALSHA: a schema's search-result generation and the result under it
 
@@ -39,28 +40,28 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import peek_version
 from strata.config import hide_password
 from strata.errors import (
     CodecError,
-    InvalidValueError,
     LifecycleError,
-    StrataError,
     TierError,
     TierUnavailableError,
 )
+from strata.invalidation.transport import Transport, transport_for
+from strata.tiers.redis_circuit import Circuit
 from strata.tiers.redis_scripts import (
     DELETE_IF,
     DROP_REFUSED,
     GENERATION,
     SET,
+    SET_PUBLISH,
     SHAPES,
     bind,
     get_one,
@@ -83,31 +84,15 @@ Client = aioredis.Redis | RedisCluster
 
 _log = logging.getLogger(__name__)
 
-_BACKOFF_MIN = 0.5
-_BACKOFF_MAX = 5.0
-_ERROR_LOG_INTERVAL = 30.0
-
-# Errors that mean "Redis is not there" (as opposed to Redis answering with an error).
-_OUTAGE: tuple[type[BaseException], ...] = (
-    rexc.ConnectionError,  # also AuthenticationError, BusyLoadingError
-    rexc.TimeoutError,
-    OSError,
-    TimeoutError,
-)
-
 
 def _same(key: str) -> str:
     return key
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-class RedisTier:
+class RedisTier(Circuit):
     """The L2 tier. ``connect()`` never fails because Redis is down; see the module doc."""
 
-    subscribes = True  # carries the invalidation bus (``client``)
+    subscribes = True  # carries the invalidation bus (``transport()``)
 
     def __init__(
         self,
@@ -119,6 +104,7 @@ class RedisTier:
         on_error: Callable[[BaseException], None] | None = None,
         on_recover: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(max_connections)
         self.url = url
         self.where = where_of(url)
         self.timeout = timeout
@@ -129,24 +115,7 @@ class RedisTier:
         self._client: Client | None = None
         self._conn: Connection | None = None
         self._key = _same  # the physical key of a logical one (cluster: hash-tagged)
-        self.possible_loss = False  # see take_possible_loss()
-        # Physical keys a refused write could not overwrite nor delete: deleted by the next
-        # probe, before Redis serves anything again.
-        self._unwritten: set[str] = set()
-        # Generation counters a refused write could not bump: bumped by the probe too.
-        self._unbumped: set[str] = set()
         self.unbound_dropped = 0  # payloads found not bound to their key, deleted
-        self._closed = False
-        # circuit breaker
-        self._up = False
-        self._epoch = 0  # bumped on every open/close of the circuit
-        self._retry_at = 0.0
-        self._backoff = _BACKOFF_MIN
-        self._probing = False
-        self._down_since = 0.0
-        self._failures = 0  # calls failed during the current outage
-        self._error_logged_at = float("-inf")
-        self._slots = asyncio.Semaphore(max_connections)
 
     def __repr__(self) -> str:
         state = "up" if self.available else "down"
@@ -193,6 +162,12 @@ class RedisTier:
         """The underlying client (its pool is shared with the pub/sub bus): a
         ``redis.asyncio.Redis``, or a ``RedisCluster`` for ``redis+cluster://``."""
         return self._require()
+
+    def transport(self, channel: str, schemas: Callable[[], Iterable[str]]) -> Transport:
+        """What the invalidation bus subscribes and publishes through: pub/sub on
+        ``channel``, or on a cluster sharded pub/sub with one channel per schema of
+        ``schemas()``. Shares this tier's client (and its pool)."""
+        return transport_for(self._require(), channel, schemas)
 
     @property
     def cluster(self) -> bool:
@@ -320,11 +295,55 @@ class RedisTier:
         ``bump`` names a counter to INCR in the same round trip (a schema's search-result
         generation), whether or not any payload was written.
         """
+        applied, _ = await self.set_many_and_publish(items, bump=bump)
+        return applied
+
+    async def set_many_and_publish(
+        self,
+        items: Sequence[tuple[str, bytes, float | None]],
+        *,
+        bump: str | None = None,
+        publish: tuple[str, bytes] | None = None,
+    ) -> tuple[list[bool], bool]:
+        """``set_many``, then PUBLISH ``publish`` (channel, message) in the same round trip
+        (inside the script; on a cluster SPUBLISH right after). Returns what was written and
+        whether the message went out (False: the caller publishes it as usual)."""
         client = self._require()
         if not items:
-            return []
+            return [], False
+        keys, args = self._set_args(items)
+        written = list(keys)
+        published = publish is not None
+        try:
+            if isinstance(client, RedisCluster):
+                tag = None if bump is None else self._key(bump)
+                applied = await self._run(lambda: set_by_slot(SET, client, keys, args, tag))
+                if publish is not None:
+                    channel, message = publish
+                    await self._run(lambda: client.spublish(channel, message))
+            else:
+                if bump is not None:
+                    keys.append(bump)
+                if publish is None:
+                    applied = await self._run(lambda: SET(client, keys, args))
+                else:
+                    head: list[bytes | int | str] = [publish[0], publish[1]]
+                    applied = await self._run(lambda: SET_PUBLISH(client, keys, head + args))
+        except TierUnavailableError as exc:
+            self._report(exc)
+            return [False] * len(items), False
+        except TierError as exc:
+            self._report(exc)
+            await self._drop_refused(written, bump)
+            return [False] * len(items), False
+        return [bool(flag) for flag in applied], published
+
+    def _set_args(
+        self, items: Sequence[tuple[str, bytes, float | None]]
+    ) -> tuple[list[str], list[bytes | int | str]]:
+        """Physical keys, and the set script's arguments: bound payload, ttl ms per key."""
         keys: list[str] = []
-        args: list[bytes | int] = []
+        args: list[bytes | int | str] = []
         now_ms = int(time.time() * 1000)
         for key, payload, ttl in items:
             if not isinstance(payload, bytes):
@@ -336,23 +355,7 @@ class RedisTier:
             ms = ttl_ms(ttl)
             args.append(bind(physical, payload, expires_ms=now_ms + ms if ms else 0))
             args.append(ms)
-        written = list(keys)
-        try:
-            if isinstance(client, RedisCluster):
-                tag = None if bump is None else self._key(bump)
-                applied = await self._run(lambda: set_by_slot(SET, client, keys, args, tag))
-            else:
-                if bump is not None:
-                    keys.append(bump)
-                applied = await self._run(lambda: SET(client, keys, args))
-        except TierUnavailableError as exc:
-            self._report(exc)
-            return [False] * len(items)
-        except TierError as exc:
-            self._report(exc)
-            await self._drop_refused(written, bump)
-            return [False] * len(items)
-        return [bool(flag) for flag in applied]
+        return keys, args
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Unconditional DEL; dropped (and reported) while Redis is unreachable."""
@@ -391,44 +394,6 @@ class RedisTier:
         except TierError as exc:
             self._unbumped.update(counters)
             self._refusing(exc, physical)
-
-    def _refusing(self, exc: BaseException, physical: list[str]) -> None:
-        """Redis answers but keeps values we could neither overwrite nor delete: open the
-        circuit, as for an outage (reads are misses, writes are recorded for repair), and
-        let the probe delete those keys before anything is served from Redis again."""
-        self._unwritten.update(physical)
-        if not self._up or self._closed:
-            return
-        now = time.monotonic()
-        self._up = False
-        self._epoch += 1
-        self._down_since = now
-        self._failures = 1
-        self._backoff = _BACKOFF_MIN
-        self._retry_at = now + self._backoff
-        self._log.warning(
-            "L2 Redis at %s refuses writes (%s); serving from L3 until it takes them again",
-            self.where,
-            _describe(exc),
-        )
-
-    async def _delete_unwritten(self, client: Client) -> None:
-        """The probe's first step while keys wait for deletion (see ``_refusing``)."""
-        keys, counters = list(self._unwritten), list(self._unbumped)
-        try:
-            if keys:
-                await client.delete(*keys)
-            for counter in counters:
-                await client.incr(counter)
-        except rexc.ResponseError as exc:
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-            self._retry_at = time.monotonic() + self._backoff
-            self._failures += 1
-            raise TierUnavailableError(
-                f"L2 Redis at {self.where} still refuses writes: {exc}", tier="l2"
-            ) from exc
-        self._unwritten.difference_update(keys)
-        self._unbumped.difference_update(counters)
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Number of subscribers reached; 0 (and reported) while Redis is unreachable.
@@ -525,121 +490,3 @@ class RedisTier:
         except TierError as exc:
             self._report(exc)
             raise
-
-    # ------------------------------------------------------------------ circuit breaker
-
-    async def _run(self, call: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
-        """Run one network operation through the circuit breaker.
-
-        Raises TierUnavailableError when Redis is down (without trying, inside the backoff
-        window) and TierError when Redis answers with an error.
-        """
-        probe = not self._up and self._gate(force)
-        try:
-            async with self._slots:
-                if not probe and not self._up:
-                    probe = self._gate(force)  # the circuit opened while this call waited
-                epoch = self._epoch
-                try:
-                    if probe and (self._unwritten or self._unbumped):
-                        await self._delete_unwritten(self._require())
-                    result = await call()
-                except rexc.MaxConnectionsError as exc:  # pool drained by other users
-                    self._log_error(exc)
-                    raise TierError(f"L2 Redis pool exhausted: {exc}", tier="l2") from exc
-                except _OUTAGE as exc:
-                    await self._failed(exc, epoch, probe)
-                    raise TierUnavailableError(
-                        f"L2 Redis unavailable at {self.where}: {_describe(exc)}", tier="l2"
-                    ) from exc
-                except rexc.DataError as exc:  # a value redis-py cannot send: the caller's bug
-                    raise InvalidValueError(f"L2 Redis cannot send this value: {exc}") from exc
-                except rexc.RedisError as exc:
-                    # Redis answered, so it is there; the command was refused (OOM, ...).
-                    if probe:
-                        self._recovered()
-                    self._log_error(exc)
-                    raise TierError(f"L2 Redis error at {self.where}: {exc}", tier="l2") from exc
-        finally:
-            if probe:
-                self._probing = False
-        if probe:
-            self._recovered()
-        return result
-
-    def _gate(self, force: bool) -> bool:
-        """While the circuit is open: True if this call may probe, else fail fast."""
-        now = time.monotonic()
-        if not force and (self._probing or now < self._retry_at):
-            self._failures += 1
-            raise TierUnavailableError(
-                f"L2 Redis unavailable at {self.where} (next probe in "
-                f"{max(0.0, self._retry_at - now):.2f} s)",
-                tier="l2",
-            )
-        self._probing = True
-        return True
-
-    async def _failed(self, exc: BaseException, epoch: int, probe: bool) -> None:
-        if self._closed:
-            return  # calls cut short by close(): not an outage
-        now = time.monotonic()
-        self._failures += 1
-        if self._up:
-            if epoch != self._epoch:
-                return  # began before the last recovery: not evidence of a new outage
-            self._up = False
-            self._epoch += 1
-            self._down_since = now
-            self._failures = 1
-            self._backoff = _BACKOFF_MIN
-            self._retry_at = now + self._backoff
-            self._log.warning("L2 Redis unavailable at %s: %s", self.where, _describe(exc))
-            conn = self._conn
-            if conn is not None and conn.kind != "standalone":
-                self.possible_loss = True  # a failover may be under way
-            # Idle sockets may be half-dead: let the probes open fresh ones.
-            if conn is not None:
-                try:
-                    await conn.disconnect_idle()
-                except Exception:  # best effort on a pool that is failing anyway
-                    self._log.debug("disconnecting idle Redis connections failed", exc_info=True)
-        elif probe:
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-            self._retry_at = now + self._backoff
-
-    def _recovered(self) -> None:
-        if self._up or self._closed:
-            return
-        self._up = True
-        self._epoch += 1
-        self._backoff = _BACKOFF_MIN
-        self._log.info(
-            "L2 Redis available again at %s after %.1f s (%d calls failed meanwhile)",
-            self.where,
-            time.monotonic() - self._down_since,
-            self._failures,
-        )
-        if self.on_recover is not None:
-            try:
-                self.on_recover()
-            except Exception:
-                self._log.exception("on_recover callback failed")
-
-    def _report(self, exc: StrataError) -> None:
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:
-                self._log.exception("on_error callback failed")
-
-    def _log_error(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._error_logged_at >= _ERROR_LOG_INTERVAL:
-            self._error_logged_at = now
-            self._log.warning(
-                "L2 Redis error at %s: %s (more within %.0f s are counted, not logged)",
-                self.where,
-                exc,
-                _ERROR_LOG_INTERVAL,
-            )

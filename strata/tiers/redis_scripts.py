@@ -21,6 +21,7 @@ __all__ = [
     "DROP_REFUSED",
     "GENERATION",
     "SET",
+    "SET_PUBLISH",
     "SHAPES",
     "Script",
     "bind",
@@ -117,15 +118,13 @@ local function newer(current, new)
 end
 """
 
-_SET_LUA = (
-    ENVELOPE_LUA
-    + """
-local n = #ARGV / 2
-local applied = {}
+_SET_BODY = """
+local n = (#ARGV - {o}) / 2
+local applied = {{}}
 for i = 1, n do
   local key = KEYS[i]
-  local new = ARGV[2 * i - 1]
-  local ttl = tonumber(ARGV[2 * i])
+  local new = ARGV[{o} + 2 * i - 1]
+  local ttl = tonumber(ARGV[{o} + 2 * i])
   local current = redis.pcall('GET', key)
   if type(current) == 'string' and string.find(current, ENVELOPE) and bound(key, current)
       and newer(current, new) then
@@ -142,8 +141,16 @@ end
 if #KEYS > n then
   redis.call('INCR', KEYS[n + 1])
 end
-return applied
+{publish}return applied
 """
+
+_SET_LUA = ENVELOPE_LUA + _SET_BODY.format(o=0, publish="")
+
+# The same, ARGV[1] = channel, ARGV[2] = message first: the write's invalidation goes out in
+# the same round trip, after the values are in place (standalone and Sentinel; a cluster's
+# sharded channel lives in another slot than the keys).
+_SET_PUBLISH_LUA = ENVELOPE_LUA + _SET_BODY.format(
+    o=2, publish="redis.call('PUBLISH', ARGV[1], ARGV[2])\n"
 )
 
 # KEYS[1] = generation counter, ARGV = result key prefix, digest. Returns the generation
@@ -180,6 +187,7 @@ class Script:
 
 
 SET = Script(_SET_LUA)
+SET_PUBLISH = Script(_SET_PUBLISH_LUA)
 GENERATION = Script(_GENERATION_LUA)
 
 

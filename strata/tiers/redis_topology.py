@@ -189,7 +189,7 @@ async def set_by_slot(
     script: Script,
     client: RedisCluster,
     keys: Sequence[str],
-    args: Sequence[bytes | int],
+    args: Sequence[bytes | int | str],
     bump: str | None,
 ) -> list[Any]:
     """The set script once per slot; the generation bump rides with its own slot's group
