@@ -32,6 +32,7 @@ from strata.errors import (
 )
 from strata.schema import VERSION_COLUMN, CompiledSchema
 from strata.tiers.outage import OutageLog
+from strata.tiers.pg_bulk import CopyFirst, copy_new_rows, stored_rows
 from strata.tiers.pg_calls import Bounded, PgTransaction, typed_error
 from strata.tiers.pg_pool import PgPool
 from strata.tiers.pg_statements import (
@@ -65,6 +66,7 @@ class PostgresTier:
         self._stmts: dict[str, Statements] = {}
         self._reads: dict[str, ReadStatements] = {}
         self._kept_stmts: dict[tuple[str, frozenset[str]], Statements] = {}
+        self._copy_first = CopyFirst()  # bulk writes of new rows: COPY straight in
         self.timeout = config.l3_timeout_seconds
         # Named statements prepared once per connection; off behind pgbouncer in
         # transaction mode, where no named statement may outlive a transaction.
@@ -358,8 +360,16 @@ class PostgresTier:
                 sql = st.upsert_if_newer if versioned else st.upsert
             records = await self.run(what, sql, args, conn=conn_of(tx))
         else:
+            tuples = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
+            copy = tx is None and self._copy_first.worth_trying(schema.name)
             async with self.bounded(what, conn_of(tx)) as conn:
-                records = await self._copy_upsert(st, conn, rows, versions, tx, versioned, quiet)
+                if copy and await copy_new_rows(conn, schema, cols, tuples):
+                    self._copy_first.copied(schema.name)
+                    self.clock.observe(max(versions))
+                    return {} if quiet else stored_rows(cols, st.returning, schema.pk.name, tuples)
+                if copy:
+                    self._copy_first.missed(schema.name)
+                records = await self._copy_upsert(st, conn, tuples, tx, versioned, quiet)
         pk = schema.pk.name
         return {r[pk]: r for r in self._observed(records)}
 
@@ -383,15 +393,12 @@ class PostgresTier:
         self,
         st: Statements,
         conn: asyncpg.Connection,
-        rows: Sequence[Row],
-        versions: Sequence[int],
+        records: Sequence[tuple[Any, ...]],
         tx: Any,
         versioned: bool,
         quiet: bool,
     ) -> list[asyncpg.Record]:
-        cols = list(st.columns)
-        records = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
-        cols.append(VERSION_COLUMN)
+        cols = [*st.columns, VERSION_COLUMN]
 
         # Inside the caller's transaction this is a savepoint; the temp table's rows go at
         # commit (ON COMMIT DELETE ROWS), or at the TRUNCATE inside a caller's transaction.
