@@ -272,3 +272,19 @@ def isolation_level(name: str | None) -> str | None:
         raise ConfigError(
             f"isolation must be one of read_committed, repeatable_read, serializable; got {name!r}"
         ) from None
+
+
+# -- the read path's statements (one id, prepared once per connection) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStatements:
+    get_one: str  # ``WHERE pk = $1``: one id, one row, no array to build or unnest
+
+
+def build_read_statements(cs: CompiledSchema) -> ReadStatements:
+    table = cs.table
+    pk = table.c[cs.pk.name]
+    selected = [table.c[c.name] for c in cs.columns] + [table.c[VERSION_COLUMN]]
+    get_one, _ = _compile(sa.select(*selected).where(pk == sa.bindparam("id", type_=pk.type)))
+    return ReadStatements(get_one=get_one)
