@@ -107,15 +107,7 @@ class JournalHost:
         deletes = [(e.id, e.version) for e in entries if e.op == "delete"]
         if deletes:
             core.c.l3_queries += 1
-            delete_if_older = getattr(core.l3, "delete_if_older", None)
-            if delete_if_older is not None:
-                await delete_if_older(b.cs, deletes)
-            else:  # a tier without the one-statement form: read, then delete the older
-                stored = await core.l3.get_many(b.cs, [i for i, _ in deletes])
-                have = {r[b.pk_column]: int(r[VERSION_COLUMN]) for r in stored}
-                older = [i for i, v in deletes if i in have and have[i] < v]
-                if older:
-                    await core.l3.delete_many(b.cs, older)
+            await core.l3.delete_if_older(b.cs, deletes)
 
     async def refused(self, entry: JournalEntry, error: BaseException) -> None:
         core = self.core

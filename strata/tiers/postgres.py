@@ -42,6 +42,7 @@ from strata.tiers.pg_statements import (
     build_read_statements,
     build_statements,
     conn_of,
+    delete_if_older_sql,
     init_connection,
     isolation_level,
     qualified,
@@ -498,15 +499,12 @@ class PostgresTier:
     ) -> int:
         """Delete each ``(id, version)`` row only while its stored version is older than
         ``version``, in one statement: a replayed write-behind delete never removes a row
-        written after it. Returns how many rows were deleted."""
+        written after it. Each version is kept as the id's deleted version, so a later
+        insert lands above it. Returns how many rows were deleted."""
         if not items:
             return 0
-        pk = quote(schema.pk.name)
-        sql = (
-            f"WITH d AS (DELETE FROM {qualified(schema)} AS t USING unnest($1::"
-            f"{PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
-            f"AND t.{quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
-        )
+        sql = delete_if_older_sql(schema)
         with translate_errors(f"{schema.name}: delete", self._url):
             n = await self.pool.fetchval(sql, [i for i, _ in items], [v for _, v in items])
+        self.clock.observe(max(v for _, v in items))
         return int(n or 0)
