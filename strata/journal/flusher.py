@@ -14,8 +14,8 @@
       ─► XACK + XDEL ─► scripts.RELEASE (the L2 value gets its TTL back)
 
 Nothing acknowledged leaves the journal until L3 has it or it is a dead letter (kept in
-Redis, every instance sees it). ``close()`` flushes for at most ``wait_timeout`` and leaves
-the rest journaled for a peer or the next start.
+Redis, every instance sees it). ``close()`` flushes for at most ``Config.close_timeout`` and
+leaves the rest journaled for a peer or the next start.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from strata.errors import (
     WriteBehindError,
 )
 from strata.journal.entry import JournalEntry, decode_entry
-from strata.journal.scripts import APPEND, RELEASE
+from strata.journal.scripts import APPEND, PEEK, RELEASE
 from strata.tiers.redis import RedisTier
 from strata.tiers.redis_scripts import bind, unbind
 
@@ -119,6 +119,7 @@ class Journal:
         logger: logging.Logger,
         on_error: Callable[[BaseException], None],
         last: dict[str, tuple[int, int]] | None = None,
+        close_timeout: float | None = None,
     ) -> None:
         self.tier = tier
         self._consumer = consumer
@@ -132,6 +133,7 @@ class Journal:
         self._retry_max = max(retry_max, self._retry_base)
         self._max_pending = max_pending
         self.wait_timeout = wait_timeout
+        self._close_timeout = wait_timeout if close_timeout is None else close_timeout
         self._tomb_ms = int(max(tombstone_ttl, 2 * claim_after) * 1000)
         self._log = logger
         self._on_error = on_error
@@ -202,6 +204,25 @@ class Journal:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
+    async def peek(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
+        """The newest journaled write of each logical L2 key the journal still holds (one
+        round trip): newer than any L3 row of it. TierError when Redis fails."""
+        st = self.streams[schema]
+        physical = [self.tier.physical_key(k) for k in keys]
+        client = self.tier.client
+        res = await self.tier.call(lambda: PEEK(client, [st.stream, st.latest, *physical], []))
+        out: dict[str, JournalEntry] = {}
+        for key, found in zip(keys, res, strict=True):
+            if not found:
+                continue
+            stream_id, flat = found[0]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            try:
+                out[key] = decode_entry(schema, stream_id, fields)
+            except CodecError as exc:  # the flusher drops it too
+                self._on_error(exc)
+        return out
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -210,12 +231,12 @@ class Journal:
         )
 
     async def close(self) -> None:
-        """Flush for at most ``wait_timeout``; what is left stays journaled (a peer or
-        this instance's next start flushes it)."""
+        """Flush for at most ``close_timeout``; what is left stays journaled (a peer or
+        this instance's next start flushes it): nothing acknowledged is lost by stopping."""
         if self._task is None:
             return
         try:
-            await self.flush(self.wait_timeout)
+            await self.flush(self._close_timeout)
         except WriteBehindError as exc:
             self._log.warning("write-behind: left in the Redis journal for later: %s", exc)
         finally:

@@ -18,6 +18,10 @@ RELEASE KEYS = latest-entry hash, generation counter, L2 key 1..n
   (HDEL); its L2 value gets its TTL back if it is still the flushed version (a newer
   journaled value keeps none); INCR generation (a search cached before the flush missed it)
 
+PEEK    KEYS = stream, latest-entry hash, L2 key 1..n
+  per key: its latest journal entry (XRANGE of the id the latest hash names), or an empty
+  list when the journal holds no write of it: what readers take instead of an older L3 row
+
 A journaled key's L2 value has no TTL until its entry is in L3, so an expiry cannot expose
 an older L3 row to a reader of another instance.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from strata.tiers.redis_scripts import ENVELOPE_LUA, Script
 
-__all__ = ["APPEND", "APPEND_LUA", "RELEASE", "RELEASE_LUA", "Script"]
+__all__ = ["APPEND", "APPEND_LUA", "PEEK", "PEEK_LUA", "RELEASE", "RELEASE_LUA", "Script"]
 
 
 APPEND_LUA = (
@@ -80,6 +84,17 @@ redis.call('INCR', gen)
 return 1
 """
 
+PEEK_LUA = """
+local stream, latest = KEYS[1], KEYS[2]
+local out = {}
+for j = 3, #KEYS do
+  local id = redis.call('HGET', latest, KEYS[j])
+  if id then out[j - 2] = redis.call('XRANGE', stream, id, id) else out[j - 2] = {} end
+end
+return out
+"""
+
 
 APPEND = Script(APPEND_LUA)
+PEEK = Script(PEEK_LUA)
 RELEASE = Script(RELEASE_LUA)

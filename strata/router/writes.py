@@ -20,9 +20,10 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from strata.config import WriteMode
-from strata.errors import MissingPrimaryKeyError, TierUnavailableError
+from strata.errors import MissingPrimaryKeyError, StrataError, TierError, TierUnavailableError
 from strata.journal.entry import encode_row, pack
 from strata.journal.flusher import Appended
+from strata.journal.host import delete_older
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
@@ -46,6 +47,8 @@ __all__ = [
 Item = tuple[Any, BaseModel, int]
 """(id, value as stored, row version)"""
 Sealed = Mapping[Any, dict[str, bytes]]
+Queued = tuple[BaseModel | None, int]
+"""(value, or None for a delete; version) of a write L3 may not have yet"""
 
 
 class WritePath(Protocol):
@@ -57,6 +60,9 @@ class WritePath(Protocol):
     """The path keeps the written objects (a queue): callers get copies."""
     writes_l2: bool
     """The path writes L2 itself (with the journal entry): the cache step leaves L2 be."""
+    lags: bool
+    """L3 may be older than an acknowledged write (write-behind): reads of L3 rows ask
+    ``pending`` / ``journaled`` for a newer write first."""
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
@@ -68,6 +74,10 @@ class WritePath(Protocol):
 
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
         """A queued write of this id not in L3 yet: (value or None for a delete, version)."""
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        """The newest write of each id the Redis journal holds (not in L3 yet, or not yet
+        released): one round trip; empty when there is no journal or Redis fails."""
 
     def tx_version(self) -> int | None:
         """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
@@ -83,6 +93,7 @@ class WriteThrough:
     carries_created = False
     shares_values = False
     writes_l2 = False
+    lags = False
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -105,6 +116,9 @@ class WriteThrough:
 
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
         return None
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        return {}
 
     def tx_version(self) -> int | None:
         return None
@@ -147,6 +161,7 @@ class WriteBehind(WriteThrough):
 
     carries_created = True
     shares_values = True
+    lags = True
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core)
@@ -242,6 +257,29 @@ class JournaledWriteBehind(WriteBehind):
             self._unjournaled()
             return await super().delete(rt, ids)
         return version
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        journal, b = self.core.journal, rt.b
+        if journal is None or not journal.has(self.schema) or not ids:
+            return {}
+        keys = {b.key(i): i for i in ids}
+        try:
+            entries = await journal.peek(self.schema, list(keys))
+        except TierError as exc:  # Redis away: what this process holds is all there is
+            self.core.count_error(exc)
+            return {}
+        out: dict[Any, Queued] = {}
+        for key, e in entries.items():
+            if e.op == "delete" or e.row is None:
+                out[keys[key]] = (None, e.version)
+                continue
+            try:
+                value, _ = b.rows.from_row({**e.row, VERSION_COLUMN: e.version})
+            except StrataError as exc:
+                self.core.count_error(exc)
+                continue
+            out[keys[key]] = (value, e.version)
+        return out
 
     def _unjournaled(self) -> None:
         if self.unjournaled:
@@ -472,16 +510,15 @@ class Writes:
                 row = b.rows.to_row(w.row, w.id)
                 row[VERSION_COLUMN] = w.version
                 sets.setdefault(b.kept(w.row), []).append(row)
-        deletes = [w.id for w in writes if w.op == "delete"]
+        deletes = [(w.id, w.version) for w in writes if w.op == "delete"]
         for kept, group in sets.items():
             core.c.l3_queries += 1
             if kept:  # columns the writer did not assign: the stored row keeps them
                 await core.l3.upsert_many(b.cs, group, versioned=True, returning=False, kept=kept)
             else:
                 await core.l3.upsert_many(b.cs, group, versioned=True, returning=False)
-        if deletes:
-            core.c.l3_queries += 1
-            await core.l3.delete_many(b.cs, deletes)
+        if deletes:  # version-guarded, as the journal's: never over a newer row
+            await delete_older(core, b, deletes)
         rt.path.forget(writes)
         if b.l2_on:  # a search cached before the flush did not see these rows
             await self.coh.bump_generation(rt)
