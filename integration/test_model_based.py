@@ -265,11 +265,6 @@ async def _read(ds: DataStore, id: str, *, force_l3: bool = False) -> str | None
         return None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 11 (write-behind, one version space): a flush of an older set from another "
-    "instance lands in L3 after a newer delete and undoes it",
-)
 async def test_write_behind_delete_is_not_undone_by_another_instances_older_set(
     settings: dict[str, Any],
 ) -> None:
