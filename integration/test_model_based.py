@@ -325,11 +325,6 @@ async def test_write_behind_get_does_not_prefer_an_older_queued_write_of_its_own
         assert await _read(b, "k0") == "new"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 11 (write-behind): while Redis is down another instance reads from L3 a value "
-    "older than one it read before (the queued write lives only in Redis and the writer)",
-)
 async def test_write_behind_reader_does_not_go_back_in_time_when_redis_dies(
     faults: Faults, settings: dict[str, Any]
 ) -> None:

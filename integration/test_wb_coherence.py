@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from integration._servers import FaultProxy
+from integration._servers import FaultProxy, PrivateRedis
 from integration.procs.models import Item
 from strata import Config, DataStore, MemPolicy, Q, Schema, WriteMode
-from strata.errors import NotFoundError
+from strata.errors import NotFoundError, TierUnavailableError
 from strata.testing import eventually
 
 WB = WriteMode.WRITE_BEHIND
@@ -266,3 +266,49 @@ async def test_close_without_redis_waits_close_timeout_then_names_the_writes_it_
                 await ds.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("3 write-behind writes" in m and "not" in m for m in errors), errors
+
+
+# ------------------------------------------------------------ Redis dies with writes journaled
+
+
+async def test_redis_lost_with_writes_only_journaled_the_writer_rescues_them_to_postgresql(
+    settings: dict[str, Any],
+) -> None:
+    """Redis is killed (and comes back empty) while a write is only in the journal: the
+    writer, still alive, writes it to PostgreSQL itself; the other instance, which read it,
+    never reads the older row meanwhile (it may raise while it cannot know better)."""
+    async with PrivateRedis() as redis:
+        fast = {**settings, "redis_url": redis.url, "redis_timeout": 0.25}
+        quick = {"write_behind_claim_after": 1, "heartbeat_interval": 0.5}
+        async with (
+            _store(fast, "A", **quick) as a,
+            _store(fast, "B", migrate=False, **quick) as b,
+            _store(_no_redis(settings), "PG", mode=WriteMode.WRITE_THROUGH, migrate=False) as pg,
+        ):
+            await a.set(Item, Item(id="k", name="old"))
+            await a.flush_dirty(timeout=WAIT)
+            await a.set(Item, Item(id="k", name="new"))  # journaled only
+            assert await _read(b, "k") == "new"
+            await redis.stop()
+            seen: set[str | None] = set()
+
+            async def rescued() -> bool:
+                for ds in (a, b):
+                    with contextlib.suppress(TierUnavailableError):
+                        seen.add(await _read(ds, "k"))
+                return await _read(pg, "k", force_l3=True) == "new"
+
+            await eventually(rescued, timeout=WAIT)
+            assert "old" not in seen, seen
+            await redis.start()  # empty: the journal is gone
+
+            async def both_new() -> bool:
+                got = []
+                for ds in (a, b):
+                    with contextlib.suppress(TierUnavailableError):
+                        got.append(await _read(ds, "k"))
+                seen.update(got)
+                return got == ["new", "new"]
+
+            await eventually(both_new, timeout=WAIT)
+            assert "old" not in seen, seen

@@ -128,9 +128,11 @@ class Reads:
                 gone.add(id)
                 if versions is not None:
                     versions[id] = decoded.version
+                rt.path.saw(id, decoded.version)
                 continue
             value, version = decoded
             core.clock.observe(version)  # a lagging clock catches up with what it reads
+            rt.path.saw(id, version)
             if versions is not None:
                 versions[id] = version
             queued = rt.path.pending(id)
@@ -252,8 +254,11 @@ class Reads:
             sealed = b.rows.sealed(rows[0])
             value, version = b.rows.from_row(rows[0])
             if not force_l3:
+                rt.path.check_l3(rt, id, version)
                 await self.fill(rt, [(id, value, version)], {id: sealed})
             return value, "l3"
+        if not force_l3:
+            rt.path.check_l3(rt, id, None)
         if rt.epoch == epoch and not force_l3:
             rt.negative[id] = time.monotonic() + self._negative_ttl
         return None, "miss"
@@ -326,6 +331,10 @@ class Reads:
             sealed = {r[b.pk_column]: b.rows.sealed(r) for r in rows} if b.rows.encrypted else None
             loaded = [b.rows.from_row(r) for r in rows]
             items = [(getattr(v, b.pk_field), v, ver) for v, ver in loaded]
+            if rt.path.lags:  # never back in time while Redis is away
+                have = {i: ver for i, _, ver in items}
+                for i in missing:
+                    rt.path.check_l3(rt, i, have.get(i))
             await self.fill(rt, items, sealed)
             for i, v, _ in items:
                 found[i] = v

@@ -14,6 +14,7 @@ the mode-specific steps are the path's. Adding a mode is adding a class here and
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -79,6 +80,14 @@ class WritePath(Protocol):
         """The newest write of each id the Redis journal holds (not in L3 yet, or not yet
         released): one round trip; empty when there is no journal or Redis fails."""
 
+    def saw(self, id: Any, version: int) -> None:
+        """A read of this instance served this version of the id from Redis."""
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+        """An L3 row of the id (None: no row) is about to be served: TierUnavailableError
+        if this instance served a newer write of it that only Redis, now unreachable,
+        holds (reads never go back in time)."""
+
     def tx_version(self) -> int | None:
         """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
 
@@ -119,6 +128,12 @@ class WriteThrough:
 
     async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
         return {}
+
+    def saw(self, id: Any, version: int) -> None:
+        return None
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+        return None
 
     def tx_version(self) -> int | None:
         return None
@@ -222,6 +237,35 @@ class JournaledWriteBehind(WriteBehind):
 
     writes_l2 = True
     unjournaled = False  # in the in-process queue since Redis went away (logged once)
+    SEEN_MAX = 100_000  # ids whose last served version is remembered (oldest forgotten)
+
+    def __init__(self, core: Core, schema: str) -> None:
+        super().__init__(core, schema)
+        # id -> the newest version a read of this instance served from Redis: an L3 row
+        # older than it is not served while Redis is unreachable (it may be journaled only)
+        self.seen: OrderedDict[Any, int] = OrderedDict()
+
+    def saw(self, id: Any, version: int) -> None:
+        seen = self.seen
+        if seen.get(id, -1) < version:
+            seen[id] = version
+            seen.move_to_end(id)
+            if len(seen) > self.SEEN_MAX:
+                seen.popitem(last=False)
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+        newest = self.seen.get(id)
+        if newest is None:
+            return
+        l2 = self.core.l2
+        if (version is not None and version >= newest) or l2 is None or l2.available:
+            del self.seen[id]  # L3 has it, or the journal (readable) no longer holds it
+            return
+        raise TierUnavailableError(
+            f"{self.schema} {id!r}: a newer write than PostgreSQL holds was read from Redis, "
+            "which is unreachable: not serving the older row",
+            tier="l2",
+        )
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         b, core, journal = rt.b, self.core, self.core.journal
@@ -265,9 +309,8 @@ class JournaledWriteBehind(WriteBehind):
         keys = {b.key(i): i for i in ids}
         try:
             entries = await journal.peek(self.schema, list(keys))
-        except TierError as exc:  # Redis away: what this process holds is all there is
-            self.core.count_error(exc)
-            return {}
+        except TierError:  # Redis away: this process's own writes are what it knows
+            entries = journal.own(self.schema, list(keys))
         out: dict[Any, Queued] = {}
         for key, e in entries.items():
             if e.op == "delete" or e.row is None:
@@ -279,6 +322,8 @@ class JournaledWriteBehind(WriteBehind):
                 self.core.count_error(exc)
                 continue
             out[keys[key]] = (value, e.version)
+        for i, (_, version) in out.items():
+            self.saw(i, version)
         return out
 
     def _unjournaled(self) -> None:
