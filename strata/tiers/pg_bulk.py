@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from strata.schema import VERSION_COLUMN, CompiledSchema
+from strata.tiers.pg_statements import PK_ARRAY, deleted_qualified, text_literal
 
 __all__ = ["CopyFirst", "copy_new_rows", "stored_rows"]
 
@@ -68,11 +69,14 @@ async def copy_new_rows(
     """COPY ``records`` (``columns`` then the version) into the table, all or nothing.
     False (and nothing written) when a row already exists or the COPY would have to wait
     for a lock; other errors are raised, the transaction rolled back."""
-    # TODO(delete high-water mark, other branch): when inserts must honour the table's
-    # delete high-water mark, rows whose version is not above it must not be COPYed: send
-    # such a batch to the upsert (or filter those rows out here).
     await conn.execute(_BEGIN)
     try:
+        # An id deleted before (its version kept in _strata_deleted) must be stored above
+        # that delete, which only the upsert does: such a batch goes there.
+        ids = [r[columns.index(cs.pk.name)] for r in records]
+        if await conn.fetchval(_deleted_before_sql(cs), ids):
+            await conn.execute("ROLLBACK")
+            return False
         await conn.copy_records_to_table(
             cs.table.name,
             records=records,
@@ -87,6 +91,14 @@ async def copy_new_rows(
         raise
     await conn.execute("COMMIT")
     return True
+
+
+def _deleted_before_sql(cs: CompiledSchema) -> str:
+    return (
+        f"SELECT EXISTS (SELECT 1 FROM {deleted_qualified(cs)} WHERE tbl = "
+        f"{text_literal(cs.table.name)} AND id = ANY(SELECT CAST(i AS text) FROM "
+        f"unnest($1::{PK_ARRAY[cs.pk.kind]}) i))"
+    )
 
 
 def stored_rows(

@@ -118,7 +118,7 @@ def deleted_qualified(cs: CompiledSchema) -> str:
     return f"{quote(t.schema)}.{quote(DELETED_TABLE)}" if t.schema else quote(DELETED_TABLE)
 
 
-def _text_literal(value: str) -> str:
+def text_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -129,7 +129,7 @@ def above_deleted(cs: CompiledSchema, version: Any, pk: Any) -> Any:
     ).alias("d")
     found = (
         sa.select(d.c.v + sa.literal_column("1"))
-        .where(d.c.tbl == sa.literal_column(_text_literal(cs.table.name)))
+        .where(d.c.tbl == sa.literal_column(text_literal(cs.table.name)))
         .where(d.c.id == sa.cast(pk, sa.Text()))
         .scalar_subquery()
     )
@@ -146,7 +146,7 @@ def _source_above_deleted(cs: CompiledSchema, source: Any) -> Any:
 
 def _delete_sql(cs: CompiledSchema, keep: int = DELETED_KEEP_MICROS) -> str:
     pkq, verq, qual = quote(cs.pk.name), quote(VERSION_COLUMN), qualified(cs)
-    dq, tbl, arr = deleted_qualified(cs), _text_literal(cs.table.name), PK_ARRAY[cs.pk.kind]
+    dq, tbl, arr = deleted_qualified(cs), text_literal(cs.table.name), PK_ARRAY[cs.pk.kind]
     # Locked in key order (as set_many), then deleted; the tombstone version is
     # GREATEST(client clock, newest deleted version + 1), recorded for every id named
     # (present or not: the caches keep a tombstone for each), and expired entries swept.
@@ -174,7 +174,7 @@ def delete_if_older_sql(cs: CompiledSchema) -> str:
         f"WITH w AS (SELECT * FROM unnest($1::{PK_ARRAY[cs.pk.kind]}, $2::bigint[]) "
         f"AS w(id, v)), d AS (DELETE FROM {qualified(cs)} AS t USING w WHERE t.{pk} = w.id "
         f"AND t.{quote(VERSION_COLUMN)} < w.v RETURNING 1), "
-        f"h AS (INSERT INTO {dq} AS o (tbl, id, v) SELECT {_text_literal(cs.table.name)}, "
+        f"h AS (INSERT INTO {dq} AS o (tbl, id, v) SELECT {text_literal(cs.table.name)}, "
         "CAST(w.id AS text), max(w.v) FROM w GROUP BY w.id ORDER BY 2 "
         "ON CONFLICT (tbl, id) DO UPDATE SET v = GREATEST(o.v, EXCLUDED.v)) "
         "SELECT count(*) FROM d"
