@@ -36,7 +36,6 @@ from strata.tiers.pg_bulk import CopyFirst, copy_new_rows, stored_rows
 from strata.tiers.pg_calls import Bounded, PgTransaction, typed_error
 from strata.tiers.pg_pool import PgPool
 from strata.tiers.pg_statements import (
-    PK_ARRAY,
     ReadStatements,
     Statements,
     build_read_statements,
