@@ -117,7 +117,7 @@ def _deleted_of(cs: CompiledSchema, pk: Any) -> tuple[Any, Any]:
     d = sa.table(
         DELETED_TABLE, sa.column("tbl"), sa.column("id"), sa.column("v"), schema=cs.table.schema
     ).alias("d")
-    tbl = sa.literal_column(_text_literal(cs.table.name))
+    tbl: Any = sa.literal_column(_text_literal(cs.table.name))
     return d, sa.and_(d.c.tbl == tbl, d.c.id == sa.cast(pk, sa.Text()))
 
 
