@@ -49,7 +49,7 @@ from strata.migrations.compare import (
     normalize_schema,
 )
 from strata.migrations.connect import unavailable
-from strata.migrations.ledger import SQLITE_SEQ_TABLE, VERSION_SEQUENCE
+from strata.migrations.ledger import DELETED_TABLE, deleted_table_ddl
 from strata.migrations.operations import CreatePartitionsOp, RebuildTableOp
 from strata.migrations.render import render
 from strata.migrations.rewrite import AdditiveFilter
@@ -95,25 +95,16 @@ def _quote(dialect: sa.Dialect, schema: str | None, name: str) -> str:
 
 
 def bookkeeping(dialect: sa.Dialect, created: list[ops.CreateTableOp]) -> list[ops.ExecuteSQLOp]:
-    """What the data tier needs beside new tables: its row-version sequence, as
+    """What the data tier needs beside new tables: its deleted-versions table, as
     ``strata.migrations.ledger.ensure_bookkeeping`` creates it."""
     if not created:
         return []
-    if dialect.name == "postgresql":
-        schemas = dict.fromkeys(op.schema for op in created)
-        return [
-            ops.ExecuteSQLOp(
-                f"CREATE SEQUENCE IF NOT EXISTS {_quote(dialect, s, VERSION_SEQUENCE)}"
-            )
-            for s in schemas
-        ]
-    seq = _quote(dialect, None, SQLITE_SEQ_TABLE)
+    schemas = dict.fromkeys(op.schema for op in created) if dialect.name == "postgresql" else {}
+    index = dialect.identifier_preparer.quote(f"{DELETED_TABLE}_v")
     return [
-        ops.ExecuteSQLOp(
-            f"CREATE TABLE IF NOT EXISTS {seq} "
-            "(id INTEGER PRIMARY KEY CHECK (id = 1), v INTEGER NOT NULL)"
-        ),
-        ops.ExecuteSQLOp(f"INSERT OR IGNORE INTO {seq} (id, v) VALUES (1, 0)"),
+        ops.ExecuteSQLOp(sql)
+        for s in schemas or [None]
+        for sql in deleted_table_ddl(_quote(dialect, s, DELETED_TABLE), index)
     ]
 
 

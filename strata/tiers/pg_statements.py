@@ -69,17 +69,7 @@ def _upsert_compiler(
     pk = table.c[cs.pk.name]
 
     def upsert(if_newer: bool, source: Any = None, *, quiet: bool = False) -> str:
-        if source is None:
-            values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
-            version: Any = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
-            values[VERSION_COLUMN] = (
-                version if if_newer else above_deleted(cs, version, values[pk.name])
-            )
-            stmt = pg_insert(table).values(values)
-        else:
-            if not if_newer:
-                source = _source_above_deleted(cs, source)
-            stmt = pg_insert(table).from_select([*data_cols, VERSION_COLUMN], source)
+        stmt = _insert(cs, data_cols, source, if_newer)
         update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
         stored = table.c[VERSION_COLUMN]
         if if_newer:  # write-behind: the row's own version, and only over an older row
@@ -122,26 +112,51 @@ def text_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def above_deleted(cs: CompiledSchema, version: Any, pk: Any) -> Any:
-    """``GREATEST(version, newest delete version of pk + 1)`` (NULL, ignored, when none)."""
+def _deleted_of(cs: CompiledSchema, pk: Any) -> tuple[Any, Any]:
+    """The ``_strata_deleted`` alias and the condition picking ``pk``'s entry."""
     d = sa.table(
         DELETED_TABLE, sa.column("tbl"), sa.column("id"), sa.column("v"), schema=cs.table.schema
     ).alias("d")
-    found = (
-        sa.select(d.c.v + sa.literal_column("1"))
-        .where(d.c.tbl == sa.literal_column(text_literal(cs.table.name)))
-        .where(d.c.id == sa.cast(pk, sa.Text()))
-        .scalar_subquery()
-    )
+    tbl: Any = sa.literal_column(text_literal(cs.table.name))
+    return d, sa.and_(d.c.tbl == tbl, d.c.id == sa.cast(pk, sa.Text()))
+
+
+def above_deleted(cs: CompiledSchema, version: Any, pk: Any) -> Any:
+    """``GREATEST(version, newest delete version of pk + 1)`` (NULL, ignored, when none)."""
+    d, of_pk = _deleted_of(cs, pk)
+    found = sa.select(d.c.v + sa.literal_column("1")).where(of_pk).scalar_subquery()
     return sa.func.greatest(version, found)
 
 
-def _source_above_deleted(cs: CompiledSchema, source: Any) -> Any:
-    """The COPY path's SELECT from the temp table, its version raised the same way."""
+def _not_deleted(cs: CompiledSchema, version: Any, pk: Any) -> Any:
+    """No delete of ``pk`` at or after ``version`` (write-behind's own versions)."""
+    d, of_pk = _deleted_of(cs, pk)
+    return ~sa.exists().where(of_pk, d.c.v >= version)
+
+
+def _insert(cs: CompiledSchema, data_cols: list[str], source: Any, if_newer: bool) -> Any:
+    """The INSERT of an upsert, from bound values or from ``source`` (the COPY temp table's
+    SELECT, ordered by key). Versions are raised past the ids' newest deletes; with
+    ``if_newer`` (write-behind's own versions) a row older than one is left out instead."""
+    table = cs.table
+    cols = [*data_cols, VERSION_COLUMN]
+    if source is None:
+        values: list[Any] = [sa.bindparam(n, type_=table.c[n].type) for n in data_cols]
+        version: Any = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
+        pk: Any = values[data_cols.index(cs.pk.name)]
+        if not if_newer:
+            raised = [*values, above_deleted(cs, version, pk)]
+            return pg_insert(table).values(dict(zip(cols, raised, strict=True)))
+        row = sa.select(*values, version).where(_not_deleted(cs, version, pk))
+        return pg_insert(table).from_select(cols, row)
     src = source.subquery("src")
-    cols = [src.c[c.name] for c in cs.columns]
-    raised = above_deleted(cs, src.c[VERSION_COLUMN], src.c[cs.pk.name])
-    return sa.select(*cols, raised).order_by(src.c[cs.pk.name])
+    pk, version = src.c[cs.pk.name], src.c[VERSION_COLUMN]
+    data = [src.c[n] for n in data_cols]
+    if if_newer:
+        row = sa.select(*data, version).where(_not_deleted(cs, version, pk))
+    else:
+        row = sa.select(*data, above_deleted(cs, version, pk))
+    return pg_insert(table).from_select(cols, row.order_by(pk))
 
 
 def _delete_sql(cs: CompiledSchema, keep: int = DELETED_KEEP_MICROS) -> str:

@@ -296,8 +296,11 @@ class SqliteTier:
             try:
                 out: dict[Any, Row] = {}
                 for row, version in zip(rows, versions, strict=True):
-                    if not versioned:  # above the newest delete of the id, if any
-                        version = self._above_deleted(st, schema, row, version)
+                    deleted = self._deleted_version(st, schema, row)
+                    if versioned and deleted is not None and deleted >= version:
+                        continue  # older than the id's newest delete: not inserted again
+                    if not versioned and deleted is not None:  # above the newest delete
+                        version = max(version, deleted + 1)
                     found = db.execute(sql, self._args_in(st, row, version)).fetchone()
                     if found is not None:
                         ret = self._row_out(st, st.returning, found)
@@ -315,13 +318,13 @@ class SqliteTier:
         self._observe(out.values())
         return out
 
-    def _above_deleted(self, st: Statements, schema: CompiledSchema, row: Row, v: int) -> int:
-        """``max(v, newest delete version of the row's id + 1)``: on the worker thread,
-        inside the write's transaction (one writer at a time: no delete can slip between)."""
+    def _deleted_version(self, st: Statements, schema: CompiledSchema, row: Row) -> int | None:
+        """The newest delete version of the row's id: on the worker thread, inside the
+        write's transaction (one writer at a time: no delete can slip in between)."""
         pk_to = TO_DB.get(schema.pk.kind)
         key = row[schema.pk.name]
         found = self.db.execute(st.deleted_get, (pk_to(key) if pk_to else key,)).fetchone()
-        return v if found is None else max(v, int(found[0]) + 1)
+        return None if found is None else int(found[0])
 
     def _deleted(self, st: Statements, keys: Sequence[Any], version: int) -> None:
         """Record ``version`` as the deleted version of ``keys``, sweeping expired entries
