@@ -12,11 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from pydantic import BaseModel
 
+from integration._scaleout import PgBouncer
 from strata import Config, DataStore, Field, Schema
 from strata.errors import TierUnavailableError
 from strata.schema import VERSION_COLUMN
@@ -208,3 +210,28 @@ async def test_a_batch_on_a_drained_pool_fails_within_pool_timeout(
                 await asyncio.wait_for(
                     store.set_many(Doc, [Doc(id=f"d{i}") for i in range(10)]), GUARD
                 )
+
+
+async def test_bulk_writes_through_pgbouncer_without_prepared_statements(
+    pg_url: str, pg_schema: str, pg_conn: asyncpg.Connection
+) -> None:
+    """Transaction mode: the COPY, its fallback and the reads between them share no named
+    statement across transactions."""
+    parts = urlsplit(pg_url)
+    with PgBouncer(parts.hostname or "127.0.0.1", parts.port or 5432) as bouncer:
+        url = bouncer.url(parts.path.lstrip("/") or "test")
+        store = DataStore(
+            Config(database_url=url, database_schema=pg_schema, prepared_statements=False)
+        )
+        store.register(DOCS)
+        async with store:
+            await store.migrate()
+
+            async def writer(w: int) -> None:
+                for n in range(5):  # new rows, then the same rows again (the upsert)
+                    await store.set_many(Doc, [Doc(id=f"w{w}-{i}", level=n) for i in range(30)])
+                    assert (await store.get(Doc, f"w{w}-7")).level == n
+
+            await asyncio.wait_for(asyncio.gather(*(writer(w) for w in range(8))), GUARD)
+    rows = await _rows(pg_conn, pg_schema)
+    assert len(rows) == 8 * 30 and {r["level"] for r in rows.values()} == {4}

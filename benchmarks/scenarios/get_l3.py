@@ -120,7 +120,7 @@ async def _model(env: Env, name: str) -> list[Check]:
             name,
             samples,
             against=ORM,
-            target=le(0.25, "≥ 4× faster"),  # noqa: RUF001
+            target=le(0.2, "≥ 5× faster"),  # noqa: RUF001
             note=missed,
         ),
     ]

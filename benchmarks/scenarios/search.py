@@ -79,7 +79,7 @@ async def run(env: Env) -> list[Check]:
     del samples[FILLING]
     return [
         latency_check(
-            "search 100 rows", "ref, caches off", samples, against=RAW, target=le(1.2), cpu=cpu
+            "search 100 rows", "ref, caches off", samples, against=RAW, target=le(1.1), cpu=cpu
         ),
         latency_check(
             "search 100 rows",
