@@ -124,6 +124,22 @@ async def test_a_lagging_clocks_delete_reaches_another_instance(
     assert not await other.exists(Doc, "d")
 
 
+async def test_a_lagging_clocks_set_after_a_delete_is_read_back_by_every_instance(
+    l3_env: Env, lagging: LaggingStore
+) -> None:
+    """L3 has no row to raise the lagging version past: the delete's version, kept in
+    ``_strata_deleted``, is the bound, so the caches' tombstone does not hide the row."""
+    writer = await l3_env.make(_schema(l3_env, WriteMode.WRITE_THROUGH), adapt=False)
+    await writer.set(Doc, Doc(id="d", body="old"))
+    await writer.delete(Doc, "d")
+    through = await lagging(_schema(l3_env, WriteMode.WRITE_THROUGH))
+    await through.set(Doc, Doc(id="d", body="new"))
+    assert (await through.get(Doc, "d")).body == "new"
+    reader = await l3_env.make(_schema(l3_env, WriteMode.WRITE_THROUGH), adapt=False)
+    assert (await reader.get(Doc, "d")).body == "new"
+    assert (await reader.get(Doc, "d", force_l3=True)).body == "new"
+
+
 async def test_a_read_from_l3_advances_a_lagging_clock_so_its_write_behind_write_lands(
     l3_env: Env, lagging: LaggingStore
 ) -> None:

@@ -188,19 +188,33 @@ async def ledger(conn: asyncpg.Connection, schema: str) -> list[asyncpg.Record]:
 # -- auto migration -------------------------------------------------------------------------
 
 
-async def test_migrate_creates_table_sequence_and_ledger_in_the_schema(
+async def test_migrate_creates_table_deleted_versions_and_ledger_in_the_schema(
     config: Config, pg_schema: str, pg_conn: asyncpg.Connection
 ) -> None:
     report = await migrate(config, compiled(config, PlayerV1))
 
     assert [c.kind for c in report.applied] == [ChangeKind.CREATE_TABLE, ChangeKind.CREATE_INDEX]
-    assert {"players", "_strata_migrations"} <= await tables(pg_conn, pg_schema)
+    assert {"players", "_strata_migrations", "_strata_deleted"} == await tables(pg_conn, pg_schema)
+    # versions come from the hybrid clock: no sequence for a new database
+    assert not await pg_conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{pg_schema}._strata_version_seq"
+    )
+    assert [r["kind"] for r in await ledger(pg_conn, pg_schema)] == ["auto"]
+
+
+async def test_migrate_keeps_the_version_sequence_of_an_existing_database(
+    config: Config, pg_schema: str, pg_conn: asyncpg.Connection
+) -> None:
+    """A database migrated by an earlier version has ``_strata_version_seq``: migrations
+    are additive, so it stays (unused), and the new bookkeeping is added beside it."""
+    await pg_conn.execute(f'CREATE SEQUENCE "{pg_schema}"._strata_version_seq')
+    await migrate(config, compiled(config, PlayerV1))
+
     assert await pg_conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{pg_schema}._strata_version_seq"
     )
-    first = await pg_conn.fetchval(f"SELECT nextval('\"{pg_schema}\"._strata_version_seq')")
-    assert first >= 1
-    assert [r["kind"] for r in await ledger(pg_conn, pg_schema)] == ["auto"]
+    assert "_strata_deleted" in await tables(pg_conn, pg_schema)
+    assert (await migrate(config, compiled(config, PlayerV1))).applied == []
 
 
 async def test_migrate_takes_a_database_url_with_libpq_options(
@@ -382,9 +396,6 @@ async def test_dry_run_changes_nothing(
     assert report.dry_run and report.record is None
     assert any(s.startswith(f"CREATE TABLE {pg_schema}.players") for s in report.statements)
     assert await tables(pg_conn, pg_schema) == set()
-    assert not await pg_conn.fetchval(
-        "SELECT to_regclass($1) IS NOT NULL", f"{pg_schema}._strata_version_seq"
-    )
 
 
 async def test_plan_shows_changes_and_drift_without_applying(
@@ -408,7 +419,7 @@ async def test_migration_status_reads_the_ledger(config: Config) -> None:
     assert record.kind == "auto" and "CREATE TABLE" in record.statements
 
 
-async def test_a_table_in_its_own_db_schema_gets_the_schema_and_a_version_sequence(
+async def test_a_table_in_its_own_db_schema_gets_the_schema_and_a_deleted_versions_table(
     config: Config, pg_schema: str, fresh_schema: str, pg_url_conn: asyncpg.Connection
 ) -> None:
     schemas = compiled(config, Event, "events", l3=PostgresPolicy(db_schema=fresh_schema))
@@ -417,9 +428,7 @@ async def test_a_table_in_its_own_db_schema_gets_the_schema_and_a_version_sequen
 
     assert "events" in await tables(pg_url_conn, fresh_schema)
     for schema in (pg_schema, fresh_schema):
-        assert await pg_url_conn.fetchval(
-            "SELECT to_regclass($1) IS NOT NULL", f"{schema}._strata_version_seq"
-        )
+        assert "_strata_deleted" in await tables(pg_url_conn, schema)
     assert len(await ledger(pg_url_conn, pg_schema)) == 1
     assert (await migrate(config, schemas)).applied == []
 
@@ -437,7 +446,11 @@ async def test_concurrent_migrations_on_a_fresh_schema_apply_once(
     )
 
     assert sorted(r.changed for r in reports) == [False, True]
-    assert await tables(pg_url_conn, fresh_schema) == {"players", "_strata_migrations"}
+    assert await tables(pg_url_conn, fresh_schema) == {
+        "players",
+        "_strata_migrations",
+        "_strata_deleted",
+    }
     assert len(await ledger(pg_url_conn, fresh_schema)) == 1
 
 
@@ -493,7 +506,11 @@ async def test_five_processes_migrating_a_fresh_schema_at_once_all_succeed(
     outcomes = sorted(out.decode().strip() for out, _ in results)
     assert outcomes == ["changed"] + ["unchanged"] * 4
     assert len(await ledger(pg_url_conn, fresh_schema)) == 1
-    assert await tables(pg_url_conn, fresh_schema) == {"players", "_strata_migrations"}
+    assert await tables(pg_url_conn, fresh_schema) == {
+        "players",
+        "_strata_migrations",
+        "_strata_deleted",
+    }
 
 
 @pytest.fixture

@@ -219,7 +219,10 @@ class DataStore:
             max_entries=policy.max_entries,
             max_bytes=policy.max_bytes,
             eviction=policy.eviction,
-            on_evict=(lambda k, v: fire("on_evict", on_evict, k, v)) if on_evict else None,
+            # A copy: held values share their fields set (tiers/memory_copy.py).
+            on_evict=(lambda k, v: fire("on_evict", on_evict, k, v.model_copy()))
+            if on_evict
+            else None,
             on_error=lambda exc: self._hooks.failed("on_evict", exc),
             tombstone_ttl=self.config.tombstone_seconds,
         )

@@ -120,10 +120,23 @@ async def test_migrate_creates_table_with_indexes_unique_constraints_and_bookkee
     assert any(
         unique for name, unique in indexes.items() if str(name).startswith("sqlite_autoindex")
     )
-    assert query(db_path, "SELECT id, v FROM _strata_seq") == [(1, 0)]
+    names = {r[0] for r in query(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "_strata_deleted" in names and "_strata_seq" not in names  # no sequence table
     assert report.record is not None
     assert [row[0] for row in ledger(db_path)] == ["auto"]
     assert any("CREATE TABLE players" in s for s in report.statements)
+
+
+async def test_migrate_keeps_the_version_table_of_an_existing_database(
+    config: Config, db_path: Path
+) -> None:
+    """A database migrated by an earlier version has ``_strata_seq``: it stays (unused)."""
+    execute(db_path, "CREATE TABLE _strata_seq (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    execute(db_path, "INSERT INTO _strata_seq (id, v) VALUES (1, 7)")
+    await migrate(config, compiled(config, PlayerV1))
+
+    assert query(db_path, "SELECT id, v FROM _strata_seq") == [(1, 7)]
+    assert query(db_path, "SELECT count(*) FROM _strata_deleted") == [(0,)]
 
 
 async def test_second_run_applies_nothing_and_records_nothing(

@@ -3,7 +3,9 @@ against a dict lookup plus ``model_copy()`` (the floor: Strata must hand out a c
 cashews ``mem://`` and aiocache's memory cache (which hand out a shallow copy / the object).
 
 The wide model holds nested JSON, so Strata deep-copies it (a value handed out never aliases
-the cache); its floor is therefore ``model_copy(deep=True)``.
+the cache: a pydantic-core round trip, see ``strata/tiers/memory_copy.py``); its floor is
+therefore ``model_copy(deep=True)``. cashews and aiocache hand out the cached object itself,
+so against them the wide row shows what a deep copy costs, not overhead.
 """
 
 from __future__ import annotations
@@ -105,12 +107,14 @@ async def _model(env: Env, name: str) -> list[Check]:
     await aio.close()
     floor = "dict + model_copy()" if name == "ref" else "dict + model_copy(deep=True)"
     note = "" if name == "ref" else "nested JSON: Strata deep-copies, so the floor is a deep copy"
+    if name == "wide":
+        note += "; cashews / aiocache return the cached object (no copy)"
     note = "; ".join(n for n in (note, missed) if n)
     return [
         latency_check(
             "get, L1 hit", name, samples, against="cashews mem://", target=le(1.0), note=note
         ),
-        latency_check("get, L1 hit", name, samples, against=floor, target=le(2.5), note=note),
+        latency_check("get, L1 hit", name, samples, against=floor, target=le(2.0), note=note),
     ]
 
 

@@ -14,8 +14,8 @@
       ─► XACK + XDEL ─► scripts.RELEASE (the L2 value gets its TTL back)
 
 Nothing acknowledged leaves the journal until L3 has it or it is a dead letter (kept in
-Redis, every instance sees it). ``close()`` flushes for at most ``wait_timeout`` and leaves
-the rest journaled for a peer or the next start.
+Redis, every instance sees it). ``close()`` flushes for at most ``Config.close_timeout`` and
+leaves the rest journaled for a peer or the next start.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions as rexc
@@ -40,8 +40,9 @@ from strata.errors import (
     TierUnavailableError,
     WriteBehindError,
 )
+from strata.journal import held
 from strata.journal.entry import JournalEntry, decode_entry
-from strata.journal.scripts import APPEND, RELEASE
+from strata.journal.scripts import APPEND, PEEK, RELEASE
 from strata.tiers.redis import RedisTier
 from strata.tiers.redis_scripts import bind, unbind
 
@@ -80,7 +81,11 @@ class Stream:
     gen: str
     dead: str
     ttl_ms: int  # the L2 TTL a flushed value gets back (0: none)
+    epoch: str = ""  # a token that disappears with Redis's data (strata/journal/held.py)
     length: int = 0  # entries last seen
+    token: bytes | None = None  # the epoch as this instance last knew it
+    # physical L2 key -> this instance's acknowledged write not known to be in L3 yet
+    held: dict[str, held.HeldWrite] = field(default_factory=dict)
 
 
 def _raise_if_cancelled() -> None:
@@ -119,6 +124,7 @@ class Journal:
         logger: logging.Logger,
         on_error: Callable[[BaseException], None],
         last: dict[str, tuple[int, int]] | None = None,
+        close_timeout: float | None = None,
     ) -> None:
         self.tier = tier
         self._consumer = consumer
@@ -132,6 +138,7 @@ class Journal:
         self._retry_max = max(retry_max, self._retry_base)
         self._max_pending = max_pending
         self.wait_timeout = wait_timeout
+        self._close_timeout = wait_timeout if close_timeout is None else close_timeout
         self._tomb_ms = int(max(tombstone_ttl, 2 * claim_after) * 1000)
         self._log = logger
         self._on_error = on_error
@@ -143,6 +150,8 @@ class Journal:
         self._next_claim = 0.0
         self._grouped: set[str] = set()
         self._stopping = False
+        self._rescue_at = 0.0  # Redis failing: when held writes are next written to L3
+        self._next_check = 0.0
 
     # -- registry ----------------------------------------------------------------------
 
@@ -156,10 +165,20 @@ class Journal:
             key(f"{base}:gen"),
             key(f"{base}:deadletters"),
             int(ttl * 1000) if ttl else 0,
+            key(f"{base}:journal:epoch"),
         )
 
     def has(self, schema: str) -> bool:
         return schema in self.streams
+
+    def own(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
+        """This instance's acknowledged writes of these logical keys not known to be in L3
+        (what it reads while Redis is away)."""
+        st = self.streams[schema]
+        if not st.held:
+            return {}
+        physical = {self.tier.physical_key(k): k for k in keys}
+        return {physical[k]: e for k, e in held.own(st, list(physical)).items()}
 
     @property
     def pending(self) -> int:
@@ -181,14 +200,21 @@ class Journal:
             # would take it for a planted or corrupt value and drop it.
             args += [bind(where, payload), id, str(version), op, row]
         client = self.tier.client
+        if st.token is None:
+            await held.establish_epoch(self.tier, st)
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.005
         while True:
             res = await self.tier.call(lambda: APPEND(client, keys, args))
             st.length = int(res[1])
             if int(res[0]) == 1:
-                if res[2] is not None:
-                    self._last[schema] = _sid(res[2])
+                ids = res[2:]
+                if ids:
+                    self._last[schema] = _sid(ids[-1])
+                for where, sid, (_, _, id, version, op, row) in zip(
+                    physical, ids, items, strict=True
+                ):
+                    st.held[where] = (sid, id, version, op, row)
                 if st.length >= self._threshold:
                     self._wake.set()
                 return
@@ -202,6 +228,25 @@ class Journal:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
+    async def peek(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
+        """The newest journaled write of each logical L2 key the journal still holds (one
+        round trip): newer than any L3 row of it. TierError when Redis fails."""
+        st = self.streams[schema]
+        physical = [self.tier.physical_key(k) for k in keys]
+        client = self.tier.client
+        res = await self.tier.call(lambda: PEEK(client, [st.stream, st.latest, *physical], []))
+        out: dict[str, JournalEntry] = {}
+        for key, found in zip(keys, res, strict=True):
+            if not found:
+                continue
+            stream_id, flat = found[0]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            try:
+                out[key] = decode_entry(schema, stream_id, fields)
+            except CodecError as exc:  # the flusher drops it too
+                self._on_error(exc)
+        return out
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -210,12 +255,12 @@ class Journal:
         )
 
     async def close(self) -> None:
-        """Flush for at most ``wait_timeout``; what is left stays journaled (a peer or
-        this instance's next start flushes it)."""
+        """Flush for at most ``close_timeout``; what is left stays journaled (a peer or
+        this instance's next start flushes it): nothing acknowledged is lost by stopping."""
         if self._task is None:
             return
         try:
-            await self.flush(self.wait_timeout)
+            await self.flush(self._close_timeout)
         except WriteBehindError as exc:
             self._log.warning("write-behind: left in the Redis journal for later: %s", exc)
         finally:
@@ -278,12 +323,19 @@ class Journal:
                 for st in list(self.streams.values()):
                     await self._drain(st, own=own, fresh=fresh, claim=claim)
                 own = False
+                await self._check_held(loop.time())
+                self._rescue_at = 0.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the journal waits there
                 _raise_if_cancelled()
                 self._on_error(exc)
                 self._log.warning("write-behind journal: %s", exc)
+                if "NOGROUP" in str(exc):  # Redis lost the group (restarted empty)
+                    self._grouped.clear()
+                if isinstance(exc, TierError) and loop.time() >= self._rescue_at:
+                    self._rescue_at = loop.time() + self._retry_max
+                    await self._rescue_all("Redis is unreachable")
                 await asyncio.sleep(self._retry_base)
                 continue
             if fresh:
@@ -295,6 +347,27 @@ class Journal:
                         await self._wake.wait()
             fresh = self._wake.is_set() or loop.time() >= next_tick
             self._wake.clear()
+
+    async def _rescue_all(self, why: str) -> None:
+        """Write what this instance holds to L3 directly (strata/journal/held.py)."""
+        for st in list(self.streams.values()):
+            if st.held:
+                try:
+                    await held.rescue(st, self._apply, self._log, why)
+                except Exception as exc:  # L3 away too: tried again later
+                    _raise_if_cancelled()
+                    self._on_error(exc)
+
+    async def _check_held(self, now: float) -> None:
+        """Forget held writes a peer flushed; rescue them all if Redis lost its data."""
+        if now < self._next_check:
+            return
+        self._next_check = now + max(self._interval, 0.05)
+        for st in list(self.streams.values()):
+            if st.held and await held.check(self.tier, st):
+                self._grouped.discard(st.stream)
+                await held.rescue(st, self._apply, self._log, "Redis lost the journal")
+                await held.establish_epoch(self.tier, st)
 
     async def _drain(self, st: Stream, *, own: bool, fresh: bool, claim: bool) -> None:
         client = self.tier.client
@@ -386,6 +459,10 @@ class Journal:
         await self.tier.call(lambda: client.xack(st.stream, GROUP, *ids))
         await self.tier.call(lambda: client.xdel(st.stream, *ids))
         st.length = max(0, st.length - len(ids))
+        for w in writes:  # in L3 (or a dead letter): nothing left to rescue
+            h = st.held.get(w.key)
+            if h is not None and h[2] <= w.version:
+                del st.held[w.key]
 
     async def _not_deleted_since(self, writes: list[JournalEntry]) -> list[JournalEntry]:
         """Drop sets that a newer delete's L2 tombstone outranks: a set delivered again

@@ -27,10 +27,11 @@ from strata.schema import VERSION_COLUMN
 from strata.writebehind import DeadLetter, PendingWrite
 
 if TYPE_CHECKING:
+    from strata.router.binding import Binding
     from strata.router.coherence import Coherence
     from strata.router.core import Core, Route
 
-__all__ = ["JournalHost", "StoredDeadLetter", "start_journal"]
+__all__ = ["JournalHost", "StoredDeadLetter", "delete_older", "start_journal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +70,20 @@ def start_journal(core: Core, host: JournalHost) -> Journal | None:
         logger=core.log,
         on_error=core.count_error,
         last=host.appended,
+        close_timeout=cfg.close_timeout_seconds,
     )
     for rt in core.routes.values():
         if getattr(rt.path, "writes_l2", False):
             journal.add(rt.name, rt.b.gen_key.removesuffix(":gen"), rt.b.l2_ttl)
     journal.start()
     return journal
+
+
+async def delete_older(core: Core, b: Binding, deletes: list[tuple[Any, int]]) -> None:
+    """Write-behind deletes (id, version) into L3: a row is deleted only if it is older
+    than the delete, so a delete applied late never removes a newer write (replay-safe)."""
+    core.c.l3_queries += 1
+    await core.l3.delete_if_older(b.cs, deletes)
 
 
 class JournalHost:
@@ -106,16 +115,7 @@ class JournalHost:
                 await core.l3.upsert_many(b.cs, group, versioned=True, returning=False)
         deletes = [(e.id, e.version) for e in entries if e.op == "delete"]
         if deletes:
-            core.c.l3_queries += 1
-            delete_if_older = getattr(core.l3, "delete_if_older", None)
-            if delete_if_older is not None:
-                await delete_if_older(b.cs, deletes)
-            else:  # a tier without the one-statement form: read, then delete the older
-                stored = await core.l3.get_many(b.cs, [i for i, _ in deletes])
-                have = {r[b.pk_column]: int(r[VERSION_COLUMN]) for r in stored}
-                older = [i for i, v in deletes if i in have and have[i] < v]
-                if older:
-                    await core.l3.delete_many(b.cs, older)
+            await delete_older(core, b, deletes)
 
     async def refused(self, entry: JournalEntry, error: BaseException) -> None:
         core = self.core

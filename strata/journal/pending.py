@@ -17,9 +17,9 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from strata.errors import ConfigError, TierUnavailableError
+from strata.errors import ConfigError, TierUnavailableError, WriteBehindError
 
 __all__ = [
     "UNREACHABLE",
@@ -35,6 +35,7 @@ __all__ = [
     "backoff",
     "call_hook",
     "check_settings",
+    "close_within",
     "flusher_ended",
     "log_failure",
     "plan_failure",
@@ -230,6 +231,30 @@ def flusher_ended(
     if exc is not None:
         log.error("write-behind: the flusher crashed", exc_info=exc)
     return exc
+
+
+class Closable(Protocol):
+    async def close(self, timeout: float | None = None) -> None: ...
+
+
+async def close_within(queue: Closable, timeout: float, log: logging.Logger) -> int:
+    """Close the in-process queue, flushing for at most ``timeout`` seconds (``Config.
+    close_timeout``); the writes it could not flush are logged (ERROR) with their number,
+    not raised: returns how many. They are lost when the process exits (no journal)."""
+    try:
+        await queue.close(timeout)
+    except WriteBehindError as exc:
+        left = len(exc.dead_letters)
+        log.error(
+            "write-behind: close_timeout (%g s) passed with %d write-behind writes not flushed "
+            "to L3 (%s); without the Redis journal they are lost when this process exits "
+            "(ds.dead_letters() lists them until then)",
+            timeout,
+            left,
+            exc.__cause__ or exc,
+        )
+        return left
+    return 0
 
 
 def check_settings(

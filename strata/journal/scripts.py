@@ -10,13 +10,21 @@ APPEND  KEYS = stream, latest-entry hash, generation counter, L2 key 1..n
     an older entry of the same key still in the stream: XDEL (the new one supersedes it:
       it carries the whole row, and its version)
     latest[key] := the new entry id
-  INCR generation (cached searches did not see these writes)      -> {1, XLEN}
+  INCR generation (cached searches did not see these writes)      -> {1, XLEN, entry ids...}
 
 RELEASE KEYS = latest-entry hash, generation counter, L2 key 1..n
         ARGV = per key: entry id, version (16 hex digits), ttl ms (0: keep no TTL)
   after the entries reached L3: a key whose latest entry is this one is journaled no more
   (HDEL); its L2 value gets its TTL back if it is still the flushed version (a newer
   journaled value keeps none); INCR generation (a search cached before the flush missed it)
+
+PEEK    KEYS = stream, latest-entry hash, L2 key 1..n
+  per key: its latest journal entry (XRANGE of the id the latest hash names), or an empty
+  list when the journal holds no write of it: what readers take instead of an older L3 row
+
+HELD    KEYS = latest-entry hash, epoch key, L2 key 1..n   ARGV = this instance's epoch
+  {epoch (or ""), then per key its latest entry id (or "")}: which writes this instance
+  still holds for rescue are journaled yet (an empty or new epoch: Redis lost its data)
 
 A journaled key's L2 value has no TTL until its entry is in L3, so an expiry cannot expose
 an older L3 row to a reader of another instance.
@@ -26,7 +34,17 @@ from __future__ import annotations
 
 from strata.tiers.redis_scripts import ENVELOPE_LUA, Script
 
-__all__ = ["APPEND", "APPEND_LUA", "RELEASE", "RELEASE_LUA", "Script"]
+__all__ = [
+    "APPEND",
+    "APPEND_LUA",
+    "HELD",
+    "HELD_LUA",
+    "PEEK",
+    "PEEK_LUA",
+    "RELEASE",
+    "RELEASE_LUA",
+    "Script",
+]
 
 
 APPEND_LUA = (
@@ -42,6 +60,7 @@ if len >= limit then
   end
   if fresh > 0 then return {-1, len} end
 end
+local ids = {}
 for j = 4, #KEYS do
   local key = KEYS[j]
   local b = 2 + (j - 4) * 5
@@ -56,9 +75,12 @@ for j = 4, #KEYS do
   local older = redis.call('HGET', latest, key)
   if older then redis.call('XDEL', stream, older) end
   redis.call('HSET', latest, key, id)
+  ids[#ids + 1] = id
 end
 redis.call('INCR', gen)
-return {1, redis.call('XLEN', stream), redis.call('HGET', latest, KEYS[#KEYS])}
+local out = {1, redis.call('XLEN', stream)}
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
 """
 )
 
@@ -80,6 +102,25 @@ redis.call('INCR', gen)
 return 1
 """
 
+PEEK_LUA = """
+local stream, latest = KEYS[1], KEYS[2]
+local out = {}
+for j = 3, #KEYS do
+  local id = redis.call('HGET', latest, KEYS[j])
+  if id then out[j - 2] = redis.call('XRANGE', stream, id, id) else out[j - 2] = {} end
+end
+return out
+"""
+
+HELD_LUA = """
+local latest, epoch = KEYS[1], KEYS[2]
+local out = {redis.call('GET', epoch) or ''}
+for j = 3, #KEYS do out[#out + 1] = redis.call('HGET', latest, KEYS[j]) or '' end
+return out
+"""
+
 
 APPEND = Script(APPEND_LUA)
+PEEK = Script(PEEK_LUA)
+HELD = Script(HELD_LUA)
 RELEASE = Script(RELEASE_LUA)

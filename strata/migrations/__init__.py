@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from strata.migrations.engine import migrate, migration_status, plan
 from strata.migrations.ledger import (
+    DELETED_TABLE,
     LEDGER_TABLE,
     SQLITE_SEQ_TABLE,
     VERSION_SEQUENCE,
@@ -37,6 +38,7 @@ from strata.migrations.plan import (
 from strata.migrations.sqlfiles import migrate_from
 
 __all__ = [
+    "DELETED_TABLE",
     "LEDGER_TABLE",
     "SQLITE_SEQ_TABLE",
     "VERSION_SEQUENCE",

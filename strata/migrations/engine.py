@@ -2,7 +2,7 @@
 
     migrate(config, schemas)
       │ BEGIN; pg_advisory_xact_lock(key)   (SQLite: BEGIN IMMEDIATE)
-      │ ensure schema, _strata_version_seq / _strata_seq, ledger
+      │ ensure schema, _strata_deleted, ledger
       ├─ compare ── Alembic produce_migrations(target MetaData)      -> UpgradeOps
       ├─ rewrite ── AdditiveFilter: steps | drift | refused           (reads row counts)
       ├─ render ─── Alembic offline mode, per dialect                 -> SQL statements

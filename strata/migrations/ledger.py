@@ -4,9 +4,15 @@ Created by every ``migrate`` / ``migrate_from`` run (idempotently, under the mig
 in ``Config.database_schema``:
 
 * ``_strata_migrations``: one row per applied run (``kind`` ``'auto'`` or ``'sql'``);
-* PostgreSQL: the sequence ``_strata_version_seq`` the data tier draws row versions from
-  (in ``database_schema`` and in every other schema holding a model's table);
-* SQLite: ``_strata_seq``, a single-row table ``(1, v)`` playing the same part.
+* ``_strata_deleted``: the data tier's high-water mark of deleted rows, ``(tbl, id, v)``:
+  the newest delete version per table and id, so a row written after a delete gets a
+  greater version whatever the writer's clock (``strata/tiers/pg_statements.py``); in
+  ``database_schema`` and in every other schema holding a model's table. Each delete
+  sweeps entries older than ``DELETED_KEEP_MICROS``.
+
+Databases migrated by earlier versions also hold ``_strata_version_seq`` (PostgreSQL) or
+``_strata_seq`` (SQLite), from which row versions were once drawn. Nothing reads them now
+(versions come from ``strata.clock``); they are no longer created, and never dropped.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ from typing import Literal
 
 import sqlalchemy as sa
 
+from strata.clock import DELETED_KEEP_MICROS, DELETED_TABLE
+
 __all__ = [
+    "DELETED_KEEP_MICROS",
+    "DELETED_TABLE",
     "LEDGER_TABLE",
     "SQLITE_SEQ_TABLE",
     "VERSION_SEQUENCE",
     "MigrationRecord",
+    "deleted_table_ddl",
     "ensure_bookkeeping",
     "insert_record",
     "ledger_table",
@@ -30,8 +41,8 @@ __all__ = [
 ]
 
 LEDGER_TABLE = "_strata_migrations"
-VERSION_SEQUENCE = "_strata_version_seq"
-SQLITE_SEQ_TABLE = "_strata_seq"
+VERSION_SEQUENCE = "_strata_version_seq"  # legacy: created by earlier versions only
+SQLITE_SEQ_TABLE = "_strata_seq"  # legacy: created by earlier versions only
 
 Kind = Literal["auto", "sql"]
 
@@ -78,31 +89,39 @@ def _qualified(conn: sa.Connection, db_schema: str | None, name: str) -> str:
     return f"{_quote(conn, db_schema)}.{_quote(conn, name)}"
 
 
+def deleted_table_ddl(qualified: str, index: str) -> list[str]:
+    """``CREATE ... IF NOT EXISTS`` for the deleted-versions table at ``qualified`` (quoted,
+    schema-qualified or not) and its sweep index ``index`` (quoted, unqualified); the same
+    text on PostgreSQL and SQLite. The primary key serves the upserts' lookups."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {qualified} (tbl TEXT NOT NULL, id TEXT NOT NULL, "
+        "v BIGINT NOT NULL, PRIMARY KEY (tbl, id))",
+        f"CREATE INDEX IF NOT EXISTS {index} ON {qualified} (tbl, v)",
+    ]
+
+
 def ensure_bookkeeping(
     conn: sa.Connection, db_schema: str | None, extra_schemas: Sequence[str] = ()
 ) -> None:
-    """Create the namespaces, the ledger and the version sequences when missing.
+    """Create the namespaces, the ledger and the deleted-versions tables when missing.
 
     ``extra_schemas``: the namespaces of tables placed outside ``db_schema``
-    (``PostgresPolicy(db_schema=...)``); each gets its own ``_strata_version_seq``.
+    (``PostgresPolicy(db_schema=...)``); each gets its own ``_strata_deleted``.
 
     Runs inside the caller's transaction, after the migration lock was taken, so concurrent
     runs cannot race each other's ``IF NOT EXISTS``.
     """
+    index = _quote(conn, f"{DELETED_TABLE}_v")
     if conn.dialect.name == "postgresql":
         for name in dict.fromkeys([*([db_schema] if db_schema else []), *extra_schemas]):
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_quote(conn, name)}")
-        # The data tier draws versions from the sequence in each table's own schema.
-        for seq_schema in dict.fromkeys([db_schema, *extra_schemas]):
-            seq = _qualified(conn, seq_schema, VERSION_SEQUENCE)
-            conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
+        # The data tier reads and writes the table in each model table's own schema.
+        for table_schema in dict.fromkeys([db_schema, *extra_schemas]):
+            for sql in deleted_table_ddl(_qualified(conn, table_schema, DELETED_TABLE), index):
+                conn.exec_driver_sql(sql)
     else:
-        seq = _quote(conn, SQLITE_SEQ_TABLE)
-        conn.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {seq} "
-            "(id INTEGER PRIMARY KEY CHECK (id = 1), v INTEGER NOT NULL)"
-        )
-        conn.exec_driver_sql(f"INSERT OR IGNORE INTO {seq} (id, v) VALUES (1, 0)")
+        for sql in deleted_table_ddl(_quote(conn, DELETED_TABLE), index):
+            conn.exec_driver_sql(sql)
     ledger_table(db_schema).create(conn, checkfirst=True)
 
 

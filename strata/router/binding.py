@@ -21,6 +21,7 @@ from strata.crypto import FieldCipher
 from strata.errors import InvalidValueError, MissingPrimaryKeyError
 from strata.router.rows import RowMapper
 from strata.schema import CompiledSchema
+from strata.tiers.memory_copy import Copier
 
 __all__ = ["Binding", "default_of"]
 
@@ -34,6 +35,8 @@ class Binding:
         "cipher",
         "codec",
         "coerce",
+        "copier",
+        "copy_out",
         "cs",
         "gen_key",
         "get_hooks",
@@ -68,6 +71,8 @@ class Binding:
         self.get_hooks = cs.hooks.before_get is not None or cs.hooks.after_get is not None
         self.mode = cs.write_mode
         self.mutable = cs.mutable
+        self.copier = Copier(cs.model, mutable=cs.mutable)
+        self.copy_out = self.copier.out  # the caller's copy of a held value
         self.coerce = cs.coerce_id
         self.l1_ttl = cs.l1_ttl
         self.l2_ttl = cs.l2_ttl
@@ -120,8 +125,9 @@ class Binding:
             copy = value.model_copy(update=self.l1_reset, deep=True)
             # Their values are unknown here, not assigned: a set of this copy keeps them.
             copy.__pydantic_fields_set__.difference_update(self.l1_reset)
+            self.copier.intern(copy)
             return copy
-        return value.model_copy(deep=self.mutable)
+        return self.copier.keep(value)
 
     def kept(self, value: BaseModel) -> frozenset[str]:
         """The omitted columns this value did not assign: an existing row keeps them."""
@@ -131,7 +137,7 @@ class Binding:
         return frozenset(c for c, f in self.omitted.items() if f not in assigned)
 
     def out(self, value: BaseModel) -> BaseModel:
-        return value.model_copy(deep=self.mutable)
+        return self.copier.out(value)
 
     def check_id(self, id: Any) -> Any:
         """The id coerced to the primary key type; InvalidValueError when it cannot be

@@ -20,6 +20,7 @@ from strata.config import Config, hide_password, seconds
 from strata.errors import ConfigError, TierUnavailableError
 from strata.hooks import HookRunner
 from strata.journal.host import JournalHost, start_journal
+from strata.journal.pending import close_within
 from strata.router.coherence import Coherence
 from strata.router.core import Core
 from strata.router.queries import Queries
@@ -149,7 +150,7 @@ class Lifecycle:
             if core.journal is not None:
                 await core.journal.close()
             if core.wb is not None:
-                await core.wb.close()
+                await close_within(core.wb, core.config.close_timeout_seconds, core.log)
         finally:
             for task in list(core.tasks):
                 task.cancel()

@@ -142,9 +142,32 @@ class Queries:
             return rt.b.rows.projection(cq.columns, rows), "l3"
         b = rt.b
         loaded = [b.rows.from_row(r) for r in rows]
-        if query.tier != "l3" and loaded and not replica:
-            await self.reads.fill(rt, [(getattr(v, b.pk_field), v, ver) for v, ver in loaded])
+        if query.tier == "l3":  # force_l3(): what L3 holds, queued writes or not
+            return [v for v, _ in loaded], "l3"
+        loaded, fills = await self._overlay(rt, loaded)
+        if fills and not replica:
+            await self.reads.fill(rt, fills)
         return [v for v, _ in loaded], "l3"
+
+    async def _overlay(
+        self, rt: Route, loaded: list[tuple[Any, int]]
+    ) -> tuple[list[tuple[Any, int]], list[tuple[Any, Any, int]]]:
+        """Write-behind: each L3 row a newer queued or journaled write of its id replaces
+        (or, a delete, removes). Returns the rows, and the (id, value, version) of the rows
+        L3 had current (the only ones fit to fill a cache)."""
+        pk = rt.b.pk_field
+        queued = await self.reads.queued(rt, [getattr(v, pk) for v, _ in loaded])
+        rows: list[tuple[Any, int]] = []
+        fills: list[tuple[Any, Any, int]] = []
+        for v, ver in loaded:
+            i = getattr(v, pk)
+            q = queued.get(i)
+            if q is None or q[1] <= ver:
+                rows.append((v, ver))
+                fills.append((i, v, ver))
+            elif q[0] is not None:
+                rows.append((rt.b.out(q[0]), q[1]))
+        return rows, fills
 
     async def search_cached(self, rt: Route, q: Q | Query | None) -> tuple[list[Any], str | None]:
         core, b = self.core, rt.b
@@ -174,10 +197,11 @@ class Queries:
                 return result, "l3"  # plaintext of an encrypted field never goes to Redis
         else:
             loaded = [b.rows.from_row(r) for r in rows]
+            loaded, fills = await self._overlay(rt, loaded)
             if replica:  # a lagging replica's rows and result are never cached
                 return [v for v, _ in loaded], "l3"
-            if loaded:
-                await self.reads.fill(rt, [(getattr(v, b.pk_field), v, ver) for v, ver in loaded])
+            if fills:
+                await self.reads.fill(rt, fills)
             result = [v for v, _ in loaded]
             codec = b.codec
             encoded = _RESULT_MODELS + msgpack.packb([codec.encode(v, ver) for v, ver in loaded])
@@ -220,12 +244,10 @@ class Queries:
             if limit:
                 rows = rows[: limit - loaded]
             core.c.l3_queries += 1
-            items = []
-            for row in rows:
-                v, ver = b.rows.from_row(row)
-                items.append((getattr(v, b.pk_field), v, ver))
+            # rows a newer write-behind write of is queued or journaled for stay out
+            _, items = await self._overlay(rt, [b.rows.from_row(row) for row in rows])
             await self.reads.fill(rt, items)
-            loaded += len(items)
+            loaded += len(rows)
             if progress is not None:
                 progress(loaded)
             if limit and loaded >= limit:

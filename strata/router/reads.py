@@ -28,6 +28,13 @@ from strata.schema import ttl_min
 
 __all__ = ["Reads"]
 
+Queued = tuple[BaseModel | None, int]
+
+
+def _older(queued: Queued | None, version: int) -> bool:
+    """A queued write newer than this version exists."""
+    return queued is not None and queued[1] > version
+
 
 class Reads:
     def __init__(self, core: Core) -> None:
@@ -46,7 +53,7 @@ class Reads:
         c = self.core.c
         c.gets += 1
         c.l1_hits += 1
-        return hit.model_copy(deep=b.mutable)
+        return b.copy_out(hit)
 
     async def get(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel, str]:
         b = rt.b
@@ -62,7 +69,7 @@ class Reads:
                 hit = l1.get(id)
                 if hit is not None:
                     c.l1_hits += 1
-                    out = hit.model_copy(deep=b.mutable)
+                    out = b.copy_out(hit)
                     if hooks.after_get is not None:
                         out = await self.deliver(rt, out)
                     return out, "l1"
@@ -94,9 +101,12 @@ class Reads:
                 return cast(BaseModel, replaced)
         return value
 
-    async def l2_get(self, rt: Route, ids: Sequence[Any]) -> tuple[dict[Any, BaseModel], set[Any]]:
+    async def l2_get(
+        self, rt: Route, ids: Sequence[Any], versions: dict[Any, int] | None = None
+    ) -> tuple[dict[Any, BaseModel], set[Any]]:
         """L2 lookups for ids (one round trip); hits fill L1. Returns caller copies, and the
-        ids L2 holds a tombstone for (recently deleted: not to be loaded from L3)."""
+        ids L2 holds a tombstone for (recently deleted: not to be loaded from L3).
+        ``versions``, when given, gets the version of every value and tombstone found."""
         core, b = self.core, rt.b
         assert core.l2 is not None and b.codec is not None
         answers = await core.l2.get_many([b.key(i) for i in ids])
@@ -116,13 +126,38 @@ class Reads:
             if isinstance(decoded, Tombstone):
                 core.clock.observe(decoded.version)
                 gone.add(id)
+                if versions is not None:
+                    versions[id] = decoded.version
+                rt.path.saw(id, decoded.version)
                 continue
             value, version = decoded
             core.clock.observe(version)  # a lagging clock catches up with what it reads
-            if rt.l1 is not None and core.l1_fillable():
+            rt.path.saw(id, version)
+            if versions is not None:
+                versions[id] = version
+            queued = rt.path.pending(id)
+            newer_queued = queued is not None and queued[1] > version
+            if rt.l1 is not None and core.l1_fillable() and not newer_queued:
                 rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
             out[id] = value  # freshly decoded: owned by nobody else
         return out, gone
+
+    async def queued(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        """Writes of these ids L3 may not have yet (write-behind): this process's queue,
+        then the Redis journal (every instance's), the newer of the two per id."""
+        path = rt.path
+        if not path.lags:
+            return {}
+        out: dict[Any, Queued] = {}
+        for i in ids:
+            q = path.pending(i)
+            if q is not None:
+                out[i] = q
+        for i, q in (await path.journaled(rt, ids)).items():
+            held = out.get(i)
+            if held is None or held[1] < q[1]:
+                out[i] = q
+        return out
 
     async def _load(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel | None, str]:
         """A miss in L1: L2, then L3, once per key per process at a time (single flight):
@@ -130,9 +165,6 @@ class Reads:
         the faster tiers. Returns the caller's copy (or None) and the tier that had it."""
         core, b = self.core, rt.b
         key = (rt.name, id)
-        queued = rt.path.pending(id)
-        if queued is not None:  # not in L3 yet: the queued write is the truth
-            return (None if queued[0] is None else b.out(queued[0])), "l1"
         if not force_l3:
             pending = core.inflight.get(key)
             if pending is not None:
@@ -170,10 +202,24 @@ class Reads:
         return (None if value is None else b.out(value)), tier
 
     async def _load_tiers(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel | None, str]:
+        """``force_l3``: what L3 holds, even while a newer write-behind write is queued."""
         core, b = self.core, rt.b
         epoch = rt.epoch
-        if b.l2_on and not force_l3:
-            found, gone = await self.l2_get(rt, [id])
+        if not force_l3:
+            # This process's own queued write (write-behind) wins unless L2 holds a newer
+            # one (another instance's): one version space, the higher version wins.
+            queued = rt.path.pending(id)
+            versions: dict[Any, int] = {}
+            found: dict[Any, BaseModel] = {}
+            gone: set[Any] = set()
+            if b.l2_on:
+                found, gone = await self.l2_get(rt, [id], versions)
+                if not found and not gone and rt.path.lags:
+                    # the journal is the truth for keys not in L3 yet (also when their L2
+                    # value was invalidated or evicted)
+                    queued = (await self.queued(rt, [id])).get(id)
+            if queued is not None and queued[1] > versions.get(id, -1):
+                return queued[0], "l1"
             if id in found:
                 return found[id], "l2"
             if gone:  # a versioned tombstone: deleted after any row L3 may still hold
@@ -208,8 +254,11 @@ class Reads:
             sealed = b.rows.sealed(rows[0])
             value, version = b.rows.from_row(rows[0])
             if not force_l3:
+                rt.path.check_l3(rt, id, version)
                 await self.fill(rt, [(id, value, version)], {id: sealed})
             return value, "l3"
+        if not force_l3:
+            rt.path.check_l3(rt, id, None)
         if rt.epoch == epoch and not force_l3:
             rt.negative[id] = time.monotonic() + self._negative_ttl
         return None, "miss"
@@ -223,6 +272,8 @@ class Reads:
         """Promote L3 values into L2 and L1; both refuse to replace a newer version.
         ``sealed`` holds the ciphertexts L3 returned, reused in L2 rather than re-encrypted."""
         l2, b = self.core.l2, rt.b
+        if rt.path.lags:  # an L3 row older than a queued write never fills a cache
+            items = [it for it in items if not _older(rt.path.pending(it[0]), it[2])]
         if b.l2_on and l2 is not None and b.codec is not None:
             codec = b.codec
             cts = sealed or {}
@@ -253,26 +304,37 @@ class Reads:
         if rt.l1 is not None:
             hits = rt.l1.get_many(missing)
             for i, v in hits.items():
-                found[i] = v.model_copy(deep=b.mutable)
+                found[i] = b.copy_out(v)
             c.l1_hits += len(hits)
             missing = [i for i in missing if i not in hits]
             tier = "l1" if hits else None
         if missing and rt.negative:
             missing = self._not_negative(rt, missing)
         if missing and b.l2_on:
-            hits2, gone = await self.l2_get(rt, missing)
+            versions: dict[Any, int] = {}
+            hits2, gone = await self.l2_get(rt, missing, versions)
             found.update(hits2)
             c.l2_hits += len(hits2)
             missing = [i for i in missing if i not in hits2 and i not in gone]
             tier = "l2" if hits2 else tier
-        if missing:
-            missing = self._pending_many(rt, missing, found)
+            if rt.path.lags:
+                self._newer_pending(rt, versions, found)
+        if missing and rt.path.lags:  # queued or journaled: the truth for keys not in L3 yet
+            queued = await self.queued(rt, missing)
+            missing = [i for i in missing if i not in queued]
+            for i, (held, _) in queued.items():
+                if held is not None:
+                    found[i] = rt.b.out(held)
         if missing and b.l3_on:
             c.l3_queries += 1
             rows = await core.l3.get_many(b.cs, missing)
             sealed = {r[b.pk_column]: b.rows.sealed(r) for r in rows} if b.rows.encrypted else None
             loaded = [b.rows.from_row(r) for r in rows]
             items = [(getattr(v, b.pk_field), v, ver) for v, ver in loaded]
+            if rt.path.lags:  # never back in time while Redis is away
+                have = {i: ver for i, _, ver in items}
+                for i in missing:
+                    rt.path.check_l3(rt, i, have.get(i))
             await self.fill(rt, items, sealed)
             for i, v, _ in items:
                 found[i] = v
@@ -305,16 +367,17 @@ class Reads:
         return rest
 
     @staticmethod
-    def _pending_many(rt: Route, missing: list[Any], found: dict[Any, BaseModel]) -> list[Any]:
-        """Ids the write path still has queued are answered from the queue, not L3."""
-        rest = []
-        for i in missing:
+    def _newer_pending(rt: Route, versions: Mapping[Any, int], found: dict[Any, BaseModel]) -> None:
+        """L2 answered these ids (value or tombstone, at these versions): this process's
+        queued write of one wins if it is newer."""
+        for i in versions:
             queued = rt.path.pending(i)
-            if queued is None:
-                rest.append(i)
-            elif queued[0] is not None:
+            if queued is None or queued[1] <= versions.get(i, -1):
+                continue
+            if queued[0] is None:
+                found.pop(i, None)
+            else:
                 found[i] = rt.b.out(queued[0])
-        return rest
 
     async def exists(self, rt: Route, id: Any) -> tuple[bool, str | None]:
         """Whether a row with this id exists (L1, then L2, then L3; fills nothing)."""
@@ -335,6 +398,10 @@ class Reads:
         queued = rt.path.pending(id)
         if queued is not None:
             return queued[0] is not None, "l1"
+        if rt.path.lags and b.l2_on:
+            journaled = await rt.path.journaled(rt, [id])
+            if id in journaled:
+                return journaled[id][0] is not None, "l2"
         if not b.l3_on:
             return False, None
         core.c.l3_queries += 1

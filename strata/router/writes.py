@@ -14,15 +14,17 @@ the mode-specific steps are the path's. Adding a mode is adding a class here and
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from strata.config import WriteMode
-from strata.errors import MissingPrimaryKeyError, TierUnavailableError
+from strata.errors import MissingPrimaryKeyError, StrataError, TierError, TierUnavailableError
 from strata.journal.entry import encode_row, pack
 from strata.journal.flusher import Appended
+from strata.journal.host import delete_older
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
@@ -46,6 +48,8 @@ __all__ = [
 Item = tuple[Any, BaseModel, int]
 """(id, value as stored, row version)"""
 Sealed = Mapping[Any, dict[str, bytes]]
+Queued = tuple[BaseModel | None, int]
+"""(value, or None for a delete; version) of a write L3 may not have yet"""
 
 
 class WritePath(Protocol):
@@ -57,6 +61,9 @@ class WritePath(Protocol):
     """The path keeps the written objects (a queue): callers get copies."""
     writes_l2: bool
     """The path writes L2 itself (with the journal entry): the cache step leaves L2 be."""
+    lags: bool
+    """L3 may be older than an acknowledged write (write-behind): reads of L3 rows ask
+    ``pending`` / ``journaled`` for a newer write first."""
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
@@ -68,6 +75,18 @@ class WritePath(Protocol):
 
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
         """A queued write of this id not in L3 yet: (value or None for a delete, version)."""
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        """The newest write of each id the Redis journal holds (not in L3 yet, or not yet
+        released): one round trip; empty when there is no journal or Redis fails."""
+
+    def saw(self, id: Any, version: int) -> None:
+        """A read of this instance served this version of the id from Redis."""
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+        """An L3 row of the id (None: no row) is about to be served: TierUnavailableError
+        if this instance served a newer write of it that only Redis, now unreachable,
+        holds (reads never go back in time)."""
 
     def tx_version(self) -> int | None:
         """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
@@ -83,6 +102,7 @@ class WriteThrough:
     carries_created = False
     shares_values = False
     writes_l2 = False
+    lags = False
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -104,6 +124,15 @@ class WriteThrough:
             l1.set(i, l1_copy(v), ver)
 
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
+        return None
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        return {}
+
+    def saw(self, id: Any, version: int) -> None:
+        return None
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
         return None
 
     def tx_version(self) -> int | None:
@@ -147,6 +176,7 @@ class WriteBehind(WriteThrough):
 
     carries_created = True
     shares_values = True
+    lags = True
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core)
@@ -207,6 +237,35 @@ class JournaledWriteBehind(WriteBehind):
 
     writes_l2 = True
     unjournaled = False  # in the in-process queue since Redis went away (logged once)
+    SEEN_MAX = 100_000  # ids whose last served version is remembered (oldest forgotten)
+
+    def __init__(self, core: Core, schema: str) -> None:
+        super().__init__(core, schema)
+        # id -> the newest version a read of this instance served from Redis: an L3 row
+        # older than it is not served while Redis is unreachable (it may be journaled only)
+        self.seen: OrderedDict[Any, int] = OrderedDict()
+
+    def saw(self, id: Any, version: int) -> None:
+        seen = self.seen
+        if seen.get(id, -1) < version:
+            seen[id] = version
+            seen.move_to_end(id)
+            if len(seen) > self.SEEN_MAX:
+                seen.popitem(last=False)
+
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+        newest = self.seen.get(id)
+        if newest is None:
+            return
+        l2 = self.core.l2
+        if (version is not None and version >= newest) or l2 is None or l2.available:
+            del self.seen[id]  # L3 has it, or the journal (readable) no longer holds it
+            return
+        raise TierUnavailableError(
+            f"{self.schema} {id!r}: a newer write than PostgreSQL holds was read from Redis, "
+            "which is unreachable: not serving the older row",
+            tier="l2",
+        )
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         b, core, journal = rt.b, self.core, self.core.journal
@@ -242,6 +301,30 @@ class JournaledWriteBehind(WriteBehind):
             self._unjournaled()
             return await super().delete(rt, ids)
         return version
+
+    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
+        journal, b = self.core.journal, rt.b
+        if journal is None or not journal.has(self.schema) or not ids:
+            return {}
+        keys = {b.key(i): i for i in ids}
+        try:
+            entries = await journal.peek(self.schema, list(keys))
+        except TierError:  # Redis away: this process's own writes are what it knows
+            entries = journal.own(self.schema, list(keys))
+        out: dict[Any, Queued] = {}
+        for key, e in entries.items():
+            if e.op == "delete" or e.row is None:
+                out[keys[key]] = (None, e.version)
+                continue
+            try:
+                value, _ = b.rows.from_row({**e.row, VERSION_COLUMN: e.version})
+            except StrataError as exc:
+                self.core.count_error(exc)
+                continue
+            out[keys[key]] = (value, e.version)
+        for i, (_, version) in out.items():
+            self.saw(i, version)
+        return out
 
     def _unjournaled(self) -> None:
         if self.unjournaled:
@@ -472,16 +555,15 @@ class Writes:
                 row = b.rows.to_row(w.row, w.id)
                 row[VERSION_COLUMN] = w.version
                 sets.setdefault(b.kept(w.row), []).append(row)
-        deletes = [w.id for w in writes if w.op == "delete"]
+        deletes = [(w.id, w.version) for w in writes if w.op == "delete"]
         for kept, group in sets.items():
             core.c.l3_queries += 1
             if kept:  # columns the writer did not assign: the stored row keeps them
                 await core.l3.upsert_many(b.cs, group, versioned=True, returning=False, kept=kept)
             else:
                 await core.l3.upsert_many(b.cs, group, versioned=True, returning=False)
-        if deletes:
-            core.c.l3_queries += 1
-            await core.l3.delete_many(b.cs, deletes)
+        if deletes:  # version-guarded, as the journal's: never over a newer row
+            await delete_older(core, b, deletes)
         rt.path.forget(writes)
         if b.l2_on:  # a search cached before the flush did not see these rows
             await self.coh.bump_generation(rt)

@@ -184,6 +184,14 @@ class L3Tier(Protocol):
     ) -> int:
         """Delete the rows; returns a fresh version number (for cache tombstones)."""
 
+    async def delete_if_older(
+        self, schema: CompiledSchema, items: Sequence[tuple[Any, int]]
+    ) -> int:
+        """Delete each ``(id, version)`` row only while its stored version is older than
+        ``version``, atomically (a replayed write-behind delete never removes a row written
+        after it); ``version`` becomes the id's deleted version, so a later insert is stored
+        above it. Returns how many rows were deleted."""
+
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]: ...
 
     async def fetch(

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from strata.clock import DELETED_KEEP_MICROS, DELETED_TABLE
 from strata.config import PGBOUNCER_HINT, hide_password
 from strata.errors import (
     ConfigError,
@@ -70,9 +71,14 @@ def _upsert_compiler(
     def upsert(if_newer: bool, source: Any = None, *, quiet: bool = False) -> str:
         if source is None:
             values: dict[str, Any] = {n: sa.bindparam(n, type_=table.c[n].type) for n in data_cols}
-            values[VERSION_COLUMN] = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
+            version: Any = sa.bindparam(VERSION_COLUMN, type_=sa.BigInteger())
+            values[VERSION_COLUMN] = (
+                version if if_newer else above_deleted(cs, version, values[pk.name])
+            )
             stmt = pg_insert(table).values(values)
         else:
+            if not if_newer:
+                source = _source_above_deleted(cs, source)
             stmt = pg_insert(table).from_select([*data_cols, VERSION_COLUMN], source)
         update: dict[str, Any] = {n: stmt.excluded[n] for n in data_cols if n not in keep}
         stored = table.c[VERSION_COLUMN]
@@ -93,16 +99,85 @@ def _upsert_compiler(
     return upsert
 
 
-def _delete_sql(cs: CompiledSchema) -> str:
+# -- the deleted-versions high-water mark ---------------------------------------------
+#
+# A row inserted after a delete of its id must get a version above the delete's (the
+# tombstone the caches keep), whatever the inserting instance's clock says: L3 has no old
+# row to raise it past. Each delete records ``(table, id, version)`` in ``_strata_deleted``
+# (one per schema, strata/migrations/ledger.py) and every upsert stores
+# GREATEST(clock, old + 1, deleted + 1). Keyed by id, not one row per table: an insert
+# reads one primary-key entry and takes no lock; a delete writes the entries of the ids
+# it already holds locked, so deletes of different ids never wait for each other. Each
+# delete sweeps (SKIP LOCKED) twice as many expired entries as it adds, so the table holds
+# about an hour of deletes.
+
+
+def deleted_qualified(cs: CompiledSchema) -> str:
+    """``_strata_deleted`` in the schema's own namespace."""
+    t = cs.table
+    return f"{quote(t.schema)}.{quote(DELETED_TABLE)}" if t.schema else quote(DELETED_TABLE)
+
+
+def text_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def above_deleted(cs: CompiledSchema, version: Any, pk: Any) -> Any:
+    """``GREATEST(version, newest delete version of pk + 1)`` (NULL, ignored, when none)."""
+    d = sa.table(
+        DELETED_TABLE, sa.column("tbl"), sa.column("id"), sa.column("v"), schema=cs.table.schema
+    ).alias("d")
+    found = (
+        sa.select(d.c.v + sa.literal_column("1"))
+        .where(d.c.tbl == sa.literal_column(text_literal(cs.table.name)))
+        .where(d.c.id == sa.cast(pk, sa.Text()))
+        .scalar_subquery()
+    )
+    return sa.func.greatest(version, found)
+
+
+def _source_above_deleted(cs: CompiledSchema, source: Any) -> Any:
+    """The COPY path's SELECT from the temp table, its version raised the same way."""
+    src = source.subquery("src")
+    cols = [src.c[c.name] for c in cs.columns]
+    raised = above_deleted(cs, src.c[VERSION_COLUMN], src.c[cs.pk.name])
+    return sa.select(*cols, raised).order_by(src.c[cs.pk.name])
+
+
+def _delete_sql(cs: CompiledSchema, keep: int = DELETED_KEEP_MICROS) -> str:
     pkq, verq, qual = quote(cs.pk.name), quote(VERSION_COLUMN), qualified(cs)
+    dq, tbl, arr = deleted_qualified(cs), text_literal(cs.table.name), PK_ARRAY[cs.pk.kind]
     # Locked in key order (as set_many), then deleted; the tombstone version is
-    # GREATEST(client clock, newest deleted version + 1).
+    # GREATEST(client clock, newest deleted version + 1), recorded for every id named
+    # (present or not: the caches keep a tombstone for each), and expired entries swept.
     return (
-        f"WITH l AS (SELECT {pkq} FROM {qual} WHERE {pkq} = ANY($1::{PK_ARRAY[cs.pk.kind]}) "
+        f"WITH l AS (SELECT {pkq} FROM {qual} WHERE {pkq} = ANY($1::{arr}) "
         f"ORDER BY {pkq} FOR UPDATE), d AS (DELETE FROM {qual} t USING l "
-        f"WHERE t.{pkq} = l.{pkq} RETURNING t.{verq} AS v) "
-        "SELECT (SELECT count(*) FROM d) AS n, "
-        "GREATEST($2::bigint, COALESCE((SELECT max(v) FROM d), 0) + 1) AS v"
+        f"WHERE t.{pkq} = l.{pkq} RETURNING t.{verq} AS v), "
+        "x AS (SELECT GREATEST($2::bigint, COALESCE((SELECT max(v) FROM d), 0) + 1) AS v), "
+        f"k AS (SELECT DISTINCT CAST(i AS text) AS id FROM unnest($1::{arr}) i), "
+        f"h AS (INSERT INTO {dq} AS o (tbl, id, v) SELECT {tbl}, k.id, x.v FROM k, x "
+        "ORDER BY k.id ON CONFLICT (tbl, id) DO UPDATE SET v = GREATEST(o.v, EXCLUDED.v)), "
+        f"s AS (DELETE FROM {dq} o USING (SELECT e.tbl, e.id FROM {dq} e WHERE e.tbl = {tbl} "
+        f"AND e.v < $2::bigint - {keep} AND e.id NOT IN (SELECT id FROM k) ORDER BY e.v "
+        f"LIMIT 2 * cardinality($1::{arr}) + 16 FOR UPDATE SKIP LOCKED) e "
+        f"WHERE o.tbl = e.tbl AND o.id = e.id AND o.v < $2::bigint - {keep}) "
+        "SELECT (SELECT count(*) FROM d) AS n, (SELECT v FROM x) AS v"
+    )
+
+
+def delete_if_older_sql(cs: CompiledSchema) -> str:
+    """Delete each ``(id, version)`` row only while its stored version is older; every
+    version is recorded in ``_strata_deleted`` (a later lagging insert lands above it)."""
+    pk, dq = quote(cs.pk.name), deleted_qualified(cs)
+    return (
+        f"WITH w AS (SELECT * FROM unnest($1::{PK_ARRAY[cs.pk.kind]}, $2::bigint[]) "
+        f"AS w(id, v)), d AS (DELETE FROM {qualified(cs)} AS t USING w WHERE t.{pk} = w.id "
+        f"AND t.{quote(VERSION_COLUMN)} < w.v RETURNING 1), "
+        f"h AS (INSERT INTO {dq} AS o (tbl, id, v) SELECT {text_literal(cs.table.name)}, "
+        "CAST(w.id AS text), max(w.v) FROM w GROUP BY w.id ORDER BY 2 "
+        "ON CONFLICT (tbl, id) DO UPDATE SET v = GREATEST(o.v, EXCLUDED.v)) "
+        "SELECT count(*) FROM d"
     )
 
 
@@ -272,3 +347,19 @@ def isolation_level(name: str | None) -> str | None:
         raise ConfigError(
             f"isolation must be one of read_committed, repeatable_read, serializable; got {name!r}"
         ) from None
+
+
+# -- the read path's statements (one id, prepared once per connection) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStatements:
+    get_one: str  # ``WHERE pk = $1``: one id, one row, no array to build or unnest
+
+
+def build_read_statements(cs: CompiledSchema) -> ReadStatements:
+    table = cs.table
+    pk = table.c[cs.pk.name]
+    selected = [table.c[c.name] for c in cs.columns] + [table.c[VERSION_COLUMN]]
+    get_one, _ = _compile(sa.select(*selected).where(pk == sa.bindparam("id", type_=pk.type)))
+    return ReadStatements(get_one=get_one)

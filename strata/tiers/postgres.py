@@ -1,9 +1,10 @@
-"""L3 on PostgreSQL through an asyncpg pool.
+"""L3 on PostgreSQL through asyncpg, on connections of its own pool (``pg_pool.py``).
 
 Statements are compiled once per schema at ``register`` by SQLAlchemy Core (the Table is the
-one description) and run through asyncpg, whose per-connection statement cache keeps them
-prepared. ``Config(prepared_statements=False)`` (pgbouncer in transaction mode) turns that
-cache off: asyncpg then uses unnamed statements only, which never outlive a transaction.
+one description) and run through asyncpg, prepared once per connection (queries, whose SQL
+varies, through asyncpg's statement cache). ``Config(prepared_statements=False)`` (pgbouncer
+in transaction mode) turns both off: asyncpg then uses unnamed statements only, which never
+outlive a transaction.
 ``set_many`` goes through COPY into a temporary table and one upsert; ``get_many`` uses
 ``= ANY($1)``. Every driver exception is translated here into the StrataError tree.
 
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -32,14 +32,18 @@ from strata.errors import (
 )
 from strata.schema import VERSION_COLUMN, CompiledSchema
 from strata.tiers.outage import OutageLog
+from strata.tiers.pg_bulk import CopyFirst, copy_new_rows, stored_rows
+from strata.tiers.pg_calls import Bounded, PgTransaction, typed_error
+from strata.tiers.pg_pool import PgPool
 from strata.tiers.pg_statements import (
-    PK_ARRAY,
+    ReadStatements,
     Statements,
+    build_read_statements,
     build_statements,
     conn_of,
+    delete_if_older_sql,
     init_connection,
     isolation_level,
-    keep_session,
     qualified,
     quote,
     translate_errors,
@@ -50,49 +54,6 @@ __all__ = ["PostgresTier", "translate_errors"]
 Row = dict[str, Any]
 
 
-class PgTransaction:
-    """One L3 transaction (or a savepoint inside one) on one pooled connection."""
-
-    def __init__(
-        self,
-        tier: PostgresTier,
-        conn: asyncpg.Connection,
-        tr: Any,
-        *,
-        release: Callable[[], Awaitable[None]] | None,
-    ) -> None:
-        self.tier = tier
-        self.conn = conn
-        self._tr = tr
-        self._release = release
-
-    async def savepoint(self) -> PgTransaction:
-        tr = self.conn.transaction()
-        async with self.tier.bounded("savepoint", self.conn):
-            await tr.start()
-        return PgTransaction(self.tier, self.conn, tr, release=None)
-
-    async def commit(self) -> None:
-        try:
-            async with self.tier.bounded("commit", self.conn):
-                await self._tr.commit()
-        finally:
-            await self._done()
-
-    async def rollback(self) -> None:
-        try:
-            if not self.conn.is_closed():
-                async with self.tier.bounded("rollback", self.conn):
-                    await self._tr.rollback()
-        finally:
-            await self._done()
-
-    async def _done(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
-            await release()
-
-
 class PostgresTier:
     dialect = "postgresql"
 
@@ -100,14 +61,20 @@ class PostgresTier:
         self._config = config
         self._url = url or config.asyncpg_dsn
         self._log = logger
-        self._pool: asyncpg.Pool | None = None
+        self._pool: PgPool | None = None
         self._connect_lock = asyncio.Lock()
         self._stmts: dict[str, Statements] = {}
+        self._reads: dict[str, ReadStatements] = {}
         self._kept_stmts: dict[tuple[str, frozenset[str]], Statements] = {}
+        self._copy_first = CopyFirst()  # bulk writes of new rows: COPY straight in
+        self.timeout = config.l3_timeout_seconds
+        # Named statements prepared once per connection; off behind pgbouncer in
+        # transaction mode, where no named statement may outlive a transaction.
+        self._prepare = config.prepared_statements
         # The router's clock (router/core.py takes it): every write carries its value and
         # every version read here advances it.
         self.clock = HybridClock()
-        self._outage = OutageLog(
+        self.outage = OutageLog(
             logger,
             f"PostgreSQL at {hide_password(self._url)}",
             config.l3_outage_summary_interval_seconds,
@@ -117,44 +84,117 @@ class PostgresTier:
     def url(self) -> str:
         return self._url
 
-    @asynccontextmanager
-    async def bounded(
-        self, what: str, conn: asyncpg.Connection | None = None
-    ) -> AsyncIterator[asyncpg.Connection]:
-        """One L3 call on ``conn`` (a transaction's) or on a pooled connection: driver
-        errors translated, and the whole call (pool wait included) bounded by
-        ``Config.l3_timeout``, so a partition fails the caller fast. A connection left in
-        the middle of a call (timed out, cancelled, broken) is terminated, not handed back
-        to the pool: asyncpg would wait on it for the whole partition."""
-        pooled = conn is None
-        clean = False
+    def bounded(self, what: str, conn: asyncpg.Connection | None = None) -> Bounded:
+        """One L3 call of several statements (see ``Bounded``). A connection left in the
+        middle of a call (timed out, cancelled, broken) is terminated, never reused."""
+        return Bounded(self, what, conn)
+
+    async def checkout(self, what: str) -> asyncpg.Connection:
+        """A connection when none is idle: opened, or waited for (``PgPool.acquire``, at
+        most ``pool_timeout``), the whole bounded by ``l3_timeout``; errors typed."""
         try:
-            async with asyncio.timeout(self._config.l3_timeout_seconds):
+            async with asyncio.timeout(self.timeout):
                 with translate_errors(what, self._url):
-                    if conn is None:
-                        conn = await self.pool.acquire()
-                    try:
-                        yield conn
-                    except asyncpg.PostgresError:
-                        clean = True  # the server answered: the connection is sound
-                        raise
-                    clean = True
-            if self._outage.down:
-                self._outage.succeeded()
+                    return await self.pool.acquire()
         except TimeoutError as exc:
             raise self._unreachable(self._timed_out(what)) from exc
         except TierUnavailableError as exc:
-            self._outage.failed(exc)
+            if "pool_max_size" not in str(exc):  # a busy pool is no outage
+                self.outage.failed(exc)
             raise
-        finally:
-            if conn is not None:
-                if not clean:
-                    conn.terminate()
-                if pooled:
-                    await self.pool.release(conn)
+
+    def failed(
+        self, what: str, conn: asyncpg.Connection, exc: BaseException, *, pooled: bool
+    ) -> BaseException:
+        """After a call on ``conn`` raised ``exc``: the connection goes back (the server
+        answered), or is terminated (timed out, cancelled, broken: its state is unknown);
+        returns the typed error to raise (``exc`` itself when it is not a driver error)."""
+        pool = self._pool
+        timed_out = False
+        if pool is not None:
+            pool.watchdog.done(conn)
+            timed_out = pool.watchdog.timed_out(conn)
+        if isinstance(exc, asyncpg.PostgresError) and not timed_out:
+            if pooled:
+                self.pool_or_none_release(conn)
+            return typed_error(what, self._url, exc)
+        if pooled and self._pool is not None:
+            self._pool.discard(conn)
+        elif not conn.is_closed():
+            conn.terminate()
+        if timed_out or isinstance(exc, TimeoutError):
+            return self._unreachable(self._timed_out(what))
+        typed = typed_error(what, self._url, exc)
+        if isinstance(typed, TierUnavailableError):
+            self.outage.failed(typed)
+        return typed
+
+    def pool_or_none_release(self, conn: asyncpg.Connection) -> None:
+        if self._pool is not None:
+            self._pool.release(conn)
+        elif not conn.is_closed():
+            conn.terminate()  # its pool was closed or abandoned meanwhile
+
+    async def run(
+        self,
+        what: str,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        one: bool = False,
+        conn: asyncpg.Connection | None = None,
+        prepared: bool = True,
+    ) -> Any:
+        """One statement: ``fetchrow`` (``one``) or ``fetch``. The hot path: an idle
+        connection taken and given back synchronously, the statement prepared once per
+        connection (``prepared``: SQL compiled at register, not a query's), asyncpg's own
+        per-call ``l3_timeout``. ``conn``: a transaction's connection."""
+        pool = self.pool
+        pooled = conn is None
+        if conn is None:
+            conn = pool.take() or await self.checkout(what)
+        watchdog = pool.watchdog
+        watchdog.start(conn)
+        try:
+            if prepared and self._prepare:
+                stmt = self._statement(conn, sql)
+                if stmt is None:
+                    stmt = await self._prepare_on(conn, sql)
+                if one:
+                    result = await stmt.fetchrow(*args)
+                else:
+                    result = await stmt.fetch(*args)
+            elif one:
+                result = await conn.fetchrow(sql, *args)
+            else:
+                result = await conn.fetch(sql, *args)
+        except BaseException as exc:
+            typed = self.failed(what, conn, exc, pooled=pooled)
+            if typed is exc:
+                raise
+            raise typed from exc
+        watchdog.done(conn)
+        if pooled:
+            self.pool_or_none_release(conn)
+        if self.outage.down:
+            self.outage.succeeded()
+        return result
+
+    def _statement(self, conn: asyncpg.Connection, sql: str) -> Any:
+        pool = self._pool
+        if pool is None:
+            return None
+        prepared = pool.statements.get(conn)
+        return None if prepared is None else prepared.get(sql)
+
+    async def _prepare_on(self, conn: asyncpg.Connection, sql: str) -> Any:
+        stmt = await conn.prepare(sql, timeout=self.timeout)
+        if self._pool is not None and not conn.is_closed():
+            self._pool.statements.setdefault(conn, {})[sql] = stmt
+        return stmt
 
     def _unreachable(self, exc: TierUnavailableError) -> TierUnavailableError:
-        self._outage.failed(exc)
+        self.outage.failed(exc)
         return exc
 
     def _timed_out(self, what: str) -> TierUnavailableError:
@@ -166,25 +206,52 @@ class PostgresTier:
 
     def register(self, schema: CompiledSchema) -> None:
         self._stmts[schema.name] = build_statements(schema)
+        self._reads[schema.name] = build_read_statements(schema)
+
+    async def _new_connection(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(
+            self._url,
+            timeout=self._config.pool_timeout,
+            # asyncpg's own statement cache serves the queries (search); off behind
+            # pgbouncer in transaction mode.
+            statement_cache_size=100 if self._prepare else 0,
+        )
+        try:
+            await init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def connect(self) -> None:
         cfg = self._config
+        pool = PgPool(
+            self._new_connection,
+            min_size=cfg.pool_min_size,
+            max_size=cfg.pool_max_size,
+            pool_timeout=cfg.pool_timeout,
+            timeout=self.timeout,
+            url=self._url,
+        )
         with translate_errors("connect", self._url):
-            self._pool = await asyncpg.create_pool(
-                self._url,
-                min_size=cfg.pool_min_size,
-                max_size=cfg.pool_max_size,
-                timeout=cfg.pool_timeout,
-                init=init_connection,
-                reset=keep_session,
-                # Behind pgbouncer in transaction mode a server connection is not this
-                # client's between transactions: no named statements may outlive one.
-                statement_cache_size=0 if not cfg.prepared_statements else 100,
-            )
+            try:
+                await pool.start()
+            except BaseException:
+                pool.terminate()
+                raise
+        self._pool = pool
 
     async def ensure_connected(self) -> None:
         """Connect unless connected (one attempt at a time: never two pools). A lazy
-        (re)connect on the way to a call is bounded like the call (``l3_timeout``)."""
+        (re)connect on the way to a call is bounded like the call (``l3_timeout``); a
+        caller arriving while another connects does not queue behind it: it gets
+        TierUnavailableError at once (a replica read then goes to the primary)."""
+        if self._pool is not None:
+            return
+        if self._connect_lock.locked():
+            raise TierUnavailableError(
+                f"PostgreSQL at {hide_password(self._url)}: still connecting", tier="l3"
+            )
         async with self._connect_lock:
             if self._pool is None:
                 try:
@@ -204,23 +271,10 @@ class PostgresTier:
         those left are terminated (and logged)."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            limit = self._config.close_timeout_seconds
-            busy = pool.get_size() - pool.get_idle_size()
-            try:
-                async with asyncio.timeout(limit):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()
-                self._log.warning(
-                    "PostgreSQL at %s: the pool did not close within close_timeout (%gs); "
-                    "%d connection(s) still in use were terminated",
-                    hide_password(self._url),
-                    limit,
-                    busy,
-                )
+            await pool.close(self._config.close_timeout_seconds, self._log)
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> PgPool:
         if self._pool is None:
             raise TierUnavailableError("PostgreSQL tier is not connected", tier="l3")
         return self._pool
@@ -233,11 +287,21 @@ class PostgresTier:
         tx: Any = None,
         for_update: bool = False,
     ) -> list[Row]:
+        what = f"{schema.name}: get"
+        conn = conn_of(tx)
+        if len(ids) == 1 and not (tx is not None and for_update):
+            sql = self._reads[schema.name].get_one
+            record = await self.run(what, sql, (ids[0],), one=True, conn=conn)
+            if record is None:
+                return []
+            row = dict(record)
+            version = row[VERSION_COLUMN]
+            if version:
+                self.clock.observe(int(version))
+            return [row]
         st = self._stmts[schema.name]
         sql = st.get_for_update if tx is not None and for_update else st.get_many
-        async with self.bounded(f"{schema.name}: get", conn_of(tx)) as conn:
-            records = await conn.fetch(sql, list(ids))
-        return self._observed(records)
+        return self._observed(await self.run(what, sql, (list(ids),), conn=conn))
 
     def _observed(self, records: Sequence[asyncpg.Record]) -> list[Row]:
         """Rows as dicts; the clock advances past every version among them."""
@@ -248,29 +312,23 @@ class PostgresTier:
         return rows
 
     async def begin(self, isolation: str | None = None) -> PgTransaction:
-        """Start a transaction on a connection of its own (returned to the pool at the end)."""
+        """Start a transaction on a connection of its own (back to the pool at the end)."""
         level = isolation_level(isolation)
-        conn: asyncpg.Connection | None = None
+        pool = self.pool
+        conn = pool.take() or await self.checkout("begin")
         try:
-            async with asyncio.timeout(self._config.l3_timeout_seconds):
+            async with asyncio.timeout(self.timeout):
                 with translate_errors("begin", self._url):
-                    conn = await self.pool.acquire()
                     tr = conn.transaction(isolation=level) if level else conn.transaction()
                     await tr.start()
         except BaseException as exc:
-            if conn is not None:
-                conn.terminate()
-                await self.pool.release(conn)
+            pool.discard(conn)
             if isinstance(exc, TimeoutError):
                 raise self._unreachable(self._timed_out("begin")) from exc
             if isinstance(exc, TierUnavailableError):
-                self._outage.failed(exc)
+                self.outage.failed(exc)
             raise
-
-        async def release() -> None:
-            await self.pool.release(conn)
-
-        return PgTransaction(self, conn, tr, release=release)
+        return PgTransaction(self, conn, tr, release=pool.release)
 
     async def upsert_many(
         self,
@@ -291,18 +349,27 @@ class PostgresTier:
         cols = st.columns
         quiet = versioned and not returning
         versions = self._versions(rows, versioned)
-        async with self.bounded(f"{schema.name}: set", conn_of(tx)) as conn:
-            if len(rows) == 1:
-                row = rows[0]
-                args = [row[c] for c in cols]
-                args.append(versions[0])
-                if quiet:
-                    sql = st.upsert_if_newer_quiet
-                else:
-                    sql = st.upsert_if_newer if versioned else st.upsert
-                records = await conn.fetch(sql, *args)
+        what = f"{schema.name}: set"
+        if len(rows) == 1:
+            row = rows[0]
+            args = [row[c] for c in cols]
+            args.append(versions[0])
+            if quiet:
+                sql = st.upsert_if_newer_quiet
             else:
-                records = await self._copy_upsert(st, conn, rows, versions, tx, versioned, quiet)
+                sql = st.upsert_if_newer if versioned else st.upsert
+            records = await self.run(what, sql, args, conn=conn_of(tx))
+        else:
+            tuples = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
+            copy = tx is None and self._copy_first.worth_trying(schema.name)
+            async with self.bounded(what, conn_of(tx)) as conn:
+                if copy and await copy_new_rows(conn, schema, cols, tuples):
+                    self._copy_first.copied(schema.name)
+                    self.clock.observe(max(versions))
+                    return {} if quiet else stored_rows(cols, st.returning, schema.pk.name, tuples)
+                if copy:
+                    self._copy_first.missed(schema.name)
+                records = await self._copy_upsert(st, conn, tuples, tx, versioned, quiet)
         pk = schema.pk.name
         return {r[pk]: r for r in self._observed(records)}
 
@@ -326,15 +393,12 @@ class PostgresTier:
         self,
         st: Statements,
         conn: asyncpg.Connection,
-        rows: Sequence[Row],
-        versions: Sequence[int],
+        records: Sequence[tuple[Any, ...]],
         tx: Any,
         versioned: bool,
         quiet: bool,
     ) -> list[asyncpg.Record]:
-        cols = list(st.columns)
-        records = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
-        cols.append(VERSION_COLUMN)
+        cols = [*st.columns, VERSION_COLUMN]
 
         # Inside the caller's transaction this is a savepoint; the temp table's rows go at
         # commit (ON COMMIT DELETE ROWS), or at the TRUNCATE inside a caller's transaction.
@@ -355,24 +419,24 @@ class PostgresTier:
     ) -> int:
         st = self._stmts[schema.name]
         version = self.clock.now()
-        async with self.bounded(f"{schema.name}: delete", conn_of(tx)) as conn:
-            row = await conn.fetchrow(st.delete_many, list(ids), version)
+        what = f"{schema.name}: delete"
+        row = await self.run(what, st.delete_many, (list(ids), version), one=True, conn=conn_of(tx))
         assert row is not None
         self.clock.observe(int(row["v"]))
         return int(row["v"])
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
         st = self._stmts[schema.name]
-        async with self.bounded(f"{schema.name}: exists") as conn:
-            records = await conn.fetch(st.exists_many, list(ids))
+        records = await self.run(f"{schema.name}: exists", st.exists_many, (list(ids),))
         return {r[0] for r in records}
 
     async def fetch(
         self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
     ) -> list[Row]:
         """Rows of a compiled query; values are already canonical on PostgreSQL."""
-        async with self.bounded("query", conn_of(tx)) as conn:
-            records = await conn.fetch(sql, *args)
+        # A query's SQL varies: asyncpg's statement cache (LRU) keeps it, not the
+        # connection's prepared statements.
+        records = await self.run("query", sql, args, conn=conn_of(tx), prepared=False)
         return self._observed(records)
 
     async def iterate(self, schema: CompiledSchema, batch: int) -> AsyncIterator[list[Row]]:
@@ -380,8 +444,7 @@ class PostgresTier:
         st = self._stmts[schema.name]
         last: Any = None
         while True:
-            async with self.bounded(f"{schema.name}: scan") as conn:
-                records = await conn.fetch(st.iterate, last, batch)
+            records = await self.run(f"{schema.name}: scan", st.iterate, (last, batch))
             if not records:
                 return
             yield self._observed(records)
@@ -435,15 +498,12 @@ class PostgresTier:
     ) -> int:
         """Delete each ``(id, version)`` row only while its stored version is older than
         ``version``, in one statement: a replayed write-behind delete never removes a row
-        written after it. Returns how many rows were deleted."""
+        written after it. Each version is kept as the id's deleted version, so a later
+        insert lands above it. Returns how many rows were deleted."""
         if not items:
             return 0
-        pk = quote(schema.pk.name)
-        sql = (
-            f"WITH d AS (DELETE FROM {qualified(schema)} AS t USING unnest($1::"
-            f"{PK_ARRAY[schema.pk.kind]}, $2::bigint[]) AS w(id, v) WHERE t.{pk} = w.id "
-            f"AND t.{quote(VERSION_COLUMN)} < w.v RETURNING 1) SELECT count(*) FROM d"
-        )
+        sql = delete_if_older_sql(schema)
         with translate_errors(f"{schema.name}: delete", self._url):
             n = await self.pool.fetchval(sql, [i for i, _ in items], [v for _, v in items])
+        self.clock.observe(max(v for _, v in items))
         return int(n or 0)

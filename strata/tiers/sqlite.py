@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from strata.clock import HybridClock
+from strata.clock import DELETED_KEEP_MICROS, HybridClock
 from strata.config import Config
 from strata.errors import (
     ConfigError,
@@ -296,6 +296,8 @@ class SqliteTier:
             try:
                 out: dict[Any, Row] = {}
                 for row, version in zip(rows, versions, strict=True):
+                    if not versioned:  # above the newest delete of the id, if any
+                        version = self._above_deleted(st, schema, row, version)
                     found = db.execute(sql, self._args_in(st, row, version)).fetchone()
                     if found is not None:
                         ret = self._row_out(st, st.returning, found)
@@ -312,6 +314,21 @@ class SqliteTier:
             out = await self._run(work)
         self._observe(out.values())
         return out
+
+    def _above_deleted(self, st: Statements, schema: CompiledSchema, row: Row, v: int) -> int:
+        """``max(v, newest delete version of the row's id + 1)``: on the worker thread,
+        inside the write's transaction (one writer at a time: no delete can slip between)."""
+        pk_to = TO_DB.get(schema.pk.kind)
+        key = row[schema.pk.name]
+        found = self.db.execute(st.deleted_get, (pk_to(key) if pk_to else key,)).fetchone()
+        return v if found is None else max(v, int(found[0]) + 1)
+
+    def _deleted(self, st: Statements, keys: Sequence[Any], version: int) -> None:
+        """Record ``version`` as the deleted version of ``keys``, sweeping expired entries
+        (twice as many as added) first; on the worker thread, inside the transaction."""
+        db = self.db
+        db.execute(st.deleted_sweep, (version - DELETED_KEEP_MICROS, 2 * len(keys) + 16))
+        db.executemany(st.deleted_put, [(key, version) for key in keys])
 
     def _observe(self, rows: Iterable[Row]) -> None:
         top = max((r.get(VERSION_COLUMN) or 0 for r in rows), default=0)
@@ -336,6 +353,7 @@ class SqliteTier:
                 for key in keys:
                     for (old,) in db.execute(st.delete, (key,)).fetchall():
                         top = max(top, int(old) + 1)
+                self._deleted(st, keys, top)  # every id named: the caches keep a tombstone
                 if tx is None:
                     db.execute("COMMIT")
                 return top
@@ -348,6 +366,42 @@ class SqliteTier:
             assigned = await self._run(work)
         self.clock.observe(assigned)
         return assigned
+
+    async def delete_if_older(
+        self, schema: CompiledSchema, items: Sequence[tuple[Any, int]]
+    ) -> int:
+        """Delete each ``(id, version)`` row only while its stored version is older than
+        ``version``, in one transaction: a replayed write-behind delete never removes a row
+        written after it. Each version is kept as the id's deleted version, so a later
+        insert lands above it. Returns how many rows were deleted."""
+        if not items:
+            return 0
+        st = self._stmts[schema.name]
+        pk_to = TO_DB.get(schema.pk.kind)
+        newest: dict[Any, int] = {}
+        for i, v in items:
+            key = pk_to(i) if pk_to else i
+            newest[key] = max(v, newest.get(key, v))
+
+        def work() -> int:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = 0
+                for key, v in newest.items():
+                    n += len(db.execute(st.delete_if_older, (key, v)).fetchall())
+                    self._deleted(st, [key], v)
+                db.execute("COMMIT")
+                return n
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        with translate_errors(f"{schema.name}: delete"):
+            deleted = await self._run(work)
+        self.clock.observe(max(newest.values()))
+        return deleted
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]:
         st = self._stmts[schema.name]

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from strata.clock import DELETED_TABLE
 from strata.errors import IntegrityError, SerializationError, TierError, TierUnavailableError
 from strata.schema import VERSION_COLUMN, ColumnKind, CompiledSchema, json_default
 
@@ -83,6 +84,11 @@ class Statements:
     iterate_first: str
     iterate_next: str
     returning: tuple[str, ...]
+    # the deleted-versions high-water mark (see strata/tiers/sqlite.py)
+    deleted_get: str  # (id) -> newest delete version of id
+    deleted_put: str  # (id, version)
+    deleted_sweep: str  # (cutoff, limit): expired entries of this table
+    delete_if_older: str  # (id, version) -> 1 when deleted
 
 
 def _compile(stmt: Any) -> str:
@@ -118,6 +124,8 @@ def build_statements(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> 
         return _compile(stmt.returning(*returning))
 
     one: sa.BindParameter[Any] = sa.bindparam("id")
+    tbl = "'" + table.name.replace("'", "''") + "'"
+    dq, ver = _quote(DELETED_TABLE), _quote(VERSION_COLUMN)
     # LIMIT written by hand: SQLAlchemy's SQLite LIMIT ? also binds an OFFSET parameter.
     page = sa.select(*selected).order_by(pk)
     return Statements(
@@ -132,7 +140,24 @@ def build_statements(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> 
         iterate_first=_compile(page) + " LIMIT ?",
         iterate_next=_compile(page.where(pk > sa.bindparam("after"))) + " LIMIT ?",
         returning=tuple(c.name for c in returning),
+        deleted_get=f"SELECT v FROM {dq} WHERE tbl = {tbl} AND id = CAST(? AS TEXT)",
+        deleted_put=(
+            f"INSERT INTO {dq} (tbl, id, v) VALUES ({tbl}, CAST(? AS TEXT), ?) "
+            "ON CONFLICT (tbl, id) DO UPDATE SET v = max(v, excluded.v)"
+        ),
+        deleted_sweep=(
+            f"DELETE FROM {dq} WHERE rowid IN (SELECT rowid FROM {dq} "
+            f"WHERE tbl = {tbl} AND v < ? ORDER BY v LIMIT ?)"
+        ),
+        delete_if_older=(
+            f"DELETE FROM {_quote(table.name)} WHERE {_quote(cs.pk.name)} = ? AND {ver} < ? "
+            "RETURNING 1"
+        ),
     )
+
+
+def _quote(name: str) -> str:
+    return str(DIALECT.identifier_preparer.quote(name))
 
 
 @contextmanager
