@@ -12,13 +12,14 @@ same burst in the same process.
 
 Messages are single-key ``set`` invalidations as a write-through ``set`` on another
 instance publishes them. Rounds alternate between Strata and the raw loop. With
-``--instances 8`` (the ``8 instances`` variant) eight child processes each hold one store
-(or one raw subscriber) and all receive every burst: the rate is per instance.
+the ``8 instances`` variant, eight child processes each hold one store (and eight more one
+raw subscriber each); a burst reaches all of one kind at once: the rate is per instance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import orjson
@@ -27,6 +28,7 @@ from benchmarks import models
 from benchmarks.harness import (
     Check,
     Env,
+    bench_env,
     ge,
     median,
     open_store,
@@ -122,20 +124,121 @@ async def run(env: Env) -> list[Check]:
             listener.cancel()
             await client.aclose()  # type: ignore[attr-defined]
             await raw_client.aclose()  # type: ignore[attr-defined]
+    checks = [_check(rates, f"1 instance, bursts of {n}")]
+    checks.append(await _instances(env, env.size(8, 2), env.size(10_000, 2_000), rounds))
+    return checks
+
+
+def _check(rates: dict[str, list[float]], variant: str) -> Check:
     strata, raw = median(rates["strata"]), median(rates[RAW])
-    return [
-        Check(
-            scenario="invalidations applied per instance",
-            variant=f"1 instance, bursts of {n}",
-            unit="msg/s",
-            strata=strata,
-            baselines={RAW: raw},
-            against=RAW,
-            target=ge(1.0),
-            note=f"Strata {strata:,.0f} msg/s (issue 15: ≥ 20,000)",
-        )
-    ]
+    return Check(
+        scenario="invalidations applied per instance",
+        variant=variant,
+        unit="msg/s",
+        strata=strata,
+        baselines={RAW: raw},
+        against=RAW,
+        target=ge(1.0),
+        note=f"Strata {strata:,.0f} msg/s per instance (issue 15: ≥ 20,000)",
+    )
+
+
+async def _instances(env: Env, count: int, n: int, rounds: int) -> Check:
+    """``count`` child processes of each kind, all subscribed; a burst reaches all of one
+    kind at once. Rate per instance: n / (when that child had them all - EVAL sent)."""
+    rates: dict[str, list[float]] = {"strata": [], RAW: []}
+    kinds = {"strata": env.channel, RAW: env.key("raw-bus")}
+    children: dict[str, list[asyncio.subprocess.Process]] = {k: [] for k in kinds}
+    client = env.redis()
+    try:
+        for kind in kinds:
+            for _ in range(count):
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "benchmarks.scenarios.bus_throughput",
+                    "--child",
+                    "strata" if kind == "strata" else "raw",
+                    env.name,
+                    str(n),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                children[kind].append(child)
+        for procs in children.values():
+            for child in procs:
+                assert child.stdout is not None
+                line = await asyncio.wait_for(child.stdout.readline(), 60)
+                if line.strip() != b"ready":
+                    raise RuntimeError(f"bus child did not start: {line!r}")
+        template = _template(env)
+        for r in range(rounds + 1):
+            for kind in ("strata", RAW) if r % 2 == 0 else (RAW, "strata"):
+                await asyncio.sleep(0.2)
+                start = time.monotonic()
+                await client.eval(BURST, 1, kinds[kind], template, n)
+                for child in children[kind]:
+                    assert child.stdout is not None
+                    done = float(await asyncio.wait_for(child.stdout.readline(), 120))
+                    if r:
+                        rates[kind].append(n / (done - start))
+    finally:
+        for procs in children.values():
+            for child in procs:
+                if child.stdin is not None:
+                    child.stdin.close()
+                try:
+                    await asyncio.wait_for(child.wait(), 30)
+                except TimeoutError:
+                    child.kill()
+                    await child.wait()
+        await client.aclose()
+    return _check(rates, f"{count} instances (processes), bursts of {n}")
+
+
+async def _child(kind: str, name: str, n: int) -> None:
+    """One subscribing instance: prints "ready", then the monotonic time at which each
+    burst of ``n`` messages had all arrived; ends when stdin closes."""
+    out = sys.stdout
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    async with bench_env(False, name, own=False) as env:
+        if kind == "raw":
+            state: dict = {"count": 0, "target": n, "done": asyncio.Event()}
+            client, listener = await _raw_listener(env, state)
+            out.write("ready\n")
+            out.flush()
+            closed = asyncio.create_task(stdin.read())
+            while True:
+                waiter = asyncio.create_task(state["done"].wait())
+                await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed.done():
+                    waiter.cancel()
+                    break
+                out.write(f"{time.monotonic()}\n")
+                out.flush()
+                state["count"] = 0
+                state["done"] = asyncio.Event()
+            listener.cancel()
+            await client.aclose()  # type: ignore[attr-defined]
+            return
+        async with open_store(env, models.schema("ref"), create=False) as ds:
+            out.write("ready\n")
+            out.flush()
+            closed = asyncio.create_task(stdin.read())
+            seen = 0
+            while not closed.done():
+                got = ds.stats().invalidations_received
+                if got - seen >= n:
+                    seen += n
+                    out.write(f"{time.monotonic()}\n")
+                    out.flush()
+                await asyncio.sleep(0.0005)
 
 
 if __name__ == "__main__":
-    run_scenario(run)
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        asyncio.run(_child(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    else:
+        run_scenario(run)

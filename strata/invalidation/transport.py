@@ -89,7 +89,11 @@ class PubSubTransport:
         await pubsub.unsubscribe(*channels)
 
     async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        return cast("dict[str, Any] | None", await pubsub.get_message(timeout=timeout))
+        # A burst is mostly read from what the socket already delivered: then a blocking
+        # read returns at once and spares redis-py's per-read timeout (the bus keeps its
+        # own deadline over the whole stretch).
+        wait = None if _buffered(pubsub) else timeout
+        return cast("dict[str, Any] | None", await pubsub.get_message(timeout=wait))
 
     async def close(self, pubsub: Any) -> None:
         await pubsub.aclose()
@@ -134,7 +138,10 @@ class ShardedTransport(PubSubTransport):
         await pubsub.sunsubscribe(*channels)
 
     async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        message = await pubsub.get_sharded_message(timeout=timeout)
+        # redis-py waits up to ``timeout`` on each node's connection in turn: share the
+        # wait out, so the call returns within it however many shards carry our channels.
+        nodes = max(1, len(getattr(pubsub, "node_pubsub_mapping", None) or ()))
+        message = await pubsub.get_sharded_message(timeout=timeout / nodes)
         if message is not None:
             kind = message.get("type")
             kind = kind.decode() if isinstance(kind, bytes) else kind
@@ -150,6 +157,14 @@ class ShardedTransport(PubSubTransport):
 
     async def publish(self, channel: str, payload: bytes) -> None:
         await self.cluster.spublish(channel, payload)
+
+
+def _buffered(pubsub: Any) -> bool:
+    """True when redis-py's (hiredis) parser holds unread reply bytes for ``pubsub``. Private
+    attributes, read defensively: any other parser answers False (the ordinary read)."""
+    reader = getattr(getattr(getattr(pubsub, "connection", None), "_parser", None), "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    return bool(has_data()) if callable(has_data) else False
 
 
 def transport_for(

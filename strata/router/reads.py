@@ -36,8 +36,13 @@ def _older(queued: Queued | None, version: int) -> bool:
     return queued is not None and queued[1] > version
 
 
+_PRIVATE = frozenset({"l2", "l3"})  # tiers whose loaded value nobody else holds
+
+
 class Reads:
     def __init__(self, core: Core) -> None:
+        # Callers waiting on another's load of a key (single flight), by key.
+        self._joined: dict[tuple[str, Any], int] = {}
         self.core = core
         self._negative_ttl = seconds(core.config.negative_ttl, "negative_ttl") or 0.0
 
@@ -168,6 +173,7 @@ class Reads:
         if not force_l3:
             pending = core.inflight.get(key)
             if pending is not None:
+                self._joined[key] = self._joined.get(key, 0) + 1
                 await asyncio.wait([pending])
                 if not pending.cancelled():
                     shared, tier = pending.result()
@@ -199,7 +205,12 @@ class Reads:
         finally:
             if core.inflight.get(key) is fut:
                 del core.inflight[key]
-        return (None if value is None else b.out(value)), tier
+            joined = self._joined.pop(key, 0)
+        if value is None:
+            return None, tier
+        # Freshly decoded (L2) or built from its row (L3), L1 holding a copy of its own:
+        # the caller may have this one, unless others share the flight (they copy it).
+        return (value if not joined and tier in _PRIVATE else b.out(value)), tier
 
     async def _load_tiers(self, rt: Route, id: Any, force_l3: bool) -> tuple[BaseModel | None, str]:
         """``force_l3``: what L3 holds, even while a newer write-behind write is queued."""

@@ -7,6 +7,7 @@ runs these through its circuit breaker.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -203,13 +204,13 @@ async def get_one(client: aioredis.Redis, key: str) -> bytes | None:
     for attempt in (1, 2):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(command)
+            await _send(conn, command)
             try:
                 value = await conn.read_response()
             except rexc.ResponseError:  # WRONGTYPE: a key of another type is a miss
                 return None
             return value if isinstance(value, bytes) else None
-        except rexc.ConnectionError:
+        except (rexc.ConnectionError, ConnectionError):
             # A pooled socket that died with a restarted server: one retry on a fresh one.
             await conn.disconnect(nowait=True)
             if attempt == 2:
@@ -220,6 +221,22 @@ async def get_one(client: aioredis.Redis, key: str) -> bytes | None:
         finally:
             await pool.release(conn)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _send(conn: Any, command: bytes) -> None:
+    """Write ``command`` on a connected socket. redis-py's ``send_packed_command`` wraps
+    every write in ``asyncio.wait_for`` when a socket timeout is set (a Task per command,
+    on Python 3.11); a write of a few bytes is buffered at once, and only its ``drain``
+    can wait, so the timeout bounds that alone. Falls back to redis-py where its private
+    writer is not there."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected:
+        await conn.send_packed_command(command)
+        return
+    writer.write(command)
+    if writer.transport.get_write_buffer_size():  # the kernel did not take it all
+        async with asyncio.timeout(conn.socket_timeout):
+            await writer.drain()
 
 
 # KEYS[1] = key, ARGV[1] = value: DEL only if the key still holds that value (an unbound
