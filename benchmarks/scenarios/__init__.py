@@ -22,4 +22,5 @@ SCENARIOS: dict[str, str] = {
     "zipf": "64 tasks 90/10 Zipf vs cache-aside on SQLAlchemy Core + redis-py (issue 14 target)",
     "remember": "ds.cache remember hit (memory, Redis) vs cashews @cache and aiocache @cached",
     "memory": "bytes per L1 entry for 100,000 models vs a dict of the models",
+    "scaling": "cost per op as work grows: L1 entries, model width, batches, writers, instances",
 }
