@@ -1,6 +1,9 @@
 """``python -m benchmarks``: run the scenarios, one process each, and write the report.
 
-python -m benchmarks [--quick] [--scenario NAME ...] [--durable] [--out DIR] [--list]
+python -m benchmarks [--quick] [--scenario NAME ...] [--scaling] [--durable] [--out DIR] [--list]
+
+The default run includes the ``scaling`` scenario (its table: ``results/scaling.md``);
+``--scaling`` runs it alone, ``--no-scaling`` leaves it out.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="run only this scenario (repeatable); the report keeps the others' last results",
     )
+    parser.add_argument("--scaling", action="store_true", help="run only the scaling tables")
+    parser.add_argument("--no-scaling", action="store_true", help="leave the scaling tables out")
     parser.add_argument("--durable", action="store_true", help="keep synchronous_commit on")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per scenario")
@@ -57,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    names = args.scenario or list(SCENARIOS)
+    names = args.scenario or (["scaling"] if args.scaling else list(SCENARIOS))
+    if args.no_scaling:
+        names = [n for n in names if n != "scaling"]
     json_path = args.out / "latest.json"
     data = report.load(json_path)
     data["meta"] = asyncio.run(_machine(args.durable))
@@ -70,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report.render_markdown(data)
     (args.out / "latest.md").write_text(markdown, encoding="utf-8")
     report.render_chart(data, args.out / "ratios.png")
+    (args.out / "scaling.md").write_text(report.render_scaling_markdown(data), encoding="utf-8")
+    report.render_scaling_chart(data, args.out / "scaling.png")
     print(markdown)
-    print(f"wrote {args.out / 'latest.md'} and {args.out / 'ratios.png'}", file=sys.stderr)
+    print(f"wrote {args.out}/latest.md, ratios.png, scaling.md, scaling.png", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -112,6 +112,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for _, c in checks_of(data):
+        if is_scaling(c):
+            continue  # their own table below
         strata = fmt_value(c.strata, c.unit)
         if c.spread is not None:
             strata += f" ±{c.spread * 100:.0f}%"
@@ -134,6 +136,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             c.note,
         ]
         lines.append("| " + " | ".join(_cell(x) for x in row) + " |")
+    scaling = scaling_table(data)
+    if scaling:
+        lines += ["", "## Scaling", "", *scaling]
     failed = [(n, e) for n, e in scenarios.items() if e.get("error")]
     if failed:
         lines += ["", "## Scenarios that did not finish", ""]
@@ -154,6 +159,78 @@ def render_markdown(data: dict[str, Any]) -> str:
     met = [c.met for _, c in checks_of(data) if c.met is not None]
     lines += ["", f"Targets met: {sum(met)} of {len(met)}.", ""]
     return "\n".join(lines)
+
+
+# -- scaling: cost per op as the work grows -------------------------------------------------
+
+SCALING_PREFIX = "scaling: "
+
+
+def is_scaling(check: Check) -> bool:
+    return check.scenario.startswith(SCALING_PREFIX)
+
+
+def _scaling_series(data: dict[str, Any]) -> dict[str, list[Check]]:
+    """What grows (``scaling: L1 get``) -> its checks in size order."""
+    series: dict[str, list[Check]] = {}
+    for _, c in checks_of(data):
+        if is_scaling(c):
+            series.setdefault(c.scenario.removeprefix(SCALING_PREFIX), []).append(c)
+    return series
+
+
+def scaling_table(data: dict[str, Any]) -> list[str]:
+    """Markdown lines: one row per operation, one cell per size (empty without results)."""
+    series = _scaling_series(data)
+    if not series:
+        return []
+    lines = ["| operation | sizes → cost per op | notes |", "|---|---|---|"]
+    for what, checks in series.items():
+        cells = " · ".join(f"{c.variant}: **{fmt_value(c.strata, c.unit)}**" for c in checks)
+        notes = "; ".join(sorted({c.note for c in checks if c.note}))
+        lines.append("| " + " | ".join(_cell(x) for x in (what, cells, notes)) + " |")
+    return lines
+
+
+def render_scaling_markdown(data: dict[str, Any]) -> str:
+    meta = data.get("meta", {})
+    head = [
+        "# Strata scaling",
+        "",
+        f"Run {meta.get('date', '?')} · {meta.get('nproc', '?')} CPUs (nproc) · "
+        f"{meta.get('cpu', '?')} · Strata {meta.get('commit', '?')} "
+        "(`python -m benchmarks --scenario scaling`; medians over rounds)",
+        "",
+    ]
+    return "\n".join([*head, *(scaling_table(data) or ["no scaling results yet"]), ""])
+
+
+def render_scaling_chart(data: dict[str, Any], path: Path) -> None:
+    """One small panel per operation: cost per op against size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _scaling_series(data)
+    if not series:
+        return
+    cols = 3
+    rows = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 3 * rows), squeeze=False)
+    for ax, (what, checks) in zip(axes.flat, series.items(), strict=False):
+        ax.plot(range(len(checks)), [c.strata for c in checks], marker="o")
+        ax.set_xticks(range(len(checks)))
+        ax.set_xticklabels([c.variant for c in checks], fontsize=7)
+        ax.set_title(what, fontsize=9)
+        ax.set_ylabel(checks[0].unit, fontsize=8)
+        ax.set_ylim(bottom=0)
+    for ax in list(axes.flat)[len(series) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # -- chart --------------------------------------------------------------------------------

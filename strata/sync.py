@@ -8,6 +8,8 @@
                           tx.set is handed to it, so every statement runs in that task
                           (as the async transaction requires); leaving the block commits,
                           an exception rolls back and propagates unchanged
+    ds.retry_tx(fn)       fn(tx) inside ds.tx(), in the caller's thread; a SerializationError
+                          (from fn, a statement, BEGIN or COMMIT) runs it again in a new one
 
 Any number of threads may share one store: the calls interleave on its loop like concurrent
 tasks. The loop thread starts on ``connect()`` (or ``with DataStore(...) as ds``) and ends on
@@ -21,7 +23,10 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import inspect
+import random
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +37,7 @@ from pydantic import BaseModel
 
 from strata.config import Config
 from strata.datastore import DataStore as AsyncDataStore
-from strata.errors import LifecycleError
+from strata.errors import InvalidValueError, LifecycleError, SerializationError
 from strata.tx import Tx, TxContext
 
 if TYPE_CHECKING:
@@ -372,6 +377,36 @@ class DataStore:
         else:
             thread.loop.call_soon_threadsafe(inbox.put_nowait, None)
             owner.result()
+
+    def retry_tx(
+        self,
+        fn: Callable[[SyncTx], R],
+        *,
+        attempts: int = 3,
+        isolation: str | None = None,
+        timeout: float | None = None,
+        backoff: float = 0.01,
+    ) -> R:
+        """Run the blocking ``fn(tx)`` in a transaction, again (up to ``attempts`` times in
+        all, each in a new transaction, with a jittered exponential backoff) when it fails
+        with a retryable ``SerializationError``; the last one is raised. Any other error
+        rolls back and propagates at once, as from ``tx()``."""
+        if inspect.iscoroutinefunction(fn):
+            raise InvalidValueError(
+                "strata.sync retry_tx takes a blocking function; use the async DataStore's "
+                "retry_tx for a coroutine function"
+            )
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise InvalidValueError(f"retry_tx needs attempts >= 1, got {attempts!r}")
+        for attempt in range(attempts):
+            try:
+                with self.tx(isolation=isolation, timeout=timeout) as tx:
+                    return fn(tx)
+            except SerializationError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __repr__(self) -> str:
         return f"<strata.sync.DataStore {self.aio!r}>"

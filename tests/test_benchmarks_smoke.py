@@ -82,3 +82,34 @@ def test_report_renders_the_table_and_the_chart(tmp_path: Path) -> None:
     assert "**met**" in markdown
     assert "Test CPU" in markdown
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_scaling_parts_without_servers_run_in_quick_mode() -> None:
+    from benchmarks.harness import Env
+    from benchmarks.scenarios import scaling
+
+    env = Env("postgresql://unused", "redis://unused", "bench_smoke", quick=True)
+    checks = [*await scaling.l1_entries(env), *await scaling.model_width(env)]
+
+    assert [c.variant for c in checks[:2]] == ["1,000 entries", "10,000 entries"]
+    assert {c.variant for c in checks[2:]} == {"5 fields", "20 fields", "50 fields"}
+    assert all(c.strata > 0 and c.scenario.startswith("scaling: ") for c in checks)
+
+
+def test_scaling_rows_get_their_own_table_and_chart(tmp_path: Path) -> None:
+    rows = [
+        Check("scaling: L1 get", f"{n:,} entries", "µs/op", float(n.bit_length()))
+        for n in (1_000, 100_000)
+    ]
+    data = {
+        "meta": {"date": "2026-01-01 00:00 UTC", "nproc": 2, "cpu": "Test CPU"},
+        "scenarios": {"scaling": {"checks": [c.to_json() for c in rows]}},
+    }
+
+    table = report.render_scaling_markdown(data)
+    png = tmp_path / "scaling.png"
+    report.render_scaling_chart(data, png)
+
+    assert "| L1 get | 1,000 entries: **10.0 µs/op** · 100,000 entries: **17.0 µs/op** |" in table
+    assert "scaling: L1 get" not in report.render_markdown(data).split("## Scaling")[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

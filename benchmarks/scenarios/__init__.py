@@ -20,6 +20,8 @@ SCENARIOS: dict[str, str] = {
     "invalidation": "invalidation lag from a write in process A to process B (p50, p99)",
     "bus_throughput": "invalidations applied per instance vs a redis-py subscriber + orjson",
     "concurrency": "64 tasks, 90% reads / 10% writes, Zipf keys: ops/s and p99",
+    "zipf": "64 tasks 90/10 Zipf vs cache-aside on SQLAlchemy Core + redis-py (issue 14 target)",
     "remember": "ds.cache remember hit (memory, Redis) vs cashews @cache and aiocache @cached",
     "memory": "bytes per L1 entry for 100,000 models vs a dict of the models",
+    "scaling": "cost per op as work grows: L1 entries, model width, batches, writers, instances",
 }
