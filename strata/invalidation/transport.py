@@ -18,6 +18,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from strata.config import hide_password
+from strata.invalidation.shards import ShardReaders
 
 __all__ = [
     "BusCarrier",
@@ -118,6 +119,7 @@ class ShardedTransport(PubSubTransport):
         super().__init__(client, channel)
         self.cluster = client
         self._schemas = schemas
+        self._readers = ShardReaders()
 
     def channel_for(self, schema: str) -> str:
         # Schema names are identifiers; a name with a ':' is one of a family sharing the
@@ -138,17 +140,16 @@ class ShardedTransport(PubSubTransport):
         await pubsub.sunsubscribe(*channels)
 
     async def get_message(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        # redis-py waits up to ``timeout`` on each node's connection in turn: share the
-        # wait out, so the call returns within it however many shards carry our channels.
-        nodes = max(1, len(getattr(pubsub, "node_pubsub_mapping", None) or ()))
-        message = await pubsub.get_sharded_message(timeout=timeout / nodes)
+        # Every node read at once (redis-py's get_sharded_message polls them in turn).
+        message = await self._readers.get(pubsub, timeout)
         if message is not None:
-            kind = message.get("type")
+            kind: Any = message.get("type")
             kind = kind.decode() if isinstance(kind, bytes) else kind
             message = {**message, "type": _SHARDED_KINDS.get(kind, kind)}
-        return cast("dict[str, Any] | None", message)
+        return message
 
     async def close(self, pubsub: Any) -> None:
+        await self._readers.close()
         # One pubsub per node, each with its own connection.
         for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
             with contextlib.suppress(Exception):
