@@ -62,8 +62,7 @@ class WritePath(Protocol):
     writes_l2: bool
     """The path writes L2 itself (with the journal entry): the cache step leaves L2 be."""
     lags: bool
-    """L3 may be older than an acknowledged write (write-behind): reads of L3 rows ask
-    ``pending`` / ``journaled`` for a newer write first."""
+    """L3 may be older than an acknowledged write (write-behind): see ``journaled``."""
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
