@@ -175,6 +175,12 @@ class Journal:
     def has(self, schema: str) -> bool:
         return schema in self.streams
 
+    def drop_held(self, schema: str, keys: Sequence[str]) -> None:
+        """A newer write of these logical keys went elsewhere (the in-process queue)."""
+        st = self.streams[schema]
+        for k in keys:
+            st.held.pop(self.tier.physical_key(k), None)
+
     def own(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
         """This instance's acknowledged writes of these logical keys not known to be in L3
         (what it reads while Redis is away)."""

@@ -241,8 +241,7 @@ class JournaledWriteBehind(WriteBehind):
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core, schema)
-        # id -> the newest version a read of this instance served from Redis: an L3 row
-        # older than it is not served while Redis is unreachable (it may be journaled only)
+        # id -> newest version served from Redis: no older L3 row while Redis is away
         self.seen: OrderedDict[Any, int] = OrderedDict()
 
     def saw(self, id: Any, version: int) -> None:
@@ -256,7 +255,6 @@ class JournaledWriteBehind(WriteBehind):
     def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
         journal, l2 = self.core.journal, self.core.l2
         if journal is not None and journal.has(self.schema) and l2 is not None and not l2.available:
-            # Redis away: the journal cannot be asked, this instance's own writes can
             own = journal.own(self.schema, [rt.b.key(id)])
             for e in own.values():  # not flushed yet, or Redis lost it before the rescue
                 if e.version > (-1 if version is None else version):
@@ -290,6 +288,7 @@ class JournaledWriteBehind(WriteBehind):
             await journal.append(self.schema, appended)
         except TierUnavailableError:
             self._unjournaled()
+            journal.drop_held(self.schema, [b.key(i) for i in prepared])
             return await super().write(rt, prepared)
         self.unjournaled = False
         return items, {}
@@ -305,6 +304,7 @@ class JournaledWriteBehind(WriteBehind):
             )
         except TierUnavailableError:
             self._unjournaled()
+            journal.drop_held(self.schema, [b.key(i) for i in ids])
             return await super().delete(rt, ids)
         return version
 
