@@ -12,6 +12,8 @@
           entries stay claimed by this instance (their idle time is reset) meanwhile
         L3 refuses (constraint, type): bisect; a refused single write is a dead letter
       ─► XACK + XDEL ─► scripts.RELEASE (the L2 value gets its TTL back)
+    Redis failing for RESCUE_AFTER s, or restarted without its data (epoch key gone): the
+      writes this instance acknowledged and still holds go to L3 directly (journal/held.py)
 
 Nothing acknowledged leaves the journal until L3 has it or it is a dead letter (kept in
 Redis, every instance sees it). ``close()`` flushes for at most ``Config.close_timeout`` and
@@ -49,6 +51,7 @@ from strata.tiers.redis_scripts import bind, unbind
 __all__ = ["GROUP", "Appended", "Journal", "Stream", "is_refusal"]
 
 GROUP = "strata"
+RESCUE_AFTER = 1.0  # seconds of failing Redis before held writes go to L3 directly
 
 Appended = tuple[str, bytes, bytes, int, str, bytes]
 """(logical L2 key, L2 payload, packed id, version, op, packed row) of one write"""
@@ -151,6 +154,7 @@ class Journal:
         self._grouped: set[str] = set()
         self._stopping = False
         self._rescue_at = 0.0  # Redis failing: when held writes are next written to L3
+        self._failing_since: float | None = None  # Redis has failed every loop since
         self._next_check = 0.0
 
     # -- registry ----------------------------------------------------------------------
@@ -170,6 +174,12 @@ class Journal:
 
     def has(self, schema: str) -> bool:
         return schema in self.streams
+
+    def drop_held(self, schema: str, keys: Sequence[str]) -> None:
+        """A newer write of these logical keys went elsewhere (the in-process queue)."""
+        st = self.streams[schema]
+        for k in keys:
+            st.held.pop(self.tier.physical_key(k), None)
 
     def own(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
         """This instance's acknowledged writes of these logical keys not known to be in L3
@@ -230,21 +240,34 @@ class Journal:
 
     async def peek(self, schema: str, keys: Sequence[str]) -> dict[str, JournalEntry]:
         """The newest journaled write of each logical L2 key the journal still holds (one
-        round trip): newer than any L3 row of it. TierError when Redis fails."""
+        round trip): newer than any L3 row of it. TierError when Redis fails. If Redis
+        lost the journal (its epoch changed), this instance's own held writes stand in."""
         st = self.streams[schema]
         physical = [self.tier.physical_key(k) for k in keys]
         client = self.tier.client
-        res = await self.tier.call(lambda: PEEK(client, [st.stream, st.latest, *physical], []))
+        res = await self.tier.call(
+            lambda: PEEK(client, [st.stream, st.latest, st.epoch, *physical], [])
+        )
         out: dict[str, JournalEntry] = {}
-        for key, found in zip(keys, res, strict=True):
+        if st.held and (st.token is None or res[0] != st.token):
+            self._next_check = 0.0  # rescue them now
+            self._wake.set()
+            out.update(self.own(schema, keys))
+        for key, where, found in zip(keys, physical, res[1:], strict=True):
             if not found:
+                h = st.held.get(where)
+                if h is not None and key not in out:
+                    del st.held[where]  # flushed or superseded: nothing to rescue
                 continue
             stream_id, flat = found[0]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             try:
-                out[key] = decode_entry(schema, stream_id, fields)
+                e = decode_entry(schema, stream_id, fields)
             except CodecError as exc:  # the flusher drops it too
                 self._on_error(exc)
+                continue
+            if key not in out or out[key].version < e.version:
+                out[key] = e
         return out
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -324,7 +347,6 @@ class Journal:
                     await self._drain(st, own=own, fresh=fresh, claim=claim)
                 own = False
                 await self._check_held(loop.time())
-                self._rescue_at = 0.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the journal waits there
@@ -333,11 +355,10 @@ class Journal:
                 self._log.warning("write-behind journal: %s", exc)
                 if "NOGROUP" in str(exc):  # Redis lost the group (restarted empty)
                     self._grouped.clear()
-                if isinstance(exc, TierError) and loop.time() >= self._rescue_at:
-                    self._rescue_at = loop.time() + self._retry_max
-                    await self._rescue_all("Redis is unreachable")
+                await self._redis_failing(loop.time())
                 await asyncio.sleep(self._retry_base)
                 continue
+            await self._redis_failing(loop.time())
             if fresh:
                 next_tick = loop.time() + self._interval
             wait = min(next_tick, self._next_claim) - loop.time()
@@ -347,6 +368,18 @@ class Journal:
                         await self._wake.wait()
             fresh = self._wake.is_set() or loop.time() >= next_tick
             self._wake.clear()
+
+    async def _redis_failing(self, now: float) -> None:
+        """Redis is unreachable: once it has been for RESCUE_AFTER seconds (not a blip),
+        write what this instance holds to L3 directly, then again every retry_max."""
+        if self.tier.available or not any(st.held for st in self.streams.values()):
+            self._rescue_at, self._failing_since = 0.0, None
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since >= RESCUE_AFTER and now >= self._rescue_at:
+            self._rescue_at = now + self._retry_max
+            await self._rescue_all("Redis is unreachable")
 
     async def _rescue_all(self, why: str) -> None:
         """Write what this instance holds to L3 directly (strata/journal/held.py)."""
@@ -362,7 +395,7 @@ class Journal:
         """Forget held writes a peer flushed; rescue them all if Redis lost its data."""
         if now < self._next_check:
             return
-        self._next_check = now + max(self._interval, 0.05)
+        self._next_check = now + max(min(self._interval, self._claim_after / 2, 1.0), 0.05)
         for st in list(self.streams.values()):
             if st.held and await held.check(self.tier, st):
                 self._grouped.discard(st.stream)

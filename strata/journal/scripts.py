@@ -18,9 +18,10 @@ RELEASE KEYS = latest-entry hash, generation counter, L2 key 1..n
   (HDEL); its L2 value gets its TTL back if it is still the flushed version (a newer
   journaled value keeps none); INCR generation (a search cached before the flush missed it)
 
-PEEK    KEYS = stream, latest-entry hash, L2 key 1..n
-  per key: its latest journal entry (XRANGE of the id the latest hash names), or an empty
-  list when the journal holds no write of it: what readers take instead of an older L3 row
+PEEK    KEYS = stream, latest-entry hash, epoch key, L2 key 1..n
+  {epoch (or ""), then per key: its latest journal entry (XRANGE of the id the latest hash
+  names), or an empty list when the journal holds no write of it}: what readers take
+  instead of an older L3 row
 
 HELD    KEYS = latest-entry hash, epoch key, L2 key 1..n   ARGV = this instance's epoch
   {epoch (or ""), then per key its latest entry id (or "")}: which writes this instance
@@ -104,8 +105,8 @@ return 1
 
 PEEK_LUA = """
 local stream, latest = KEYS[1], KEYS[2]
-local out = {}
-for j = 3, #KEYS do
+local out = {redis.call('GET', KEYS[3]) or ''}
+for j = 4, #KEYS do
   local id = redis.call('HGET', latest, KEYS[j])
   if id then out[j - 2] = redis.call('XRANGE', stream, id, id) else out[j - 2] = {} end
 end

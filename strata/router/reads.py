@@ -265,11 +265,15 @@ class Reads:
             sealed = b.rows.sealed(rows[0])
             value, version = b.rows.from_row(rows[0])
             if not force_l3:
-                rt.path.check_l3(rt, id, version)
+                own = rt.path.check_l3(rt, id, version)
+                if own is not None:
+                    return own[0], "l1"
                 await self.fill(rt, [(id, value, version)], {id: sealed})
             return value, "l3"
         if not force_l3:
-            rt.path.check_l3(rt, id, None)
+            own = rt.path.check_l3(rt, id, None)
+            if own is not None:
+                return own[0], "l1"
         if rt.epoch == epoch and not force_l3:
             rt.negative[id] = time.monotonic() + self._negative_ttl
         return None, "miss"
@@ -343,9 +347,8 @@ class Reads:
             loaded = [b.rows.from_row(r) for r in rows]
             items = [(getattr(v, b.pk_field), v, ver) for v, ver in loaded]
             if rt.path.lags:  # never back in time while Redis is away
-                have = {i: ver for i, _, ver in items}
-                for i in missing:
-                    rt.path.check_l3(rt, i, have.get(i))
+                items, own = self._own_newer(rt, missing, items)
+                found.update({i: v for i, v in own.items() if v is not None})
             await self.fill(rt, items, sealed)
             for i, v, _ in items:
                 found[i] = v
@@ -376,6 +379,24 @@ class Reads:
                 del rt.negative[i]
                 rest.append(i)
         return rest
+
+    @staticmethod
+    def _own_newer(
+        rt: Route, ids: Sequence[Any], items: list[tuple[Any, BaseModel, int]]
+    ) -> tuple[list[tuple[Any, BaseModel, int]], dict[Any, BaseModel | None]]:
+        """The L3 rows of ids this instance has no newer own write of (fit to fill), and
+        its newer own writes (check_l3) of the others."""
+        have = {i: (v, ver) for i, v, ver in items}
+        rows = []
+        own: dict[Any, BaseModel | None] = {}
+        for i in ids:
+            row = have.get(i)
+            newer = rt.path.check_l3(rt, i, None if row is None else row[1])
+            if newer is not None:
+                own[i] = newer[0]
+            elif row is not None:
+                rows.append((i, row[0], row[1]))
+        return rows, own
 
     @staticmethod
     def _newer_pending(rt: Route, versions: Mapping[Any, int], found: dict[Any, BaseModel]) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from strata.config import WriteMode
 from strata.errors import MissingPrimaryKeyError, StrataError, TierError, TierUnavailableError
-from strata.journal.entry import encode_row, pack
+from strata.journal.entry import JournalEntry, encode_row, pack
 from strata.journal.flusher import Appended
 from strata.journal.host import delete_older
 from strata.router.binding import Binding
@@ -62,8 +62,7 @@ class WritePath(Protocol):
     writes_l2: bool
     """The path writes L2 itself (with the journal entry): the cache step leaves L2 be."""
     lags: bool
-    """L3 may be older than an acknowledged write (write-behind): reads of L3 rows ask
-    ``pending`` / ``journaled`` for a newer write first."""
+    """L3 may be older than an acknowledged write (write-behind): see ``journaled``."""
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         """Make the values durable (or queue them); ``sealed``: ciphertexts L2 reuses."""
@@ -83,10 +82,11 @@ class WritePath(Protocol):
     def saw(self, id: Any, version: int) -> None:
         """A read of this instance served this version of the id from Redis."""
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
-        """An L3 row of the id (None: no row) is about to be served: TierUnavailableError
-        if this instance served a newer write of it that only Redis, now unreachable,
-        holds (reads never go back in time)."""
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
+        """An L3 row of the id at ``version`` (None: no row) is about to be served: this
+        instance's own newer acknowledged write of it, not known to be in L3, instead; or
+        TierUnavailableError if it served a newer write that only Redis, unreachable now,
+        holds (reads never go back in time); None: serve the row."""
 
     def tx_version(self) -> int | None:
         """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
@@ -132,7 +132,7 @@ class WriteThrough:
     def saw(self, id: Any, version: int) -> None:
         return None
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
         return None
 
     def tx_version(self) -> int | None:
@@ -241,8 +241,7 @@ class JournaledWriteBehind(WriteBehind):
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core, schema)
-        # id -> the newest version a read of this instance served from Redis: an L3 row
-        # older than it is not served while Redis is unreachable (it may be journaled only)
+        # id -> newest version served from Redis: no older L3 row while Redis is away
         self.seen: OrderedDict[Any, int] = OrderedDict()
 
     def saw(self, id: Any, version: int) -> None:
@@ -253,14 +252,19 @@ class JournaledWriteBehind(WriteBehind):
             if len(seen) > self.SEEN_MAX:
                 seen.popitem(last=False)
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> None:
+    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
+        journal, l2 = self.core.journal, self.core.l2
+        if journal is not None and journal.has(self.schema) and l2 is not None and not l2.available:
+            own = journal.own(self.schema, [rt.b.key(id)])
+            for e in own.values():  # not flushed yet, or Redis lost it before the rescue
+                if e.version > (-1 if version is None else version):
+                    return self._model(rt, e)
         newest = self.seen.get(id)
         if newest is None:
-            return
-        l2 = self.core.l2
+            return None
         if (version is not None and version >= newest) or l2 is None or l2.available:
             del self.seen[id]  # L3 has it, or the journal (readable) no longer holds it
-            return
+            return None
         raise TierUnavailableError(
             f"{self.schema} {id!r}: a newer write than PostgreSQL holds was read from Redis, "
             "which is unreachable: not serving the older row",
@@ -284,6 +288,7 @@ class JournaledWriteBehind(WriteBehind):
             await journal.append(self.schema, appended)
         except TierUnavailableError:
             self._unjournaled()
+            journal.drop_held(self.schema, [b.key(i) for i in prepared])
             return await super().write(rt, prepared)
         self.unjournaled = False
         return items, {}
@@ -299,6 +304,7 @@ class JournaledWriteBehind(WriteBehind):
             )
         except TierUnavailableError:
             self._unjournaled()
+            journal.drop_held(self.schema, [b.key(i) for i in ids])
             return await super().delete(rt, ids)
         return version
 
@@ -313,18 +319,21 @@ class JournaledWriteBehind(WriteBehind):
             entries = journal.own(self.schema, list(keys))
         out: dict[Any, Queued] = {}
         for key, e in entries.items():
-            if e.op == "delete" or e.row is None:
-                out[keys[key]] = (None, e.version)
-                continue
-            try:
-                value, _ = b.rows.from_row({**e.row, VERSION_COLUMN: e.version})
-            except StrataError as exc:
-                self.core.count_error(exc)
-                continue
-            out[keys[key]] = (value, e.version)
-        for i, (_, version) in out.items():
-            self.saw(i, version)
+            q = self._model(rt, e)
+            if q is not None:
+                out[keys[key]] = q
+                self.saw(keys[key], q[1])
         return out
+
+    def _model(self, rt: Route, e: JournalEntry) -> Queued | None:
+        if e.op == "delete" or e.row is None:
+            return None, e.version
+        try:
+            value, _ = rt.b.rows.from_row({**e.row, VERSION_COLUMN: e.version})
+        except StrataError as exc:
+            self.core.count_error(exc)
+            return None
+        return value, e.version
 
     def _unjournaled(self) -> None:
         if self.unjournaled:

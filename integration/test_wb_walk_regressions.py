@@ -1,0 +1,47 @@
+"""Shrunk sequences of the write-behind model walk (integration/test_model_based.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from integration._model import Faults, Op
+from integration.test_model_based import WB, _config, _replay
+
+
+@pytest.fixture
+async def faults(pg_url: str) -> AsyncIterator[Faults]:
+    async with Faults.open(pg_url) as f:
+        yield f
+
+
+async def test_a_write_queued_in_process_after_redis_died_wins_over_the_held_journaled_one(
+    faults: Faults, settings: dict[str, Any]
+) -> None:
+    # write_behind-no-l1, seed 2327812124: A read its older journaled write after the heal
+    ops = [
+        Op(kind="set", inst="A", keys=("k0",)),
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+        Op(kind="set", inst="A", keys=("k0",)),
+    ]
+    await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 12: Redis restarted empty before the writer rescued its journaled write; "
+    "the reader's first read after the heal takes the older L3 row",
+)
+async def test_a_reader_does_not_read_the_older_row_when_redis_comes_back_empty(
+    faults: Faults, settings: dict[str, Any]
+) -> None:
+    # write_behind-l1, seed 3242209166
+    ops = [
+        Op(kind="set", inst="A", keys=("k1",)),
+        Op(kind="get", inst="A", keys=("k3",)),
+        Op(kind="get_many", inst="B", keys=("k1", "k3", "k2")),
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+    ]
+    await _replay(_config(WB, True, writers=("A",)), ops, faults, settings)
