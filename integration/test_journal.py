@@ -211,9 +211,12 @@ def peer_settings(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
 WB_ITEMS = "integration.procs.wb_models"
 
 
-async def _write_then_crash(settings: dict[str, Any], n: int, **extra: Any) -> None:
+async def _write_then_crash(
+    settings: dict[str, Any], pg: asyncpg.Connection, n: int, **extra: Any
+) -> int:
     """A child writes n keys twice (level 1, then level 2), each batch acknowledged, and is
-    killed with -9 right after the last acknowledgement."""
+    killed with -9 right after the last acknowledgement. Returns how many of the newest
+    values PostgreSQL held at the kill (the rest are only in the journal)."""
     async with Crashing(peer_settings(settings, **extra), WB_ITEMS) as child:
         for level in (1, 2):
             for start in range(0, n, 500):
@@ -222,6 +225,13 @@ async def _write_then_crash(settings: dict[str, Any], n: int, **extra: Any) -> N
                 ]
                 await child.call("set_many", values=values)
         await child.kill9()
+    newest = sum(1 for level in (await _items(pg)).values() if level == 2)
+    print(
+        f"\nkill -9 after {2 * n} acknowledged writes: {newest} of {n} newest values in "
+        "PostgreSQL at the kill"
+    )
+    assert newest < n, "the child flushed everything before the kill: nothing to recover"
+    return newest
 
 
 async def _items(pg: asyncpg.Connection) -> dict[str, int]:
@@ -241,7 +251,7 @@ async def test_writes_a_killed_instance_acknowledged_reach_postgresql_through_a_
     from integration.procs.wb_models import ITEMS, Item
 
     await _prepare_items(settings)
-    await _write_then_crash(settings, KILL_WRITES)
+    await _write_then_crash(settings, pg_conn, KILL_WRITES)
     async with store(
         settings,
         ITEMS,
@@ -263,7 +273,7 @@ async def test_writes_a_killed_instance_acknowledged_reach_postgresql_when_it_re
 ) -> None:
     await _prepare_items(settings)
     same = {"instance_id": "restarting-one", "write_behind_claim_after": NEVER}
-    await _write_then_crash(settings, KILL_WRITES, **same)
+    await _write_then_crash(settings, pg_conn, KILL_WRITES, **same)
     async with Peer(peer_settings(settings, **same), WB_ITEMS) as restarted:
 
         async def all_newest() -> bool:
@@ -282,6 +292,7 @@ async def test_redis_with_aof_always_keeps_every_acknowledged_write_across_a_cra
         await _prepare_items(private)
         await _write_then_crash(
             private,
+            pg_conn,
             500,
             write_behind_flush_interval=NEVER,
             write_behind_flush_threshold=100_000,
