@@ -130,8 +130,11 @@ async def test_sentinel_failover_under_load_leaves_no_stale_read(
 # redis-py's cluster client may leave a socket to the killed node for the garbage collector.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.xfail(
-    reason="open: passes alone (7 of 7 runs) but in one full `make test` run L2 or the bus did "
-    "not come back within 15 s after the cluster failover; not yet diagnosed",
+    reason="open: after the failover the writer's L2 circuit stays open (available False, "
+    "possible_loss True, one key left to repair): its probe keeps failing with a connection "
+    "error to the killed master. Fails every run with test_tx.py::test_for_update_keeps_200_"
+    "concurrent_transfers_consistent[l1+cluster+pg] run first in the same process, passes "
+    "alone; the probe (the deletes of unwritten keys, then the call) is not yet diagnosed",
     strict=False,
 )
 async def test_cluster_master_killed_under_load_leaves_no_stale_read(
