@@ -205,11 +205,13 @@ def settings(pg_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> 
         "redis_url": redis_url,
         "key_prefix": redis_prefix,
         "invalidation_channel": f"{redis_prefix}:invalidation",
+        "redis_timeout": TEST_REDIS_TIMEOUT,
     }
 
 
 # The tier-contract fixtures (``env``, ``l3_env``) live beside the stacks they build.
 from integration.stacks import (  # noqa: E402, F401
+    TEST_REDIS_TIMEOUT,
     bus_env,
     env,
     l1_async_env,

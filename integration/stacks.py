@@ -139,6 +139,13 @@ class Env:
             return dict(found) if found else None
 
 
+# The shared Redis answers within a millisecond, but with 4 test workers on a 2-core machine
+# a process can go unscheduled for longer than the default 0.5 s redis_timeout: the L2
+# breaker then opened spuriously (a journaled write fell back to the in-process queue, a
+# warm batch was skipped) in about one full run in three. Tests of timeouts set their own.
+TEST_REDIS_TIMEOUT = 1.5
+
+
 def config_for(
     stack: Stack,
     *,
@@ -159,6 +166,7 @@ def config_for(
         "invalidation_channel": channel,
         "encryption_key": ENCRYPTION_KEY,
         "write_behind_flush_interval": 0.05,
+        "redis_timeout": TEST_REDIS_TIMEOUT,
     }
     return Config(**{**settings, **extra})
 
