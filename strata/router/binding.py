@@ -32,6 +32,7 @@ class Binding:
     """Everything the router needs to know about one schema, resolved once."""
 
     __slots__ = (
+        "auto_fields",
         "cipher",
         "codec",
         "coerce",
@@ -73,6 +74,7 @@ class Binding:
         self.mutable = cs.mutable
         self.copier = Copier(cs.model, mutable=cs.mutable)
         self.copy_out = self.copier.out  # the caller's copy of a held value
+        self.auto_fields = frozenset(cs.auto_now) | frozenset(cs.auto_now_add)
         self.coerce = cs.coerce_id
         self.l1_ttl = cs.l1_ttl
         self.l2_ttl = cs.l2_ttl
@@ -183,18 +185,33 @@ class Binding:
         if codec is not None and codec.max_bytes is not None:
             codec.encode(value, 0)
 
-    def stamp(self, value: BaseModel) -> BaseModel:
+    def stamp(self, value: BaseModel, now: datetime | None = None) -> BaseModel:
         """A private copy of the value with auto timestamps set; the caller's object is
-        never stored by reference."""
+        never stored by reference. The copy is the Copier's (a shallow one for a model of
+        immutable values), the timestamps written into it as ``model_copy(update=...)``
+        would (assigned, no validation). ``now``: one batch's time (default: now)."""
+        copy = self.copier.keep_copy(value)
         cs = self.cs
         if cs.auto_now or cs.auto_now_add:
-            now = datetime.now(UTC)
-            update = dict.fromkeys(cs.auto_now, now)
+            if now is None:
+                now = datetime.now(UTC)
+            d = copy.__dict__
+            for f in cs.auto_now:
+                d[f] = now
             for f in cs.auto_now_add:
-                current = getattr(value, f)
-                update[f] = current if isinstance(current, datetime) else now
-            return self.rows.normalised(value.model_copy(update=update, deep=self.mutable))
-        return self.rows.normalised(value.model_copy(deep=self.mutable))
+                if not isinstance(d.get(f), datetime):
+                    d[f] = now
+            copy.__pydantic_fields_set__.update(self.auto_fields)
+        return self.rows.normalised(copy)
+
+    def l1_share(self, value: BaseModel) -> BaseModel:
+        """What L1 keeps of a write's private copy that no caller gets and nothing changes
+        (a write-behind path's: the queue or journal has it, callers get copies): the copy
+        itself, or a copy with the omitted fields reset when there are any."""
+        if self.l1_reset:
+            return self.l1_copy(value)
+        self.copier.intern(value)
+        return value
 
 
 def default_of(model: type[BaseModel], field: str) -> Any:

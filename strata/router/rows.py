@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pydantic
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from strata.crypto import FieldCipher
@@ -29,6 +29,7 @@ class RowMapper:
 
     __slots__ = (
         "aad_table",
+        "batch",
         "cipher",
         "column_fields",
         "cs",
@@ -44,6 +45,7 @@ class RowMapper:
         "pk_field",
         "renames",
         "simple_rows",
+        "to_check",
     )
 
     def __init__(self, cs: CompiledSchema, cipher: FieldCipher | None) -> None:
@@ -75,6 +77,15 @@ class RowMapper:
             and not all(isinstance(m.value, str) for m in c.enum_type)
         ]
         self.simple_rows = not (self.renames or self.encrypted or self.enum_by_name)
+        # to_rows: one serializer call for a batch (no renames, nothing to seal), then only
+        # the columns that may need a conversion or a check are looked at
+        self.batch: TypeAdapter[list[Any]] | None = None
+        if not (self.renames or self.encrypted):
+            try:
+                self.batch = TypeAdapter(list[cs.model])  # type: ignore[name-defined]
+            except pydantic.PydanticUserError:  # a model pydantic cannot adapt: one at a time
+                self.batch = None
+        self.to_check = [(c.name, c.kind) for c in cs.columns if c.kind not in _NEVER_STR]
 
     def normalised(self, value: BaseModel) -> BaseModel:
         """The value every tier will give back, checked once before any tier is written: a
@@ -82,15 +93,16 @@ class RowMapper:
         carry it, SQLite makes NaN NULL: tiers would hand back something else), and a naive
         datetime becomes UTC (as PostgreSQL stores it), so L1 and L2 do not hand back what
         L3 would not. ``value`` is the write's private copy: changed in place."""
+        d = value.__dict__
         for f in self.finite_fields:
-            if not _finite(getattr(value, f, None)):
+            if not _finite(d.get(f)):
                 raise InvalidValueError(
                     f"{self.name}.{f}: NaN and infinity cannot be stored (not in JSON, not "
                     "in a float column: no tier could give them back the same)",
                     schema=self.name,
                 )
         for f in self.datetime_fields:
-            v = getattr(value, f, None)
+            v = d.get(f)
             if isinstance(v, datetime) and v.tzinfo is None:
                 # not setattr: validate_assignment or a frozen model must not refuse it, and
                 # the field stays assigned (or not) as it was
@@ -100,6 +112,43 @@ class RowMapper:
     def to_row(self, value: BaseModel, id: Any) -> dict[str, Any]:
         """Canonical L3 row (column -> value); encrypted columns sealed here."""
         return self._columns(value, id, self.column_fields, self.cs.columns)
+
+    def to_rows(self, values: Mapping[Any, BaseModel]) -> dict[Any, dict[str, Any]]:
+        """``to_row`` of each value (by id), the model dumps done in one serializer call."""
+        batch, model = self.batch, self.model
+        models = list(values.values())
+        if batch is None or len(models) < 2 or any(type(v) is not model for v in models):
+            return {i: self.to_row(v, i) for i, v in values.items()}
+        fields = self.column_fields
+        include = None if len(fields) == len(model.model_fields) else {"__all__": fields}
+        try:
+            rows: list[dict[str, Any]] = batch.dump_python(
+                models, include=include, warnings="error"
+            )
+            if self.json_fields:
+                wanted = {"__all__": self.json_fields}
+                dumped = batch.dump_python(models, mode="json", include=wanted, warnings="error")
+                for row, js in zip(rows, dumped, strict=True):
+                    row.update(js)
+        except (PydanticSerializationError, TypeError, ValueError):
+            for i, v in values.items():
+                self.to_row(v, i)  # raises, naming the value
+            raise
+        checks = self.to_check
+        if checks:
+            for row in rows:
+                for name, kind in checks:
+                    v = row[name]
+                    if v is None:
+                        continue
+                    if kind is ColumnKind.ENUM:
+                        row[name] = enum_to_text(v) if not isinstance(v, str) else v
+                    elif kind is ColumnKind.DATETIME:
+                        if v.tzinfo is None:
+                            row[name] = v.replace(tzinfo=UTC)
+                    elif type(v) is str and not v.isascii():
+                        _check_utf8(self.name, name, v)
+        return dict(zip(values, rows, strict=True))
 
     def partial_row(self, values: Mapping[str, Any], id: Any) -> dict[str, Any]:
         """Canonical L3 columns for some fields only (``patch``), values already validated:
@@ -195,6 +244,21 @@ class RowMapper:
                     row[spec.name] = orjson.loads(self.cipher.decrypt(blob, aad))
             out.append({by_column[c].field: row[c] for c in columns})
         return out
+
+
+_NEVER_STR = frozenset(
+    (
+        ColumnKind.INT,
+        ColumnKind.FLOAT,
+        ColumnKind.BOOL,
+        ColumnKind.DATE,
+        ColumnKind.TIME,
+        ColumnKind.BYTES,
+        ColumnKind.UUID,
+        ColumnKind.DECIMAL,
+    )
+)
+"""Column kinds whose dumped value is never a str nor needs converting (to_rows)."""
 
 
 def _finite(value: Any) -> bool:

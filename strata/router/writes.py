@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -29,8 +30,9 @@ from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.reads import Reads
+from strata.router.upserts import Item, upsert
 from strata.schema import VERSION_COLUMN
-from strata.tiers.base import L1Tier, TxHandle
+from strata.tiers.base import L1Tier
 from strata.writebehind import DeadLetter, PendingWrite
 
 __all__ = [
@@ -43,10 +45,9 @@ __all__ = [
     "WriteThroughL1Async",
     "Writes",
     "choose_path",
+    "upsert",
 ]
 
-Item = tuple[Any, BaseModel, int]
-"""(id, value as stored, row version)"""
 Sealed = Mapping[Any, dict[str, bytes]]
 Queued = tuple[BaseModel | None, int]
 """(value, or None for a delete; version) of a write L3 may not have yet"""
@@ -108,10 +109,9 @@ class WriteThrough:
         self.core = core
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
-        rows = {i: rt.b.rows.to_row(v, i) for i, v in prepared.items()}
-        sealed = (
-            {i: rt.b.rows.sealed(row) for i, row in rows.items()} if rt.b.rows.encrypted else {}
-        )
+        mapper = rt.b.rows
+        rows = mapper.to_rows(prepared)
+        sealed = {i: mapper.sealed(row) for i, row in rows.items()} if mapper.encrypted else {}
         return await upsert(self.core, rt.b, prepared, rows), sealed
 
     async def delete(self, rt: Route, ids: list[Any]) -> int:
@@ -206,6 +206,11 @@ class WriteBehind(WriteThrough):
             )
         return version
 
+    def fill_l1(self, rt: Route, l1: L1Tier, items: Sequence[Item]) -> None:
+        share = rt.b.l1_share  # the queue's (or journal's) private copy: callers get copies
+        for i, v, ver in items:
+            l1.set(i, share(v), ver)
+
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
         return self.shadow.get(id) if self.shadow else None
 
@@ -276,9 +281,10 @@ class JournaledWriteBehind(WriteBehind):
         assert b.codec is not None and journal is not None
         items: list[Item] = []
         appended: list[Appended] = []
+        rows = b.rows.to_rows(prepared)  # encrypted columns sealed: never plaintext in Redis
         for i, v in prepared.items():
             version = core.next_version()
-            row = b.rows.to_row(v, i)  # encrypted columns sealed: never plaintext in Redis
+            row = rows[i]
             payload = b.codec.encode(v, version, b.rows.sealed(row))
             appended.append(
                 (b.key(i), payload, pack(i), version, "set", encode_row(row, b.kept(v)))
@@ -346,6 +352,12 @@ class JournaledWriteBehind(WriteBehind):
         )
 
 
+def _carry(fields: list[str], value: BaseModel, cached: BaseModel) -> None:
+    """The stored ``auto_now_add`` values into the write's private copy (as model_copy)."""
+    value.__dict__.update({f: getattr(cached, f) for f in fields})
+    value.__pydantic_fields_set__.update(fields)
+
+
 def choose_path(binding: Binding, core: Core) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
@@ -379,55 +391,6 @@ def choose_path(binding: Binding, core: Core) -> WritePath:
     return through or WriteThrough(core)
 
 
-async def upsert(
-    core: Core,
-    b: Binding,
-    prepared: dict[Any, BaseModel],
-    rows: dict[Any, dict[str, Any]],
-    *,
-    tx: TxHandle | None = None,
-    versioned: bool = False,
-) -> list[Item]:
-    """The L3 upsert; returns (id, value as stored, row version). With ``versioned`` the
-    rows carry their own version and a newer stored row wins (it is left out)."""
-    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-    for i, v in prepared.items():
-        groups.setdefault(b.kept(v), []).append(rows[i])
-    returned: dict[Any, dict[str, Any]] = {}
-    for kept, group in groups.items():
-        core.c.l3_queries += 1
-        if kept:
-            returned.update(
-                await core.l3.upsert_many(b.cs, group, tx=tx, versioned=versioned, kept=kept)
-            )
-        else:
-            returned.update(await core.l3.upsert_many(b.cs, group, tx=tx, versioned=versioned))
-    items = []
-    keep = b.cs.auto_now_add
-    for i, v in prepared.items():
-        ret = returned.get(i)
-        if ret is None:  # versioned: L3 already holds a newer write of this row
-            continue
-        if keep:  # an existing row keeps its own auto_now_add values
-            kept_values = {f: ret[b.cs.by_field[f].name] for f in keep}
-            if any(getattr(v, f) != kv for f, kv in kept_values.items()):
-                v = v.model_copy(update=kept_values)
-        v = _stored_omitted(b, v, ret)
-        items.append((i, v, int(ret[VERSION_COLUMN])))
-    return items
-
-
-def _stored_omitted(b: Binding, v: BaseModel, ret: dict[str, Any]) -> BaseModel:
-    """The value with the omitted columns L3 kept (returned as stored), so no cache gets a
-    default for them."""
-    stored = {
-        f: ret[c]
-        for c, f in b.omitted.items()
-        if c in ret and f not in v.model_fields_set and c not in b.rows.encrypted_columns
-    }
-    return v.model_copy(update=stored) if stored else v
-
-
 class Writes:
     """What every write shares, whatever its path."""
 
@@ -440,11 +403,19 @@ class Writes:
         core, b, path = self.core, rt.b, rt.path
         prepared = await self.prepare(rt, values)
         if b.cs.auto_now_add and path.carries_created:
-            await self._carry_created(rt, prepared)
+            rest = self._carry_created(rt, prepared)
+            if rest:
+                found, _ = await self.reads.l2_get(rt, rest)
+                for i, cached in found.items():
+                    _carry(b.cs.auto_now_add, prepared[i], cached)
         items, sealed = await path.write(rt, prepared)
         core.forget_readers(rt, prepared)
-        await self.cache_writes(rt, items, sealed, l2_done=path.writes_l2)
-        await self.coh.publish(rt, "set", items)
+        if b.l2_on:
+            await self.cache_writes(rt, items, sealed, l2_done=path.writes_l2)
+        elif rt.l1 is not None:  # what cache_writes does without L2
+            path.fill_l1(rt, rt.l1, items)
+        if core.bus is not None:  # no bus: nobody to tell
+            await self.coh.publish(rt, "set", items)
         after_set = b.hooks.after_set
         if after_set is not None:
             for _, v, _ in items:
@@ -461,8 +432,10 @@ class Writes:
         b = rt.b
         before_set = b.hooks.before_set
         prepared: dict[Any, BaseModel] = {}
+        now = datetime.now(UTC)  # one time for the batch's auto timestamps
+        model, sized = b.model, b.codec is not None and b.codec.max_bytes is not None
         for raw in values:
-            value = b.check_value(raw)
+            value = raw if type(raw) is model else b.check_value(raw)
             if before_set is not None:
                 replaced = await self.core.hooks.call(before_set, value)
                 if replaced is not None:
@@ -474,28 +447,26 @@ class Writes:
                     schema=rt.name,
                 )
             id = b.check_id(id)
-            prepared[id] = stamped = b.stamp(value)
-            b.check_size(stamped)  # refused before any tier is written
+            prepared[id] = stamped = b.stamp(value, now)
+            if sized:
+                b.check_size(stamped)  # refused before any tier is written
         return prepared
 
-    async def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> None:
+    def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> list[Any]:
         """Paths that cannot ask L3 for stored ``auto_now_add`` values: the cached copy of
-        the row (L1, the write queue, then L2) has them."""
-        fields = rt.b.cs.auto_now_add
-        known: dict[Any, BaseModel] = {}
-        for i in prepared:
-            cached = rt.l1.get(i) if rt.l1 is not None else None
+        the row (L1, the write queue, then L2) has them. Returns the ids only L2 may know."""
+        rest = []
+        l1, path = rt.l1, rt.path
+        for i, v in prepared.items():
+            cached = l1.get(i) if l1 is not None else None
             if cached is None:
-                queued = rt.path.pending(i)
+                queued = path.pending(i)
                 cached = queued[0] if queued is not None else None
-            if cached is not None:
-                known[i] = cached
-        rest = [i for i in prepared if i not in known]
-        if rest and rt.b.l2_on:
-            found, _ = await self.reads.l2_get(rt, rest)
-            known.update(found)
-        for i, cached in known.items():
-            prepared[i] = prepared[i].model_copy(update={f: getattr(cached, f) for f in fields})
+            if cached is None:
+                rest.append(i)
+            else:
+                _carry(rt.b.cs.auto_now_add, v, cached)
+        return rest if rt.b.l2_on else []
 
     async def cache_writes(
         self,
@@ -559,11 +530,13 @@ class Writes:
         rt = core.routes[schema]
         b = rt.b
         sets: dict[frozenset[str], list[dict[str, Any]]] = {}
-        for w in writes:
-            if w.op == "set":  # the queued model becomes its L3 row only now
-                row = b.rows.to_row(w.row, w.id)
-                row[VERSION_COLUMN] = w.version
-                sets.setdefault(b.kept(w.row), []).append(row)
+        queued = {w.id: w for w in writes if w.op == "set"}  # coalesced: one write per id
+        # the queued models become their L3 rows only now
+        rows = b.rows.to_rows({i: w.row for i, w in queued.items()})
+        for i, w in queued.items():
+            row = rows[i]
+            row[VERSION_COLUMN] = w.version
+            sets.setdefault(b.kept(w.row), []).append(row)
         deletes = [(w.id, w.version) for w in writes if w.op == "delete"]
         for kept, group in sets.items():
             core.c.l3_queries += 1

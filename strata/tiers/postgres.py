@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -360,7 +361,11 @@ class PostgresTier:
                 sql = st.upsert_if_newer if versioned else st.upsert
             records = await self.run(what, sql, args, conn=conn_of(tx))
         else:
-            tuples = [(*(row[c] for c in cols), v) for row, v in zip(rows, versions, strict=True)]
+            pick = itemgetter(*cols)  # a tuple of the columns (one column: the value)
+            if len(cols) > 1:
+                tuples = [(*pick(row), v) for row, v in zip(rows, versions, strict=True)]
+            else:
+                tuples = [(pick(row), v) for row, v in zip(rows, versions, strict=True)]
             copy = tx is None and self._copy_first.worth_trying(schema.name)
             async with self.bounded(what, conn_of(tx)) as conn:
                 if copy and await copy_new_rows(conn, schema, cols, tuples):
