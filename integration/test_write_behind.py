@@ -63,7 +63,9 @@ def field_of(value: Any, name: str) -> Any:
 
 
 async def test_10000_sets_then_close_all_land_in_l3(wb_env: Env) -> None:
-    ds = await store(wb_env, write_behind_flush_threshold=100_000)
+    # close() waits up to close_timeout for the flush; this test is about every row landing,
+    # not about the bound (test_wb_coherence tests that), so a loaded machine gets a minute.
+    ds = await store(wb_env, write_behind_flush_threshold=100_000, close_timeout=60.0)
     for start in range(0, 10_000, 100):  # batches keep the run short; each row is queued
         await ds.set_many(
             Account,
