@@ -119,7 +119,7 @@ async def run(env: Env) -> list[Check]:
             "ref, L1+PG",
             per_call,
             against=FLOOR,
-            target=le(4.0),
+            target=le(3.0),
         ),
         Check(
             scenario="set, write-behind (sustained flush)",

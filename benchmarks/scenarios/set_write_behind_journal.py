@@ -3,7 +3,10 @@
 - per call: ``ds.set`` acknowledged once its L2 value and journal entry are in Redis (one
   Lua script) against a write-through ``ds.set`` of the same stack (L3 upsert, then L2) —
   the journal must not make write-behind slower than write-through — and against an
-  embedded write-behind ``ds.set`` (no Redis: in-process queue, nothing crash-safe);
+  embedded write-behind ``ds.set`` (no Redis: in-process queue, nothing crash-safe), and
+  against the raw floor of the same Redis work: a hand-written Lua script doing ``SET`` of
+  the JSON payload with a TTL and ``XADD`` of the entry (one ``EVALSHA`` per call, the model
+  serialised with ``model_dump_json`` on its clock);
 - sustained flush: rows per second the journal flusher moves into PostgreSQL
   (``flush_dirty()`` after N distinct journaled writes) against asyncpg
   ``copy_records_to_table`` of the same rows into an empty twin table.
@@ -31,6 +34,12 @@ from strata import WriteMode
 KEYS = 1_000
 THROUGH = "write-through set (L1+L2+PG)"
 EMBEDDED = "write-behind set, no Redis (in-process queue)"
+RAW = "redis EVALSHA SET + XADD (hand-written)"
+RAW_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'v', ARGV[2])
+return 1
+"""
 COPY = "asyncpg copy_records_to_table"
 HELD = {
     "write_behind_flush_interval": 3600,
@@ -50,6 +59,7 @@ async def run(env: Env) -> list[Check]:
         return [models.make_ref(i).model_copy(update={"id": f"{prefix}{i}"}) for i in range(n)]
 
     journaled, through, embedded = keyed("j", KEYS), keyed("t", KEYS), keyed("e", KEYS)
+    raw_values = keyed("r", KEYS)
 
     def writes_of(values: list[models.Ref]) -> list[models.Ref]:
         return [values[i % KEYS].model_copy(update={"level": i % 997 + 1}) for i in range(ops)]
@@ -74,14 +84,32 @@ async def run(env: Env) -> list[Check]:
 
             return Impl(go)
 
+        client = env.redis()
+        script = client.register_script(RAW_SCRIPT)
+        stream = env.key("raw", "journal")
+
+        def raw_calls() -> Impl:
+            writes = writes_of(raw_values)
+
+            async def go() -> int:
+                for v in writes:
+                    key = env.key("raw", v.id)
+                    await script(keys=[key, stream], args=[v.id, v.model_dump_json(), 300_000])
+                return ops
+
+            return Impl(go)
+
         per_call = await alternate(
             {
                 "strata": calls(ds, journaled),
                 THROUGH: calls(ds_wt, through),
                 EMBEDDED: calls(ds_local, embedded),
+                RAW: raw_calls(),
             },
             rounds=rounds,
         )
+        await client.delete(stream)
+        await client.aclose()
         await ds.flush_dirty()
         await ds_local.flush_dirty()
 
@@ -130,6 +158,13 @@ async def run(env: Env) -> list[Check]:
             per_call,
             against=THROUGH,
             target=le(1.0),
+        ),
+        latency_check(
+            "set, write-behind with journal (per call)",
+            "ref, L1+L2+PG",
+            per_call,
+            against=RAW,
+            target=le(1.2),
         ),
         Check(
             scenario="set, write-behind with journal (sustained flush)",
