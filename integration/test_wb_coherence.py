@@ -312,3 +312,55 @@ async def test_redis_lost_with_writes_only_journaled_the_writer_rescues_them_to_
 
             await eventually(both_new, timeout=WAIT)
             assert "old" not in seen, seen
+
+
+async def test_redis_back_empty_before_the_rescue_another_instance_never_reads_the_older_row(
+    settings: dict[str, Any],
+) -> None:
+    """Redis restarts without its data and the writer's rescue cannot reach PostgreSQL yet
+    (its link is cut): the other instance, which read the newer write from Redis, refuses
+    the older row PostgreSQL still holds instead of serving it, and the writer keeps
+    reading its own write; once the rescue lands both read it."""
+    async with (
+        PrivateRedis() as redis,
+        FaultProxy.for_url(settings["database_url"]) as pg_a,
+    ):
+        fast = {**settings, "redis_url": redis.url, "redis_timeout": 0.25}
+        quick = {"heartbeat_interval": 0.5}
+        a_url = {**fast, "database_url": pg_a.url_for(settings["database_url"])}
+        async with (
+            _store(a_url, "A", **quick) as a,
+            _store(fast, "B", migrate=False, **quick) as b,
+        ):
+            for name in ("new", "newer"):  # over an older row; a key PostgreSQL never had
+                key = f"k-{name}"
+                if name == "new":
+                    await a.set(Item, Item(id=key, name="old"))
+                    await a.flush_dirty(timeout=WAIT)
+                await a.set(Item, Item(id=key, name=name))  # journaled only
+                assert await _read(b, key) == name
+            await pg_a.cut()  # the writer's rescue cannot land
+            await redis.stop()
+            await redis.start()  # empty: the journal and the L2 values are gone
+            bus = b._core.bus
+            assert bus is not None
+
+            async def resubscribed() -> bool:
+                return bus.connected
+
+            await eventually(resubscribed, timeout=WAIT)
+            for key, want in (("k-new", "new"), ("k-newer", "newer")):
+                assert await _read(a, key) == want  # read your writes
+                with pytest.raises(TierUnavailableError):
+                    await _read(b, key)  # not "old", not absent
+            await pg_a.restore()
+
+            async def both() -> bool:
+                got = []
+                for ds in (a, b):
+                    for key in ("k-new", "k-newer"):
+                        with contextlib.suppress(TierUnavailableError):
+                            got.append(await _read(ds, key))
+                return got == ["new", "newer", "new", "newer"]
+
+            await eventually(both, timeout=WAIT)

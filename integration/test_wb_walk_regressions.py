@@ -29,11 +29,6 @@ async def test_a_write_queued_in_process_after_redis_died_wins_over_the_held_jou
     await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12: Redis restarted empty before the writer rescued its journaled write; "
-    "the reader's first read after the heal takes the older L3 row",
-)
 async def test_a_reader_does_not_read_the_older_row_when_redis_comes_back_empty(
     faults: Faults, settings: dict[str, Any]
 ) -> None:

@@ -14,6 +14,7 @@ the mode-specific steps are the path's. Adding a mode is adding a class here and
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from strata.config import WriteMode
+from strata.config import WriteMode, seconds
 from strata.errors import MissingPrimaryKeyError, StrataError, TierError, TierUnavailableError
 from strata.journal.entry import JournalEntry, encode_row, pack
 from strata.journal.flusher import Appended
@@ -80,7 +81,7 @@ class WritePath(Protocol):
         """The newest write of each id the Redis journal holds (not in L3 yet, or not yet
         released): one round trip; empty when there is no journal or Redis fails."""
 
-    def saw(self, id: Any, version: int) -> None:
+    def saw(self, rt: Route, id: Any, version: int) -> None:
         """A read of this instance served this version of the id from Redis."""
 
     def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
@@ -129,7 +130,7 @@ class WriteThrough:
     async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
         return {}
 
-    def saw(self, id: Any, version: int) -> None:
+    def saw(self, rt: Route, id: Any, version: int) -> None:
         return None
 
     def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
@@ -246,35 +247,66 @@ class JournaledWriteBehind(WriteBehind):
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core, schema)
-        # id -> newest version served from Redis: no older L3 row while Redis is away
-        self.seen: OrderedDict[Any, int] = OrderedDict()
+        # id -> (newest version served from Redis, the route's epoch then): no older L3 row
+        # while Redis is away, or lost it (an epoch since: L1 was cleared for it)
+        self.seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
+        # id -> when to stop refusing an L3 row older than ``seen`` with Redis reachable
+        self.refusing: dict[Any, float] = {}
 
-    def saw(self, id: Any, version: int) -> None:
+    def saw(self, rt: Route, id: Any, version: int) -> None:
         seen = self.seen
-        if seen.get(id, -1) < version:
-            seen[id] = version
+        if seen.get(id, (-1, 0))[0] < version:
+            seen[id] = (version, rt.epoch)
             seen.move_to_end(id)
             if len(seen) > self.SEEN_MAX:
                 seen.popitem(last=False)
 
     def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
         journal, l2 = self.core.journal, self.core.l2
-        if journal is not None and journal.has(self.schema) and l2 is not None and not l2.available:
+        if journal is not None and journal.has(self.schema):
+            # Held until L3 has it: also while Redis, back without its data, no longer holds
+            # it and the rescue has not written it to L3 yet (read your writes).
             own = journal.own(self.schema, [rt.b.key(id)])
-            for e in own.values():  # not flushed yet, or Redis lost it before the rescue
+            for e in own.values():
                 if e.version > (-1 if version is None else version):
                     return self._model(rt, e)
-        newest = self.seen.get(id)
-        if newest is None:
+        seen = self.seen.get(id)
+        if seen is None:
             return None
-        if (version is not None and version >= newest) or l2 is None or l2.available:
-            del self.seen[id]  # L3 has it, or the journal (readable) no longer holds it
+        newest, epoch = seen
+        if (version is not None and version >= newest) or l2 is None:
+            self._unsee(id)  # L3 has it
             return None
+        if l2.available:
+            if epoch == rt.epoch:
+                # no Redis outage since: the journal no longer holds it because L3 does (or
+                # did: a later delete reached it and its tombstone is gone)
+                self._unsee(id)
+                return None
+            # Redis answers, holds neither the newer write nor its journal entry, and went
+            # away since: it came back without its data before the writer's rescue reached
+            # L3. Refuse the older row for a bounded time (the writer may be gone too).
+            now = time.monotonic()
+            bound = seconds(self.core.config.write_behind_claim_after, "claim_after") or 0.0
+            until = self.refusing.setdefault(id, now + bound)
+            if now >= until:
+                self._unsee(id)
+                self.core.log.warning(
+                    "%s %r: a write read from Redis before Redis lost its data did not reach "
+                    "PostgreSQL; serving PostgreSQL's older row",
+                    self.schema,
+                    id,
+                )
+                return None
         raise TierUnavailableError(
             f"{self.schema} {id!r}: a newer write than PostgreSQL holds was read from Redis, "
-            "which is unreachable: not serving the older row",
+            "which is unreachable or lost it: not serving the older row",
             tier="l2",
         )
+
+    def _unsee(self, id: Any) -> None:
+        self.seen.pop(id, None)
+        self.refusing.pop(id, None)
 
     async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
         b, core, journal = rt.b, self.core, self.core.journal
@@ -328,7 +360,7 @@ class JournaledWriteBehind(WriteBehind):
             q = self._model(rt, e)
             if q is not None:
                 out[keys[key]] = q
-                self.saw(keys[key], q[1])
+                self.saw(rt, keys[key], q[1])
         return out
 
     def _model(self, rt: Route, e: JournalEntry) -> Queued | None:
