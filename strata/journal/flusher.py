@@ -87,6 +87,8 @@ class Stream:
     epoch: str = ""  # a token that disappears with Redis's data (strata/journal/held.py)
     length: int = 0  # entries last seen
     token: bytes | None = None  # the epoch as this instance last knew it
+    seen_epoch: bytes | None = None  # the epoch in Redis as last read (peek, establish)
+    losses: int = 0  # times the epoch was seen to change: Redis lost its data
     # physical L2 key -> this instance's acknowledged write not known to be in L3 yet
     held: dict[str, held.HeldWrite] = field(default_factory=dict)
 
@@ -175,6 +177,10 @@ class Journal:
     def has(self, schema: str) -> bool:
         return schema in self.streams
 
+    def losses(self, schema: str) -> int:
+        """How often this instance saw Redis lose the schema's journal (its epoch change)."""
+        return self.streams[schema].losses
+
     def drop_held(self, schema: str, keys: Sequence[str]) -> None:
         """A newer write of these logical keys went elsewhere (the in-process queue)."""
         st = self.streams[schema]
@@ -249,6 +255,7 @@ class Journal:
             lambda: PEEK(client, [st.stream, st.latest, st.epoch, *physical], [])
         )
         out: dict[str, JournalEntry] = {}
+        held.note_epoch(st, res[0])
         if st.held and (st.token is None or res[0] != st.token):
             self._next_check = 0.0  # rescue them now
             self._wake.set()
@@ -344,6 +351,8 @@ class Journal:
                 if claim:
                     self._next_claim = loop.time() + max(self._claim_after / 2, 0.01)
                 for st in list(self.streams.values()):
+                    if st.token is None:  # readers too: what a loss of Redis's data is
+                        await held.establish_epoch(self.tier, st)
                     await self._drain(st, own=own, fresh=fresh, claim=claim)
                 own = False
                 await self._check_held(loop.time())

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from strata.journal.flusher import Stream
     from strata.tiers.redis import RedisTier
 
-__all__ = ["HeldWrite", "check", "establish_epoch", "own", "rescue"]
+__all__ = ["HeldWrite", "check", "establish_epoch", "note_epoch", "own", "rescue"]
 
 HeldWrite = tuple[bytes, bytes, int, str, bytes]
 """(stream entry id, packed id, version, op, packed row) of one acknowledged write"""
@@ -64,9 +64,24 @@ async def establish_epoch(tier: RedisTier, st: Stream) -> None:
     """The journal's epoch: a token in Redis that disappears with Redis's data."""
     client = tier.client
     token = uuid.uuid4().hex.encode()
-    await tier.call(lambda: client.set(st.epoch, token, nx=True))
+    created = await tier.call(lambda: client.set(st.epoch, token, nx=True))
     current: Any = await tier.call(lambda: client.get(st.epoch))
     st.token = current if isinstance(current, bytes) else None
+    if created and st.seen_epoch is None:
+        # no epoch before ours: a fresh Redis, or one that lost its data after this
+        # instance read journaled writes from it (their writers had made an epoch)
+        st.losses += 1
+    note_epoch(st, st.token)
+
+
+def note_epoch(st: Stream, epoch: Any) -> None:
+    """The epoch Redis holds now: a change from a known one means Redis lost its data
+    (readers refuse older L3 rows of what they read before it: router/writes.py)."""
+    epoch = epoch if isinstance(epoch, bytes) else None
+    if epoch != st.seen_epoch:
+        if st.seen_epoch is not None:
+            st.losses += 1
+        st.seen_epoch = epoch
 
 
 async def check(tier: RedisTier, st: Stream) -> bool:

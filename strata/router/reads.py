@@ -271,7 +271,8 @@ class Reads:
                 await self.fill(rt, [(id, value, version)], {id: sealed})
             return value, "l3"
         if not force_l3:
-            own = rt.path.check_l3(rt, id, None)
+            deleted = (await self._deleted(rt, [id])).get(id)
+            own = rt.path.check_l3(rt, id, None, deleted)
             if own is not None:
                 return own[0], "l1"
         if rt.epoch == epoch and not force_l3:
@@ -346,8 +347,10 @@ class Reads:
             sealed = {r[b.pk_column]: b.rows.sealed(r) for r in rows} if b.rows.encrypted else None
             loaded = [b.rows.from_row(r) for r in rows]
             items = [(getattr(v, b.pk_field), v, ver) for v, ver in loaded]
-            if rt.path.lags:  # never back in time while Redis is away
-                items, own = self._own_newer(rt, missing, items)
+            if rt.path.lags:  # never back in time while Redis is away (or lost its data)
+                have = {i for i, _, _ in items}
+                deleted = await self._deleted(rt, [i for i in missing if i not in have])
+                items, own = self._own_newer(rt, missing, items, deleted)
                 found.update({i: v for i, v in own.items() if v is not None})
             await self.fill(rt, items, sealed)
             for i, v, _ in items:
@@ -380,9 +383,21 @@ class Reads:
                 rest.append(i)
         return rest
 
+    async def _deleted(self, rt: Route, absent: Sequence[Any]) -> dict[Any, int]:
+        """L3's delete versions of the ids it has no row of, where the write path cannot
+        tell a deleted row from a write Redis lost (``WritePath.unsure``); else empty."""
+        unsure = [i for i in absent if rt.path.unsure(i)]
+        if not unsure:
+            return {}
+        self.core.c.l3_queries += 1
+        return await self.core.l3.deleted_versions(rt.b.cs, unsure)
+
     @staticmethod
     def _own_newer(
-        rt: Route, ids: Sequence[Any], items: list[tuple[Any, BaseModel, int]]
+        rt: Route,
+        ids: Sequence[Any],
+        items: list[tuple[Any, BaseModel, int]],
+        deleted: Mapping[Any, int],
     ) -> tuple[list[tuple[Any, BaseModel, int]], dict[Any, BaseModel | None]]:
         """The L3 rows of ids this instance has no newer own write of (fit to fill), and
         its newer own writes (check_l3) of the others."""
@@ -391,7 +406,7 @@ class Reads:
         own: dict[Any, BaseModel | None] = {}
         for i in ids:
             row = have.get(i)
-            newer = rt.path.check_l3(rt, i, None if row is None else row[1])
+            newer = rt.path.check_l3(rt, i, None if row is None else row[1], deleted.get(i))
             if newer is not None:
                 own[i] = newer[0]
             elif row is not None:

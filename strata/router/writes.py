@@ -84,11 +84,19 @@ class WritePath(Protocol):
     def saw(self, rt: Route, id: Any, version: int) -> None:
         """A read of this instance served this version of the id from Redis."""
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
-        """An L3 row of the id at ``version`` (None: no row) is about to be served: this
+    def unsure(self, id: Any) -> bool:
+        """L3 has no row of the id, and ``check_l3`` needs its delete version to tell a
+        later delete from a newer write Redis lost (asked only then)."""
+
+    def check_l3(
+        self, rt: Route, id: Any, version: int | None, deleted: int | None = None
+    ) -> Queued | None:
+        """An L3 row of the id at ``version`` (None: no row; ``deleted``: the version of
+        its newest delete L3 remembers, when ``unsure``) is about to be served: this
         instance's own newer acknowledged write of it, not known to be in L3, instead; or
-        TierUnavailableError if it served a newer write that only Redis, unreachable now,
-        holds (reads never go back in time); None: serve the row."""
+        TierUnavailableError if it served a newer write that only Redis, unreachable now
+        or since restarted without its data, held (reads never go back in time); None:
+        serve the row."""
 
     def tx_version(self) -> int | None:
         """In a transaction: the version rows carry themselves (None: L3 assigns one)."""
@@ -133,7 +141,12 @@ class WriteThrough:
     def saw(self, rt: Route, id: Any, version: int) -> None:
         return None
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
+    def unsure(self, id: Any) -> bool:
+        return False
+
+    def check_l3(
+        self, rt: Route, id: Any, version: int | None, deleted: int | None = None
+    ) -> Queued | None:
         return None
 
     def tx_version(self) -> int | None:
@@ -247,8 +260,8 @@ class JournaledWriteBehind(WriteBehind):
 
     def __init__(self, core: Core, schema: str) -> None:
         super().__init__(core, schema)
-        # id -> (newest version served from Redis, the route's epoch then): no older L3 row
-        # while Redis is away, or lost it (an epoch since: L1 was cleared for it)
+        # id -> (newest version served from Redis, the journal's losses then): no older L3
+        # row while Redis is away, or after it lost its data (strata/journal/held.py)
         self.seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
         # id -> when to stop refusing an L3 row older than ``seen`` with Redis reachable
         self.refusing: dict[Any, float] = {}
@@ -256,12 +269,30 @@ class JournaledWriteBehind(WriteBehind):
     def saw(self, rt: Route, id: Any, version: int) -> None:
         seen = self.seen
         if seen.get(id, (-1, 0))[0] < version:
-            seen[id] = (version, rt.epoch)
+            journal = self.core.journal
+            losses = journal.losses(self.schema) if journal is not None else 0
+            seen[id] = (version, losses)
             seen.move_to_end(id)
             if len(seen) > self.SEEN_MAX:
                 seen.popitem(last=False)
 
-    def check_l3(self, rt: Route, id: Any, version: int | None) -> Queued | None:
+    def _lost_since(self, losses: int) -> bool:
+        """Redis lost its data (the journal's epoch changed) since ``losses`` was read."""
+        journal = self.core.journal
+        return (
+            journal is not None
+            and journal.has(self.schema)
+            and journal.losses(self.schema) != losses
+        )
+
+    def unsure(self, id: Any) -> bool:
+        seen = self.seen.get(id)
+        l2 = self.core.l2
+        return seen is not None and l2 is not None and l2.available and self._lost_since(seen[1])
+
+    def check_l3(
+        self, rt: Route, id: Any, version: int | None, deleted: int | None = None
+    ) -> Queued | None:
         journal, l2 = self.core.journal, self.core.l2
         if journal is not None and journal.has(self.schema):
             # Held until L3 has it: also while Redis, back without its data, no longer holds
@@ -273,14 +304,19 @@ class JournaledWriteBehind(WriteBehind):
         seen = self.seen.get(id)
         if seen is None:
             return None
-        newest, epoch = seen
-        if (version is not None and version >= newest) or l2 is None:
-            self._unsee(id)  # L3 has it
+        newest, losses = seen
+        if (
+            (version is not None and version >= newest)
+            or (deleted is not None and deleted >= newest)
+            or l2 is None
+        ):
+            self._unsee(id)  # L3 has it, or a later delete of it
             return None
         if l2.available:
-            if epoch == rt.epoch:
-                # no Redis outage since: the journal no longer holds it because L3 does (or
-                # did: a later delete reached it and its tombstone is gone)
+            if not self._lost_since(losses):
+                # Redis kept its data since (the journal was just read): the journal no
+                # longer holds the write because L3 does, or did (a later delete reached
+                # it and its tombstone is gone)
                 self._unsee(id)
                 return None
             # Redis answers, holds neither the newer write nor its journal entry, and went

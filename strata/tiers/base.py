@@ -194,6 +194,10 @@ class L3Tier(Protocol):
 
     async def exists_many(self, schema: CompiledSchema, ids: Sequence[Any]) -> set[Any]: ...
 
+    async def deleted_versions(self, schema: CompiledSchema, ids: Sequence[Any]) -> dict[Any, int]:
+        """The version of each id's newest delete L3 still remembers (ids with none are
+        left out): tells a row deleted since a version apart from one never written."""
+
     async def fetch(
         self,
         sql: str,

@@ -47,6 +47,7 @@ class Statements:
     create_temp: str
     delete_many: str
     exists_many: str
+    deleted_versions: str  # ($1 text[]) -> (id text, v) of the ids' newest deletes
     returning: tuple[str, ...]
     iterate: str
 
@@ -247,6 +248,10 @@ def build_statements(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> 
     )
     delete_many = _delete_sql(cs)
     exists_many, _ = _compile(sa.select(pk).where(pk == sa.any_(ids)))
+    deleted_versions = (
+        f"SELECT id, v FROM {deleted_qualified(cs)} "
+        f"WHERE tbl = {text_literal(cs.table.name)} AND id = ANY($1::text[])"
+    )
     iterate = _iterate_sql(cs)
     return Statements(
         columns=tuple(data_cols),
@@ -262,6 +267,7 @@ def build_statements(cs: CompiledSchema, kept: frozenset[str] = frozenset()) -> 
         create_temp=create_temp,
         delete_many=delete_many,
         exists_many=exists_many,
+        deleted_versions=deleted_versions,
         returning=tuple(c.name for c in returning),
         iterate=iterate,
     )

@@ -435,6 +435,14 @@ class PostgresTier:
         records = await self.run(f"{schema.name}: exists", st.exists_many, (list(ids),))
         return {r[0] for r in records}
 
+    async def deleted_versions(self, schema: CompiledSchema, ids: Sequence[Any]) -> dict[Any, int]:
+        st = self._stmts[schema.name]
+        by_text = {str(i): i for i in ids}
+        records = await self.run(
+            f"{schema.name}: deleted versions", st.deleted_versions, (list(by_text),)
+        )
+        return {by_text[r[0]]: int(r[1]) for r in records if r[0] in by_text}
+
     async def fetch(
         self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
     ) -> list[Row]:

@@ -421,6 +421,21 @@ class SqliteTier:
         with translate_errors(f"{schema.name}: exists"):
             return await self._run(work)
 
+    async def deleted_versions(self, schema: CompiledSchema, ids: Sequence[Any]) -> dict[Any, int]:
+        st = self._stmts[schema.name]
+        pk_to = TO_DB.get(schema.pk.kind)
+
+        def work() -> dict[Any, int]:
+            out = {}
+            for i in ids:
+                found = self.db.execute(st.deleted_get, (pk_to(i) if pk_to else i,)).fetchone()
+                if found is not None:
+                    out[i] = int(found[0])
+            return out
+
+        with translate_errors(f"{schema.name}: deleted versions"):
+            return await self._run(work)
+
     async def fetch(
         self, sql: str, args: Sequence[Any], *, schema: CompiledSchema | None = None, tx: Any = None
     ) -> list[Row]:
