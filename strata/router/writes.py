@@ -30,6 +30,7 @@ from strata.journal.host import delete_older
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
+from strata.router.created import carry_created
 from strata.router.reads import Reads
 from strata.router.upserts import Item, upsert
 from strata.schema import VERSION_COLUMN
@@ -384,12 +385,6 @@ class JournaledWriteBehind(WriteBehind):
         )
 
 
-def _carry(fields: list[str], value: BaseModel, cached: BaseModel) -> None:
-    """The stored ``auto_now_add`` values into the write's private copy (as model_copy)."""
-    value.__dict__.update({f: getattr(cached, f) for f in fields})
-    value.__pydantic_fields_set__.update(fields)
-
-
 def choose_path(binding: Binding, core: Core) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
@@ -435,11 +430,7 @@ class Writes:
         core, b, path = self.core, rt.b, rt.path
         prepared = await self.prepare(rt, values)
         if b.cs.auto_now_add and path.carries_created:
-            rest = self._carry_created(rt, prepared)
-            if rest:
-                found, _ = await self.reads.l2_get(rt, rest)
-                for i, cached in found.items():
-                    _carry(b.cs.auto_now_add, prepared[i], cached)
+            await carry_created(rt, prepared, self.reads)
         items, sealed = await path.write(rt, prepared)
         core.forget_readers(rt, prepared)
         if b.l2_on:
@@ -483,22 +474,6 @@ class Writes:
             if sized:
                 b.check_size(stamped)  # refused before any tier is written
         return prepared
-
-    def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> list[Any]:
-        """Paths that cannot ask L3 for stored ``auto_now_add`` values: the cached copy of
-        the row (L1, the write queue, then L2) has them. Returns the ids only L2 may know."""
-        rest = []
-        l1, path = rt.l1, rt.path
-        for i, v in prepared.items():
-            cached = l1.get(i) if l1 is not None else None
-            if cached is None:
-                queued = path.pending(i)
-                cached = queued[0] if queued is not None else None
-            if cached is None:
-                rest.append(i)
-            else:
-                _carry(rt.b.cs.auto_now_add, v, cached)
-        return rest if rt.b.l2_on else []
 
     async def cache_writes(
         self,
