@@ -3,8 +3,8 @@
     WriteThrough          L3 upsert (new row version) ─► L2 ─► L1 ─► publish
     WriteThroughL1Async   L3 upsert ─► L2 ─► L1 tombstone (filled on next read) ─► publish
     WriteBehind           queue (coalesced, flushed in batches) ─► L2 ─► L1 ─► publish
-    JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry, one script
-                          (strata/journal) ─► L1 ─► publish; peers flush what it left
+    JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry + publish, one
+                          script (strata/journal) ─► L1; peers flush what it left
     CacheOnly             (l3=None) hybrid-clock version ─► L2 ─► L1 ─► publish
 
 ``Writes`` does what every mode shares (validate, hooks, stamp, the cache step, publish);
@@ -246,8 +246,9 @@ class JournaledWriteBehind(WriteBehind):
     unjournaled = False  # in the in-process queue since Redis went away (logged once)
     SEEN_MAX = 100_000  # ids whose last served version is remembered (oldest forgotten)
 
-    def __init__(self, core: Core, schema: str) -> None:
+    def __init__(self, core: Core, schema: str, coherence: Coherence) -> None:
         super().__init__(core, schema)
+        self.coh = coherence
         # id -> (newest version served from Redis, the route's epoch then): no older L3 row
         # while Redis is away, or lost it (an epoch since: L1 was cleared for it)
         self.seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
@@ -323,8 +324,9 @@ class JournaledWriteBehind(WriteBehind):
                 (b.key(i), payload, pack(i), version, "set", encode_row(row, b.kept(v)))
             )
             items.append((i, v, version))
-        try:
-            await journal.append(self.schema, appended)
+        try:  # the invalidation rides the journal's round trip where it can
+            if await journal.append(self.schema, appended, self.coh.announcement(rt, items)):
+                self.coh.announced(items)
         except TierUnavailableError:
             self._unjournaled()
             journal.drop_held(self.schema, [b.key(i) for i in prepared])
@@ -385,7 +387,7 @@ class JournaledWriteBehind(WriteBehind):
         )
 
 
-def choose_path(binding: Binding, core: Core) -> WritePath:
+def choose_path(binding: Binding, core: Core, coherence: Coherence) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
     through = WriteThroughL1Async(core) if mode is WriteMode.WRITE_THROUGH_L1_ASYNC else None
@@ -406,7 +408,7 @@ def choose_path(binding: Binding, core: Core) -> WritePath:
         if binding.l2_on and core.journaling:
             if core.journal is not None:  # registered after connect
                 core.journal.add(binding.name, binding.gen_key.removesuffix(":gen"), binding.l2_ttl)
-            return JournaledWriteBehind(core, binding.name)
+            return JournaledWriteBehind(core, binding.name, coherence)
         core.log.getChild("write_behind").warning(
             "%s: write-behind without Redis keeps its queue in this process: a crash loses "
             "the acknowledged writes not yet flushed (up to write_behind_flush_interval, or "
