@@ -21,7 +21,6 @@ wrote are repaired, and every L1 cleared, on recovery.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -136,7 +135,7 @@ class Coherence:
         core, bus = self.core, self.core.bus
         if bus is None or self._other_shapes.get(rt.name):
             return None
-        msg = dataclasses.replace(self._message(rt, "set", items), prefix=core.config.key_prefix)
+        msg = self._message(rt, "set", items, prefix=core.config.key_prefix)
         return bus.channel_for(rt.name), msg.encode()
 
     def announced(self, items: Sequence[tuple[Any, Any, int | None]]) -> None:
@@ -162,7 +161,11 @@ class Coherence:
         await self.publish_raw(msg)
 
     def _message(
-        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+        self,
+        rt: Route,
+        op: str,
+        items: Sequence[tuple[Any, Any, int | None]],
+        prefix: str | None = None,  # None: the bus stamps its own
     ) -> Invalidation:
         core = self.core
         shape = rt.b.cs.shape
@@ -175,6 +178,7 @@ class Coherence:
                 id=_wire_id(i),
                 version=ver,
                 shape=shape,
+                prefix=prefix,
             )
         else:
             msg = Invalidation(
@@ -184,6 +188,7 @@ class Coherence:
                 ids=tuple(_wire_id(i) for i, _, _ in items),
                 versions=tuple(ver for _, _, ver in items),
                 shape=shape,
+                prefix=prefix,
             )
         return msg
 
