@@ -201,7 +201,7 @@ class DataStore:
             if replica is not None and self._core.l3.dialect == "postgresql":
                 self._queries.add_replica(cs, replica)
         binding = Binding(cs, self.config, self._cipher, l2=self._core.l2 is not None)
-        rt = Route(binding, self._make_l1(cs), choose_path(binding, self._core))
+        rt = Route(binding, self._make_l1(cs), choose_path(binding, self._core, self._coherence))
         routes[cs.name] = rt
         self._routes[cs.name] = self._routes[cs.model] = rt
         return cs

@@ -1,6 +1,7 @@
 """The journal of one DataStore's write-behind schemas and the flusher that empties it.
 
     append ── one Lua script (scripts.APPEND): L2 value + XADD ──► acknowledged
+              (APPEND_PUBLISH: + PUBLISH of the write's invalidation, same round trip)
                                                                     │
     flusher (each instance, consumer group "strata", consumer = instance_id)
       at start: this consumer's own pending entries (a restart: XREADGROUP 0)
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import FMT_TOMBSTONE, peek_version
 from strata.errors import (
@@ -44,7 +46,7 @@ from strata.errors import (
 )
 from strata.journal import held
 from strata.journal.entry import JournalEntry, decode_entry
-from strata.journal.scripts import APPEND, PEEK, RELEASE
+from strata.journal.scripts import APPEND, APPEND_PUBLISH, PEEK, RELEASE
 from strata.tiers.redis import RedisTier
 from strata.tiers.redis_scripts import bind, unbind
 
@@ -203,10 +205,15 @@ class Journal:
 
     # -- writers -----------------------------------------------------------------------
 
-    async def append(self, schema: str, items: Sequence[Appended]) -> None:
+    async def append(
+        self, schema: str, items: Sequence[Appended], publish: tuple[str, bytes] | None = None
+    ) -> bool:
         """Journal writes with their L2 values; returns once Redis holds both. Waits while
         the journal is full; WriteBehindError after ``wait_timeout``. TierError (and
-        TierUnavailableError) when Redis fails: nothing was acknowledged."""
+        TierUnavailableError) when Redis fails: nothing was acknowledged. ``publish``
+        (channel, message): the writes' invalidation, published by the same script once they
+        are in place (not on a cluster: its sharded channel lives in another slot). Returns
+        whether it went out (False: the caller publishes it)."""
         st = self.streams[schema]
         physical = [self.tier.physical_key(k) for k, *_ in items]
         keys = [st.stream, st.latest, st.gen, *physical]
@@ -216,12 +223,18 @@ class Journal:
             # would take it for a planted or corrupt value and drop it.
             args += [bind(where, payload), id, str(version), op, row]
         client = self.tier.client
+        script = APPEND
+        if publish is not None and not isinstance(client, RedisCluster):
+            script = APPEND_PUBLISH
+            args += publish
+        else:
+            publish = None
         if st.token is None:
             await held.establish_epoch(self.tier, st)
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.005
         while True:
-            res = await self.tier.call(lambda: APPEND(client, keys, args))
+            res = await self.tier.call(lambda: script(client, keys, args))
             st.length = int(res[1])
             if int(res[0]) == 1:
                 ids = res[2:]
@@ -233,7 +246,7 @@ class Journal:
                     st.held[where] = (sid, id, version, op, row)
                 if st.length >= self._threshold:
                     self._wake.set()
-                return
+                return publish is not None
             self._wake.set()  # a full journal is flushed now
             if time.monotonic() >= deadline:
                 raise WriteBehindError(

@@ -12,6 +12,10 @@ APPEND  KEYS = stream, latest-entry hash, generation counter, L2 key 1..n
     latest[key] := the new entry id
   INCR generation (cached searches did not see these writes)      -> {1, XLEN, entry ids...}
 
+APPEND_PUBLISH  the same, ARGV + channel, message: once the values and entries are in place,
+  PUBLISH the write's invalidation in the same round trip (standalone and Sentinel; a
+  cluster's sharded channel lives in another slot than the journal)
+
 RELEASE KEYS = latest-entry hash, generation counter, L2 key 1..n
         ARGV = per key: entry id, version (16 hex digits), ttl ms (0: keep no TTL)
   after the entries reached L3: a key whose latest entry is this one is journaled no more
@@ -38,6 +42,8 @@ from strata.tiers.redis_scripts import ENVELOPE_LUA, Script
 __all__ = [
     "APPEND",
     "APPEND_LUA",
+    "APPEND_PUBLISH",
+    "APPEND_PUBLISH_LUA",
     "HELD",
     "HELD_LUA",
     "PEEK",
@@ -79,10 +85,16 @@ for j = 4, #KEYS do
   ids[#ids + 1] = id
 end
 redis.call('INCR', gen)
+-- publish
 local out = {1, redis.call('XLEN', stream)}
 for _, id in ipairs(ids) do out[#out + 1] = id end
 return out
 """
+)
+
+# The channel and message follow the per-key arguments (the loop above counts by KEYS).
+APPEND_PUBLISH_LUA = APPEND_LUA.replace(
+    "-- publish\n", "redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV])\n"
 )
 
 RELEASE_LUA = """
@@ -122,6 +134,7 @@ return out
 
 
 APPEND = Script(APPEND_LUA)
+APPEND_PUBLISH = Script(APPEND_PUBLISH_LUA)
 PEEK = Script(PEEK_LUA)
 HELD = Script(HELD_LUA)
 RELEASE = Script(RELEASE_LUA)

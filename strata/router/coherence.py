@@ -21,7 +21,6 @@ wrote are repaired, and every L1 cleared, on recovery.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -117,19 +116,35 @@ class Coherence:
         place; the ``publish`` of these ``items`` that follows then sends nothing more."""
         core, b = self.core, rt.b
         assert core.l2 is not None
-        bus = core.bus
         combined = getattr(core.l2, "set_many_and_publish", None)
-        if combined is None or bus is None or self._other_shapes.get(rt.name):
+        announcement = None if combined is None else self.announcement(rt, items)
+        if combined is None or announcement is None:
             await core.l2.set_many(payloads, bump=b.gen_key)
             return
-        msg = dataclasses.replace(self._message(rt, "set", items), prefix=core.config.key_prefix)
-        _, sent = await combined(
-            payloads, bump=b.gen_key, publish=(bus.channel_for(rt.name), msg.encode())
-        )
+        _, sent = await combined(payloads, bump=b.gen_key, publish=announcement)
         if sent:
-            self._announced = items
-            bus.sent += 1
-            core.c.invalidations_sent += 1
+            self.announced(items)
+
+    def announcement(
+        self, rt: Route, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> tuple[str, bytes] | None:
+        """The channel and message of the invalidation of a set of these ``items``, as
+        ``publish`` sends it, for a tier that publishes it with the write itself (the L2
+        write, the journal's script); None when it must go out on its own (no bus; other
+        shapes' L2 copies to drop first)."""
+        core, bus = self.core, self.core.bus
+        if bus is None or self._other_shapes.get(rt.name):
+            return None
+        msg = self._message(rt, "set", items, prefix=core.config.key_prefix)
+        return bus.channel_for(rt.name), msg.encode()
+
+    def announced(self, items: Sequence[tuple[Any, Any, int | None]]) -> None:
+        """The write's tier published the ``announcement`` of these ``items``: the
+        ``publish`` of them that follows sends nothing more."""
+        self._announced = items
+        if self.core.bus is not None:
+            self.core.bus.sent += 1
+        self.core.c.invalidations_sent += 1
 
     async def publish(
         self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
@@ -146,7 +161,11 @@ class Coherence:
         await self.publish_raw(msg)
 
     def _message(
-        self, rt: Route, op: str, items: Sequence[tuple[Any, Any, int | None]]
+        self,
+        rt: Route,
+        op: str,
+        items: Sequence[tuple[Any, Any, int | None]],
+        prefix: str | None = None,  # None: the bus stamps its own
     ) -> Invalidation:
         core = self.core
         shape = rt.b.cs.shape
@@ -159,6 +178,7 @@ class Coherence:
                 id=_wire_id(i),
                 version=ver,
                 shape=shape,
+                prefix=prefix,
             )
         else:
             msg = Invalidation(
@@ -168,6 +188,7 @@ class Coherence:
                 ids=tuple(_wire_id(i) for i, _, _ in items),
                 versions=tuple(ver for _, _, ver in items),
                 shape=shape,
+                prefix=prefix,
             )
         return msg
 

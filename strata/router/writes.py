@@ -3,8 +3,8 @@
     WriteThrough          L3 upsert (new row version) ─► L2 ─► L1 ─► publish
     WriteThroughL1Async   L3 upsert ─► L2 ─► L1 tombstone (filled on next read) ─► publish
     WriteBehind           queue (coalesced, flushed in batches) ─► L2 ─► L1 ─► publish
-    JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry, one script
-                          (strata/journal) ─► L1 ─► publish; peers flush what it left
+    JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry + publish, one
+                          script (strata/journal) ─► L1; peers flush what it left
     CacheOnly             (l3=None) hybrid-clock version ─► L2 ─► L1 ─► publish
 
 ``Writes`` does what every mode shares (validate, hooks, stamp, the cache step, publish);
@@ -30,6 +30,7 @@ from strata.journal.host import delete_older
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
+from strata.router.created import carry_created
 from strata.router.reads import Reads
 from strata.router.upserts import Item, upsert
 from strata.schema import VERSION_COLUMN
@@ -258,8 +259,9 @@ class JournaledWriteBehind(WriteBehind):
     unjournaled = False  # in the in-process queue since Redis went away (logged once)
     SEEN_MAX = 100_000  # ids whose last served version is remembered (oldest forgotten)
 
-    def __init__(self, core: Core, schema: str) -> None:
+    def __init__(self, core: Core, schema: str, coherence: Coherence) -> None:
         super().__init__(core, schema)
+        self.coh = coherence
         # id -> (newest version served from Redis, the journal's losses then): no older L3
         # row while Redis is away, or after it lost its data (strata/journal/held.py)
         self.seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
@@ -358,8 +360,9 @@ class JournaledWriteBehind(WriteBehind):
                 (b.key(i), payload, pack(i), version, "set", encode_row(row, b.kept(v)))
             )
             items.append((i, v, version))
-        try:
-            await journal.append(self.schema, appended)
+        try:  # the invalidation rides the journal's round trip where it can
+            if await journal.append(self.schema, appended, self.coh.announcement(rt, items)):
+                self.coh.announced(items)
         except TierUnavailableError:
             self._unjournaled()
             journal.drop_held(self.schema, [b.key(i) for i in prepared])
@@ -420,13 +423,7 @@ class JournaledWriteBehind(WriteBehind):
         )
 
 
-def _carry(fields: list[str], value: BaseModel, cached: BaseModel) -> None:
-    """The stored ``auto_now_add`` values into the write's private copy (as model_copy)."""
-    value.__dict__.update({f: getattr(cached, f) for f in fields})
-    value.__pydantic_fields_set__.update(fields)
-
-
-def choose_path(binding: Binding, core: Core) -> WritePath:
+def choose_path(binding: Binding, core: Core, coherence: Coherence) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
     through = WriteThroughL1Async(core) if mode is WriteMode.WRITE_THROUGH_L1_ASYNC else None
@@ -447,7 +444,7 @@ def choose_path(binding: Binding, core: Core) -> WritePath:
         if binding.l2_on and core.journaling:
             if core.journal is not None:  # registered after connect
                 core.journal.add(binding.name, binding.gen_key.removesuffix(":gen"), binding.l2_ttl)
-            return JournaledWriteBehind(core, binding.name)
+            return JournaledWriteBehind(core, binding.name, coherence)
         core.log.getChild("write_behind").warning(
             "%s: write-behind without Redis keeps its queue in this process: a crash loses "
             "the acknowledged writes not yet flushed (up to write_behind_flush_interval, or "
@@ -471,11 +468,7 @@ class Writes:
         core, b, path = self.core, rt.b, rt.path
         prepared = await self.prepare(rt, values)
         if b.cs.auto_now_add and path.carries_created:
-            rest = self._carry_created(rt, prepared)
-            if rest:
-                found, _ = await self.reads.l2_get(rt, rest)
-                for i, cached in found.items():
-                    _carry(b.cs.auto_now_add, prepared[i], cached)
+            await carry_created(rt, prepared, self.reads)
         items, sealed = await path.write(rt, prepared)
         core.forget_readers(rt, prepared)
         if b.l2_on:
@@ -519,22 +512,6 @@ class Writes:
             if sized:
                 b.check_size(stamped)  # refused before any tier is written
         return prepared
-
-    def _carry_created(self, rt: Route, prepared: dict[Any, BaseModel]) -> list[Any]:
-        """Paths that cannot ask L3 for stored ``auto_now_add`` values: the cached copy of
-        the row (L1, the write queue, then L2) has them. Returns the ids only L2 may know."""
-        rest = []
-        l1, path = rt.l1, rt.path
-        for i, v in prepared.items():
-            cached = l1.get(i) if l1 is not None else None
-            if cached is None:
-                queued = path.pending(i)
-                cached = queued[0] if queued is not None else None
-            if cached is None:
-                rest.append(i)
-            else:
-                _carry(rt.b.cs.auto_now_add, v, cached)
-        return rest if rt.b.l2_on else []
 
     async def cache_writes(
         self,
