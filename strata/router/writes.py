@@ -5,6 +5,7 @@
     WriteBehind           queue (coalesced, flushed in batches) ─► L2 ─► L1 ─► publish
     JournaledWriteBehind  (Redis) L2 value + Redis Stream journal entry + publish, one
                           script (strata/journal) ─► L1; peers flush what it left
+                          (its own module: router/journaled.py)
     CacheOnly             (l3=None) hybrid-clock version ─► L2 ─► L1 ─► publish
 
 ``Writes`` does what every mode shares (validate, hooks, stamp, the cache step, publish);
@@ -14,18 +15,14 @@ the mode-specific steps are the path's. Adding a mode is adding a class here and
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from strata.config import WriteMode, seconds
-from strata.errors import MissingPrimaryKeyError, StrataError, TierError, TierUnavailableError
-from strata.journal.entry import JournalEntry, encode_row, pack
-from strata.journal.flusher import Appended
+from strata.config import WriteMode
+from strata.errors import MissingPrimaryKeyError
 from strata.journal.host import delete_older
 from strata.router.binding import Binding
 from strata.router.coherence import Coherence
@@ -40,7 +37,6 @@ from strata.writebehind import DeadLetter, PendingWrite
 __all__ = [
     "CacheOnly",
     "Item",
-    "JournaledWriteBehind",
     "WriteBehind",
     "WritePath",
     "WriteThrough",
@@ -249,180 +245,6 @@ class WriteBehind(WriteThrough):
                 del self.shadow[w.id]
 
 
-class JournaledWriteBehind(WriteBehind):
-    """With Redis: a write is acknowledged once its L2 value and its journal entry are in
-    Redis, written by one script, so a crash of this process loses nothing acknowledged
-    (strata/journal). L2 keeps the value without TTL until L3 has it. While Redis is
-    unreachable the in-process queue takes the writes (and a crash would lose those)."""
-
-    writes_l2 = True
-    unjournaled = False  # in the in-process queue since Redis went away (logged once)
-    SEEN_MAX = 100_000  # ids whose last served version is remembered (oldest forgotten)
-
-    def __init__(self, core: Core, schema: str, coherence: Coherence) -> None:
-        super().__init__(core, schema)
-        self.coh = coherence
-        # id -> (newest version served from Redis, the journal's losses then): no older L3
-        # row while Redis is away, or after it lost its data (strata/journal/held.py)
-        self.seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
-        # id -> when to stop refusing an L3 row older than ``seen`` with Redis reachable
-        self.refusing: dict[Any, float] = {}
-
-    def saw(self, rt: Route, id: Any, version: int) -> None:
-        seen = self.seen
-        if seen.get(id, (-1, 0))[0] < version:
-            journal = self.core.journal
-            losses = journal.losses(self.schema) if journal is not None else 0
-            seen[id] = (version, losses)
-            seen.move_to_end(id)
-            if len(seen) > self.SEEN_MAX:
-                seen.popitem(last=False)
-
-    def _lost_since(self, losses: int) -> bool:
-        """Redis lost its data (the journal's epoch changed) since ``losses`` was read."""
-        journal = self.core.journal
-        return (
-            journal is not None
-            and journal.has(self.schema)
-            and journal.losses(self.schema) != losses
-        )
-
-    def unsure(self, id: Any) -> bool:
-        seen = self.seen.get(id)
-        l2 = self.core.l2
-        return seen is not None and l2 is not None and l2.available and self._lost_since(seen[1])
-
-    def check_l3(
-        self, rt: Route, id: Any, version: int | None, deleted: int | None = None
-    ) -> Queued | None:
-        journal, l2 = self.core.journal, self.core.l2
-        if journal is not None and journal.has(self.schema):
-            # Held until L3 has it: also while Redis, back without its data, no longer holds
-            # it and the rescue has not written it to L3 yet (read your writes).
-            own = journal.own(self.schema, [rt.b.key(id)])
-            for e in own.values():
-                if e.version > (-1 if version is None else version):
-                    return self._model(rt, e)
-        seen = self.seen.get(id)
-        if seen is None:
-            return None
-        newest, losses = seen
-        if (
-            (version is not None and version >= newest)
-            or (deleted is not None and deleted >= newest)
-            or l2 is None
-        ):
-            self._unsee(id)  # L3 has it, or a later delete of it
-            return None
-        if l2.available:
-            if not self._lost_since(losses):
-                # Redis kept its data since (the journal was just read): the journal no
-                # longer holds the write because L3 does, or did (a later delete reached
-                # it and its tombstone is gone)
-                self._unsee(id)
-                return None
-            # Redis answers, holds neither the newer write nor its journal entry, and went
-            # away since: it came back without its data before the writer's rescue reached
-            # L3. Refuse the older row for a bounded time (the writer may be gone too).
-            now = time.monotonic()
-            bound = seconds(self.core.config.write_behind_claim_after, "claim_after") or 0.0
-            until = self.refusing.setdefault(id, now + bound)
-            if now >= until:
-                self._unsee(id)
-                self.core.log.warning(
-                    "%s %r: a write read from Redis before Redis lost its data did not reach "
-                    "PostgreSQL; serving PostgreSQL's older row",
-                    self.schema,
-                    id,
-                )
-                return None
-        raise TierUnavailableError(
-            f"{self.schema} {id!r}: a newer write than PostgreSQL holds was read from Redis, "
-            "which is unreachable or lost it: not serving the older row",
-            tier="l2",
-        )
-
-    def _unsee(self, id: Any) -> None:
-        self.seen.pop(id, None)
-        self.refusing.pop(id, None)
-
-    async def write(self, rt: Route, prepared: dict[Any, BaseModel]) -> tuple[list[Item], Sealed]:
-        b, core, journal = rt.b, self.core, self.core.journal
-        assert b.codec is not None and journal is not None
-        items: list[Item] = []
-        appended: list[Appended] = []
-        rows = b.rows.to_rows(prepared)  # encrypted columns sealed: never plaintext in Redis
-        for i, v in prepared.items():
-            version = core.next_version()
-            row = rows[i]
-            payload = b.codec.encode(v, version, b.rows.sealed(row))
-            appended.append(
-                (b.key(i), payload, pack(i), version, "set", encode_row(row, b.kept(v)))
-            )
-            items.append((i, v, version))
-        try:  # the invalidation rides the journal's round trip where it can
-            if await journal.append(self.schema, appended, self.coh.announcement(rt, items)):
-                self.coh.announced(items)
-        except TierUnavailableError:
-            self._unjournaled()
-            journal.drop_held(self.schema, [b.key(i) for i in prepared])
-            return await super().write(rt, prepared)
-        self.unjournaled = False
-        return items, {}
-
-    async def delete(self, rt: Route, ids: list[Any]) -> int:
-        b, core, journal = rt.b, self.core, self.core.journal
-        assert b.codec is not None and journal is not None
-        version = core.next_version()
-        tomb = b.codec.tombstone(version)
-        try:
-            await journal.append(
-                self.schema, [(b.key(i), tomb, pack(i), version, "delete", b"") for i in ids]
-            )
-        except TierUnavailableError:
-            self._unjournaled()
-            journal.drop_held(self.schema, [b.key(i) for i in ids])
-            return await super().delete(rt, ids)
-        return version
-
-    async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
-        journal, b = self.core.journal, rt.b
-        if journal is None or not journal.has(self.schema) or not ids:
-            return {}
-        keys = {b.key(i): i for i in ids}
-        try:
-            entries = await journal.peek(self.schema, list(keys))
-        except TierError:  # Redis away: this process's own writes are what it knows
-            entries = journal.own(self.schema, list(keys))
-        out: dict[Any, Queued] = {}
-        for key, e in entries.items():
-            q = self._model(rt, e)
-            if q is not None:
-                out[keys[key]] = q
-                self.saw(rt, keys[key], q[1])
-        return out
-
-    def _model(self, rt: Route, e: JournalEntry) -> Queued | None:
-        if e.op == "delete" or e.row is None:
-            return None, e.version
-        try:
-            value, _ = rt.b.rows.from_row({**e.row, VERSION_COLUMN: e.version})
-        except StrataError as exc:
-            self.core.count_error(exc)
-            return None
-        return value, e.version
-
-    def _unjournaled(self) -> None:
-        if self.unjournaled:
-            return
-        self.unjournaled = True
-        self.core.log.warning(
-            "%s: Redis is unreachable; write-behind writes wait in this process's queue "
-            "until it returns (a crash meanwhile loses them)",
-            self.schema,
-        )
-
-
 def choose_path(binding: Binding, core: Core, coherence: Coherence) -> WritePath:
     """The one place that maps a schema's write mode to its path."""
     mode = binding.mode
@@ -444,6 +266,8 @@ def choose_path(binding: Binding, core: Core, coherence: Coherence) -> WritePath
         if binding.l2_on and core.journaling:
             if core.journal is not None:  # registered after connect
                 core.journal.add(binding.name, binding.gen_key.removesuffix(":gen"), binding.l2_ttl)
+            from strata.router.journaled import JournaledWriteBehind  # it builds on these
+
             return JournaledWriteBehind(core, binding.name, coherence)
         core.log.getChild("write_behind").warning(
             "%s: write-behind without Redis keeps its queue in this process: a crash loses "
