@@ -14,7 +14,9 @@ own them::
 
     with RedisClusterSet() as c:                        # 3 masters + 3 replicas
         c.url                                           # redis+cluster://h:p,h:p,h:p
-        c.kill_master_of(key)                           # SIGKILL the master serving a key
+        c.kill(c.master_port_of_slot(slot))             # SIGKILL the master serving a slot
+        c.failed_over(port)                             # a replica took over its slots
+        c.restart(port)                                 # back, as a replica
 """
 
 from __future__ import annotations
@@ -330,8 +332,10 @@ class RedisClusterSet(_Group):
     """Three masters and three replicas (``redis-cli --cluster create --cluster-replicas 1``).
 
     ``cluster-node-timeout`` is small, so a replica takes over a killed master in about a
-    second or two. ``kill_master_of(key)`` SIGKILLs the master that serves ``key``;
-    ``healthy()`` is true when every slot is served (``cluster_state:ok``) on every live node.
+    second or two. ``kill(port)`` SIGKILLs a node (``master_port_of_slot(slot)``: the master
+    serving a slot); ``healthy()`` is true when every slot is served (``cluster_state:ok``) on
+    every live node, ``failed_over(port)`` once a replica took over the killed master's slots;
+    ``restart(port)`` brings the node back as a replica.
     """
 
     def __init__(self, *, node_timeout_ms: int = 1000) -> None:
@@ -416,6 +420,33 @@ class RedisClusterSet(_Group):
 
     def kill(self, port: int) -> None:
         self.by_port[port].kill()
+
+    def failed_over(self, port: int) -> bool:
+        """The killed master ``port`` is marked failed by every live node, and ``healthy()``:
+        a replica serves its slots (right after the kill ``healthy()`` alone still holds)."""
+        for live in self.live_ports():
+            for line in _bulk(LOOPBACK, live, "CLUSTER", "NODES").decode().splitlines():
+                fields = line.split(" ")
+                if fields[1].split("@")[0].endswith(f":{port}") and "fail" not in (
+                    fields[2].split(",")
+                ):
+                    return False
+        return self.healthy()
+
+    def restart(self, port: int) -> None:
+        """Start the killed node again (same files): it rejoins as a replica of the master
+        that took over, so the next kill in this session fails over too. A node that runs
+        is left as it is."""
+        if self.by_port[port].running:
+            return
+        self.by_port[port].spawn()
+
+        def rejoined() -> bool:
+            nodes = _bulk(LOOPBACK, port, "CLUSTER", "NODES")
+            mine = [line for line in nodes.splitlines() if b"myself" in line.split(b" ")[2]]
+            return bool(mine) and b"slave" in mine[0].split(b" ")[2] and self.healthy()
+
+        _wait(f"redis {port} rejoins as a replica", rejoined, 30, self._states)
 
 
 def _cluster_port() -> int:

@@ -157,6 +157,32 @@ async def test_value_written_while_redis_was_cut_off_is_not_served_stale_after_r
             assert (await ds.get(Item, "k")).name == "during"
 
 
+async def test_an_idle_writer_repairs_what_it_could_not_write_once_redis_is_back(
+    settings: dict[str, Any], redis_server: PrivateRedis
+) -> None:
+    # No call follows the outage in the writer: finding Redis again (and repairing the key
+    # it could not overwrite) must not wait for the writer's next use of Redis.
+    proxy = FaultProxy.for_url(redis_server.url)
+    async with proxy, store(settings, redis_url=proxy.url_for(redis_server.url)) as writer:
+        await writer.set(Item, Item(id="k", name="before"))  # Redis holds "before"
+        await proxy.cut()
+        await writer.set(Item, Item(id="k", name="during"))  # only L3 (and L1) get it
+        await proxy.restore()
+
+        direct = aioredis.Redis.from_url(redis_server.url)
+        try:
+
+            async def redis_not_stale() -> bool:
+                payload = await direct.get(l2_key(writer, "k"))
+                return payload is None or b"before" not in payload
+
+            await eventually(redis_not_stale, timeout=WAIT, interval=0.1)
+        finally:
+            await direct.aclose()
+        async with store(settings, redis_url=redis_server.url) as reader:
+            assert (await reader.get(Item, "k")).name == "during"
+
+
 # -- Redis unreachable from the start -----------------------------------------------------
 
 

@@ -22,6 +22,9 @@ Degraded operation. When Redis cannot be reached or does not answer within ``tim
                          ^                               |
                          +--------failure (backoff x2, up to 5 s)
 
+The probe is the next call after the backoff, or the tier's background prober when no call
+comes (PING; on a cluster PING to every primary, which makes redis-py follow a failover).
+
 While open, calls fail fast without touching the network: reads are misses, writes are not
 applied, deletes and publishes are dropped, and ``on_error`` is called for each (the router
 counts them in ``Stats.errors``). The outage is logged once when it starts and once when it
@@ -143,11 +146,13 @@ class RedisTier(Circuit):
         """Forget the client of an event loop that has ended; ``connect()`` makes a new
         one."""
         self._conn = self._client = None
+        self._prober = None  # ended with its loop
         self._slots = asyncio.Semaphore(self.max_connections)  # bound to the old loop
 
     async def close(self) -> None:
         self._closed = True
         self._up = False
+        await self._stop_prober()
         conn, self._conn, self._client = self._conn, None, None
         if conn is not None:
             await conn.aclose()
@@ -195,9 +200,9 @@ class RedisTier(Circuit):
 
     async def ping(self) -> bool:
         """Probe the server now (even inside a backoff window) and update the state."""
-        client = self._require()
+        self._require()
         try:
-            await self._run(client.ping, force=True)
+            await self._run(self._ping, force=True)
         except TierError:
             return False
         return True

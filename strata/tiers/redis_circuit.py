@@ -1,6 +1,11 @@
 """The Redis tier's circuit breaker (see ``strata.tiers.redis`` for the states): every
 network call of the tier runs through ``Circuit._run``, which fails fast while Redis is
-known to be down, lets one call probe after the backoff, and translates driver errors."""
+known to be down, lets one call probe after the backoff, and translates driver errors.
+
+While the circuit is open a background task probes too, after each backoff, so Redis is
+found again without waiting for the next call: the store's repair after an outage
+(``on_recover``) must not wait for traffic, or other instances would read from Redis what
+this one could not overwrite while it was away (an idle writer never repaired it)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,13 @@ from typing import Any, TypeVar
 
 import redis.exceptions as rexc
 
-from strata.errors import InvalidValueError, StrataError, TierError, TierUnavailableError
+from strata.errors import (
+    InvalidValueError,
+    LifecycleError,
+    StrataError,
+    TierError,
+    TierUnavailableError,
+)
 from strata.tiers.redis_topology import Connection
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "Circuit", "describe"]
@@ -22,6 +33,7 @@ T = TypeVar("T")
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 5.0
 _ERROR_LOG_INTERVAL = 30.0
+_PROBER_POLL = 0.05  # the background prober's wait while a call of the tier is probing
 
 # Errors that mean "Redis is not there" (as opposed to Redis answering with an error).
 _OUTAGE: tuple[type[BaseException], ...] = (
@@ -63,9 +75,44 @@ class Circuit:
         self._failures = 0  # calls failed during the current outage
         self._error_logged_at = float("-inf")
         self._slots = asyncio.Semaphore(max_connections)
+        self._prober: asyncio.Task[None] | None = None
 
     def _require(self) -> Any:
         raise NotImplementedError
+
+    async def _ping(self) -> bool:
+        """PING what the client serves from (on a cluster every primary it knows, see
+        ``Connection.ping``)."""
+        self._require()
+        conn = self._conn
+        if conn is None:
+            raise LifecycleError("RedisTier used before connect()")
+        return await conn.ping()
+
+    def _opened(self) -> None:
+        """The circuit just opened: start the background prober unless it runs."""
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_until_up(), name=f"strata-l2-probe:{self.where}"
+            )
+
+    async def _probe_until_up(self) -> None:
+        """Probe after each backoff until the circuit closes (or the tier closes)."""
+        while not self._up and not self._closed:
+            wait = self._retry_at - time.monotonic()
+            await asyncio.sleep(max(wait, _PROBER_POLL))
+            if self._up or self._closed or self._probing:
+                continue  # a call of the tier is probing now: see how it went
+            try:
+                await self._run(self._ping)
+            except StrataError as exc:  # still down: counted in _failures, logged once
+                self._log.debug("L2 Redis at %s: probe failed: %s", self.where, describe(exc))
+
+    async def _stop_prober(self) -> None:
+        task, self._prober = self._prober, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # (not ``await task``: a cancel of close() propagates)
 
     def _refusing(self, exc: BaseException, physical: list[str]) -> None:
         """Redis answers but keeps values we could neither overwrite nor delete: open the
@@ -86,6 +133,7 @@ class Circuit:
             self.where,
             describe(exc),
         )
+        self._opened()
 
     async def _delete_unwritten(self, client: Any) -> None:
         """The probe's first step while keys wait for deletion (see ``_refusing``)."""
@@ -172,6 +220,7 @@ class Circuit:
             self._backoff = BACKOFF_MIN
             self._retry_at = now + self._backoff
             self._log.warning("L2 Redis unavailable at %s: %s", self.where, describe(exc))
+            self._opened()
             conn = self._conn
             if conn is not None and conn.kind != "standalone":
                 self.possible_loss = True  # a failover may be under way

@@ -114,6 +114,14 @@ class Connection:
             for other in self.extra:
                 await other.aclose()
 
+    async def ping(self) -> bool:
+        """PING the server; on a cluster every primary of the client's slot map, so a
+        failed-over master fails it and makes redis-py reload the map and ask the promoted
+        one (a PING to the default node may answer while a shard is still down)."""
+        if self.cluster:
+            return bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        return bool(await self.client.ping())
+
     async def disconnect_idle(self) -> None:
         """Drop idle sockets (they may be half-dead after an outage)."""
         if self.cluster:
