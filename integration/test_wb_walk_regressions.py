@@ -40,3 +40,18 @@ async def test_a_reader_does_not_read_the_older_row_when_redis_comes_back_empty(
         Op(kind="fault", inst="A", keys=("redis_kill",)),
     ]
     await _replay(_config(WB, True, writers=("A",)), ops, faults, settings)
+
+
+async def test_a_journaled_delete_wins_over_an_older_write_queued_while_redis_was_away(
+    faults: Faults, settings: dict[str, Any]
+) -> None:
+    # write_behind-no-l1, seed 2327812126: after the second heal A read its older queued
+    # write (w1), not its own journaled delete (d2)
+    ops = [
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+        Op(kind="race", inst="B", keys=("k3",)),
+        Op(kind="heal", inst="A", keys=()),
+        Op(kind="delete", inst="A", keys=("k3",)),
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+    ]
+    await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)

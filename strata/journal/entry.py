@@ -20,9 +20,15 @@ from typing import Any, Literal
 
 import msgpack
 
-from strata.errors import CodecError, InvalidValueError
+from strata.errors import (
+    CodecError,
+    IntegrityError,
+    InvalidValueError,
+    TierError,
+    TierUnavailableError,
+)
 
-__all__ = ["JournalEntry", "decode_entry", "pack", "unpack"]
+__all__ = ["JournalEntry", "decode_entry", "is_refusal", "pack", "unpack"]
 
 _DATETIME, _DATE, _TIME, _UUID, _DECIMAL, _BIGINT = 1, 2, 3, 4, 5, 6
 
@@ -116,3 +122,17 @@ def decode_entry(schema: str, stream_id: bytes, fields: Mapping[bytes, bytes]) -
             raise CodecError(f"write-behind journal: bad row in entry {stream_id!r}")
         row, kept = dict(row_kept[0]), frozenset(row_kept[1])
     return JournalEntry(schema, id, version, op, row, kept, key, [stream_id])  # type: ignore[arg-type]
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The one place that decides: did L3 refuse these rows (dead letter) or fail (retry)?"""
+    if isinstance(exc, TierUnavailableError):
+        return False
+    if isinstance(exc, IntegrityError | InvalidValueError | CodecError):
+        return True
+    cause = exc.__cause__
+    return (
+        isinstance(exc, TierError)
+        and cause is not None
+        and any(c.__name__ in ("DataError", "DataException") for c in type(cause).__mro__)
+    )

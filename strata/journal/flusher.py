@@ -38,14 +38,11 @@ from redis.asyncio.cluster import RedisCluster
 from strata.codec import FMT_TOMBSTONE, peek_version
 from strata.errors import (
     CodecError,
-    IntegrityError,
-    InvalidValueError,
     TierError,
-    TierUnavailableError,
     WriteBehindError,
 )
 from strata.journal import held
-from strata.journal.entry import JournalEntry, decode_entry
+from strata.journal.entry import JournalEntry, decode_entry, is_refusal
 from strata.journal.scripts import APPEND, APPEND_PUBLISH, PEEK, RELEASE
 from strata.tiers.redis import RedisTier
 from strata.tiers.redis_scripts import bind, unbind
@@ -60,20 +57,6 @@ Appended = tuple[str, bytes, bytes, int, str, bytes]
 
 Apply = Callable[[str, list[JournalEntry]], Awaitable[None]]
 OnRefused = Callable[[JournalEntry, BaseException], Awaitable[None]]
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """The one place that decides: did L3 refuse these rows (dead letter) or fail (retry)?"""
-    if isinstance(exc, TierUnavailableError):
-        return False
-    if isinstance(exc, IntegrityError | InvalidValueError | CodecError):
-        return True
-    cause = exc.__cause__
-    return (
-        isinstance(exc, TierError)
-        and cause is not None
-        and any(c.__name__ in ("DataError", "DataException") for c in type(cause).__mro__)
-    )
 
 
 @dataclass(slots=True)
@@ -132,11 +115,13 @@ class Journal:
         on_error: Callable[[BaseException], None],
         last: dict[str, tuple[int, int]] | None = None,
         close_timeout: float | None = None,
+        on_rescued: Apply | None = None,
     ) -> None:
         self.tier = tier
         self._consumer = consumer
         self._apply = apply
         self._on_refused = on_refused
+        self._on_rescued = on_rescued
         self._claim_after = claim_after
         self._interval = interval
         self._threshold = threshold
@@ -179,9 +164,16 @@ class Journal:
     def has(self, schema: str) -> bool:
         return schema in self.streams
 
+    def holds(self, schema: str) -> bool:
+        """This instance holds writes of the schema not known to be in L3 yet."""
+        st = self.streams.get(schema)
+        return st is not None and bool(st.held)
+
     def losses(self, schema: str) -> int:
-        """How often this instance saw Redis lose the schema's journal (its epoch change)."""
-        return self.streams[schema].losses
+        """How often this instance saw Redis lose the schema's journal (its epoch change);
+        -1 while it does not know the epoch yet."""
+        st = self.streams[schema]
+        return -1 if st.seen_epoch is None and st.losses == 0 else st.losses
 
     def drop_held(self, schema: str, keys: Sequence[str]) -> None:
         """A newer write of these logical keys went elsewhere (the in-process queue)."""
@@ -408,10 +400,13 @@ class Journal:
         for st in list(self.streams.values()):
             if st.held:
                 try:
-                    await held.rescue(st, self._apply, self._log, why)
+                    await self._rescue(st, why)
                 except Exception as exc:  # L3 away too: tried again later
                     _raise_if_cancelled()
                     self._on_error(exc)
+
+    async def _rescue(self, st: Stream, why: str) -> int:
+        return await held.rescue(st, self._apply, self._log, why, self._on_rescued)
 
     async def _check_held(self, now: float) -> None:
         """Forget held writes a peer flushed; rescue them all if Redis lost its data."""
@@ -421,7 +416,7 @@ class Journal:
         for st in list(self.streams.values()):
             if st.held and await held.check(self.tier, st):
                 self._grouped.discard(st.stream)
-                await held.rescue(st, self._apply, self._log, "Redis lost the journal")
+                await self._rescue(st, "Redis lost the journal")
                 await held.establish_epoch(self.tier, st)
 
     async def _drain(self, st: Stream, *, own: bool, fresh: bool, claim: bool) -> None:

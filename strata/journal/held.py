@@ -100,8 +100,12 @@ async def check(tier: RedisTier, st: Stream) -> bool:
     return False
 
 
-async def rescue(st: Stream, apply: Apply, log: logging.Logger, why: str) -> int:
-    """Write every held write of the stream to L3 directly; returns how many reached it."""
+async def rescue(
+    st: Stream, apply: Apply, log: logging.Logger, why: str, after: Apply | None = None
+) -> int:
+    """Write every held write of the stream to L3 directly; returns how many reached it.
+    ``after``: told which did, so the caches drop what they read of those keys meanwhile
+    (Redis lost these writes: another instance may have filled it with the older row)."""
     held = dict(st.held)
     entries = [e for k, h in held.items() if (e := _entry(st, k, h)) is not None]
     if not entries:
@@ -122,6 +126,13 @@ async def rescue(st: Stream, apply: Apply, log: logging.Logger, why: str) -> int
     for e in done:
         if st.held.get(e.key) == held[e.key]:
             del st.held[e.key]
+    if done and after is not None:
+        try:
+            await after(st.schema, done)
+        except StrataError as exc:  # L2 repairs what it missed when Redis is back
+            log.warning(
+                "write-behind %s: after the rescue, cache clean-up failed: %s", st.schema, exc
+            )
     if done:
         log.warning(
             "write-behind %s: %s; wrote %d acknowledged writes this instance journaled "

@@ -58,6 +58,7 @@ def start_journal(core: Core, host: JournalHost) -> Journal | None:
         consumer=cfg.instance_id,
         apply=host.apply,
         on_refused=host.refused,
+        on_rescued=host.rescued,
         claim_after=secs("write_behind_claim_after"),
         interval=secs("write_behind_flush_interval"),
         threshold=cfg.write_behind_flush_threshold,
@@ -116,6 +117,14 @@ class JournalHost:
         deletes = [(e.id, e.version) for e in entries if e.op == "delete"]
         if deletes:
             await delete_older(core, b, deletes)
+
+    async def rescued(self, schema: str, entries: list[JournalEntry]) -> None:
+        """Held writes went to L3 directly (Redis lost or could not be reached for them):
+        what Redis and every L1 got of those keys meanwhile may be older."""
+        rt = self.core.routes[schema]
+        sets = [e.id for e in entries if e.op == "set"]
+        deletes = [(e.id, e.version) for e in entries if e.op == "delete"]
+        await self.coh.forget_rescued(rt, sets, deletes)
 
     async def refused(self, entry: JournalEntry, error: BaseException) -> None:
         core = self.core

@@ -345,6 +345,27 @@ class Coherence:
                 self.remember_l2_missed(keys)
         await self.publish(rt, "set", [(i, None, None) for i in ids])
 
+    async def forget_rescued(
+        self, rt: Route, sets: list[Any], deletes: list[tuple[Any, int]]
+    ) -> None:
+        """Writes Redis lost reached L3 directly: drop every cached copy of their keys (a
+        delete leaves its versioned tombstone, so an older fill in flight is refused)."""
+        core = self.core
+        if sets:
+            await self.forget_cached(rt, sets)
+        if not deletes:
+            return
+        ids = [i for i, _ in deletes]
+        core.forget_readers(rt, ids)
+        if rt.l1 is not None:
+            rt.l1.delete_many(ids)
+        if rt.b.l2_on:
+            assert core.l2 is not None
+            await self._drop_foreign_l2(rt, list(deletes), deleted=True)
+            if not core.l2.available:
+                self.remember_l2_missed([rt.b.key(i) for i in ids])
+        await self.publish(rt, "delete", [(i, None, v) for i, v in deletes])
+
     async def invalidate_all(self, rt: Route) -> None:
         core = self.core
         rt.epoch += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -54,19 +54,20 @@ class JournaledWriteBehind(WriteBehind):
         seen = self.seen
         if seen.get(id, (-1, 0))[0] < version:
             journal = self.core.journal
-            losses = journal.losses(self.schema) if journal is not None else 0
+            losses = journal.losses(self.schema) if journal is not None else 0  # -1: unknown
             seen[id] = (version, losses)
             seen.move_to_end(id)
             if len(seen) > self.SEEN_MAX:
                 seen.popitem(last=False)
 
     def _lost_since(self, losses: int) -> bool:
-        """Redis lost its data (the journal's epoch changed) since ``losses`` was read."""
+        """Redis lost its data (the journal's epoch changed) since ``losses`` was read;
+        also when that read came before this instance knew the epoch (-1: cannot tell)."""
         journal = self.core.journal
         return (
             journal is not None
             and journal.has(self.schema)
-            and journal.losses(self.schema) != losses
+            and (losses < 0 or journal.losses(self.schema) != losses)
         )
 
     def unsure(self, id: Any) -> bool:
@@ -150,7 +151,14 @@ class JournaledWriteBehind(WriteBehind):
             journal.drop_held(self.schema, [b.key(i) for i in prepared])
             return await super().write(rt, prepared)
         self.unjournaled = False
+        self._journaled_over_queue(prepared)
         return items, {}
+
+    def _journaled_over_queue(self, ids: Iterable[Any]) -> None:
+        """A write queued in process (while Redis was away) is older than the one just
+        journaled: it must neither be read nor reach L3 after it."""
+        if self.shadow:
+            self.superseded([i for i in ids if i in self.shadow])
 
     async def delete(self, rt: Route, ids: list[Any]) -> int:
         b, core, journal = rt.b, self.core, self.core.journal
@@ -165,6 +173,7 @@ class JournaledWriteBehind(WriteBehind):
             self._unjournaled()
             journal.drop_held(self.schema, [b.key(i) for i in ids])
             return await super().delete(rt, ids)
+        self._journaled_over_queue(ids)
         return version
 
     async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
@@ -183,6 +192,20 @@ class JournaledWriteBehind(WriteBehind):
                 out[keys[key]] = q
                 self.saw(rt, keys[key], q[1])
         return out
+
+    def pending(self, id: Any) -> Queued | None:
+        """The in-process queue's write of the id, or this instance's own journaled write
+        not known to be in L3 yet, the newer: a read never prefers an older copy Redis
+        got after it lost the journal (another instance's fill) to the writer's own."""
+        queued = super().pending(id)
+        journal = self.core.journal
+        if journal is None or not journal.holds(self.schema):
+            return queued
+        rt = self.core.routes[self.schema]
+        for e in journal.own(self.schema, [rt.b.key(id)]).values():
+            if queued is None or queued[1] < e.version:
+                return self._model(rt, e)
+        return queued
 
     def _model(self, rt: Route, e: JournalEntry) -> Queued | None:
         if e.op == "delete" or e.row is None:
