@@ -369,6 +369,7 @@ class Journal:
                 self._log.warning("write-behind journal: %s", exc)
                 if "NOGROUP" in str(exc):  # Redis lost the group (restarted empty)
                     self._grouped.clear()
+                own = True  # what it read before the failure is pending for it: again
                 await self._redis_failing(loop.time())
                 await asyncio.sleep(self._retry_base)
                 continue
