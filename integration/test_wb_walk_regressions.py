@@ -55,3 +55,20 @@ async def test_a_journaled_delete_wins_over_an_older_write_queued_while_redis_wa
         Op(kind="fault", inst="A", keys=("redis_kill",)),
     ]
     await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)
+
+
+async def test_a_reader_refuses_the_older_row_after_redis_lost_its_data_twice(
+    faults: Faults, settings: dict[str, Any]
+) -> None:
+    # write_behind-l1, seed 3242209181: after the second loss B read k2 absent (L3 had no
+    # row yet) instead of waiting for A's rescue of w1
+    ops = [
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+        Op(kind="heal", inst="A", keys=()),
+        Op(kind="get", inst="B", keys=("k1",)),
+        Op(kind="set", inst="A", keys=("k2",)),
+        Op(kind="heal", inst="A", keys=()),
+        Op(kind="fault", inst="A", keys=("redis_kill",)),
+        Op(kind="race", inst="B", keys=("k1",)),
+    ]
+    await _replay(_config(WB, True, writers=("A",)), ops, faults, settings)

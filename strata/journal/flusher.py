@@ -171,9 +171,9 @@ class Journal:
 
     def losses(self, schema: str) -> int:
         """How often this instance saw Redis lose the schema's journal (its epoch change);
-        -1 while it does not know the epoch yet."""
+        -1 while it knows no epoch (none yet, or Redis lost it and none was made since)."""
         st = self.streams[schema]
-        return -1 if st.seen_epoch is None and st.losses == 0 else st.losses
+        return -1 if st.seen_epoch is None else st.losses
 
     def drop_held(self, schema: str, keys: Sequence[str]) -> None:
         """A newer write of these logical keys went elsewhere (the in-process queue)."""
@@ -356,8 +356,8 @@ class Journal:
                 if claim:
                     self._next_claim = loop.time() + max(self._claim_after / 2, 0.01)
                 for st in list(self.streams.values()):
-                    if st.token is None:  # readers too: what a loss of Redis's data is
-                        await held.establish_epoch(self.tier, st)
+                    if st.token is None or (st.seen_epoch is None and not st.held):
+                        await held.establish_epoch(self.tier, st)  # readers too: see losses
                     await self._drain(st, own=own, fresh=fresh, claim=claim)
                 own = False
                 await self._check_held(loop.time())

@@ -77,7 +77,7 @@ async def establish_epoch(tier: RedisTier, st: Stream) -> None:
 def note_epoch(st: Stream, epoch: Any) -> None:
     """The epoch Redis holds now: a change from a known one means Redis lost its data
     (readers refuse older L3 rows of what they read before it: router/journaled.py)."""
-    epoch = epoch if isinstance(epoch, bytes) else None
+    epoch = epoch if isinstance(epoch, bytes) and epoch else None  # PEEK: b"" for none
     if epoch != st.seen_epoch:
         if st.seen_epoch is not None:
             st.losses += 1
