@@ -82,6 +82,14 @@ def _cleaned_up(ds: DataStore) -> bool:
     )
 
 
+async def _heard_from(writer: DataStore, reader: DataStore) -> None:
+    """Everything ``writer`` published so far has reached ``reader``: one more write goes
+    out after it on the same channel, and the reader hears it (or what came before it)."""
+    heard = reader.stats().invalidations_received
+    await writer.set(Counter, Counter(id="fence", n=0))
+    await eventually(lambda: reader.stats().invalidations_received > heard, timeout=15)
+
+
 async def _failover_leaves_no_stale_read(
     settings: dict[str, Any], url: str, kill: Any, healthy: Any
 ) -> None:
@@ -105,8 +113,10 @@ async def _failover_leaves_no_stale_read(
         await eventually(lambda: _l2_up(reader), timeout=15)
         bus = reader._core.bus
         await eventually(lambda: bus is not None and bus.connected, timeout=15)
-        # The failover is over once the writer's L2 clean-up after it has succeeded.
+        # The failover is over once the writer's L2 clean-up after it has succeeded, and its
+        # invalidations have reached the reader.
         await eventually(lambda: _cleaned_up(writer), timeout=15, interval=0.05)
+        await _heard_from(writer, reader)
         stale = []
         for key, n in acked.items():
             got = await reader.get(Counter, key)

@@ -49,6 +49,9 @@ class Coherence:
         self._l2_missed: set[str] = set()  # keys written while L2 was down: dropped on recovery
         self._l2_missed_overflow = False
         self._l2_dirty_schemas: set[str] = set()  # L2 must be cleared for these on recovery
+        # What the repair under way (drop_l2_missed) took on: still pending until every
+        # instance has been told, so "no repair pending" means the repair is over.
+        self._l2_repairing = 0
         self.skipped_publishes = 0  # publishes not attempted while L2 was known to be down
         # Per schema: the other model shapes whose L2 copies may still be live (from the
         # shape registry in Redis, and from other instances' messages).
@@ -246,10 +249,15 @@ class Coherence:
         if not l2.available:
             self.remember_l2_missed([k for k, _, _ in tombs] + gone)
 
-    async def publish_raw(self, msg: Invalidation) -> None:
+    async def publish_raw(self, msg: Invalidation) -> bool:
+        """Send ``msg`` on the bus; False if it could not be sent (no bus: nobody to tell)."""
         bus = self.core.bus
-        if bus is not None and await bus.publish(msg):
-            self.core.c.invalidations_sent += 1
+        if bus is None:
+            return True
+        if not await bus.publish(msg):
+            return False
+        self.core.c.invalidations_sent += 1
+        return True
 
     async def publish_via_l2(self, channel: str, payload: bytes) -> bool:
         """The bus's publisher. While the L2 tier knows it is down (circuit open) the
@@ -422,8 +430,10 @@ class Coherence:
 
     @property
     def l2_repairs_pending(self) -> int:
-        """Keys (and whole schemas) waiting for Redis to come back."""
-        return len(self._l2_missed) + len(self._l2_dirty_schemas)
+        """Keys (and whole schemas) waiting for Redis to come back, and those of a repair
+        under way until its invalidations are out: 0 means other instances were told."""
+        overflow = 1 if self._l2_missed_overflow else 0
+        return len(self._l2_missed) + len(self._l2_dirty_schemas) + overflow + self._l2_repairing
 
     async def drop_l2_missed(self) -> None:
         """Keys written while Redis was unreachable may hold older values there: drop them,
@@ -433,6 +443,8 @@ class Coherence:
         keys, self._l2_missed = list(self._l2_missed), set()
         overflow, self._l2_missed_overflow = self._l2_missed_overflow, False
         dirty, self._l2_dirty_schemas = self._l2_dirty_schemas, set()
+        taken = len(keys) + len(dirty) + 1  # pending until the invalidations are out
+        self._l2_repairing += taken
         try:
             for start in range(0, len(keys), 1000):
                 await core.l2.delete_many(keys[start : start + 1000])
@@ -442,25 +454,30 @@ class Coherence:
                 if overflow or rt.name in dirty:
                     await core.l2.delete_pattern(glob_escape(rt.b.key_prefix) + "*")
                 await core.l2.incr(rt.b.gen_key)
+            # A read between the recovery and this repair may have filled L1 from a value
+            # dropped just now (our own repair messages do not reach us): clear it again.
+            self.clear_l1()
+            told = await self._publish_repair(keys, dirty if not overflow else set(core.routes))
         except TierError as exc:  # down again: the next recovery redoes all of it
             core.count_error(exc)
+            told = False
+        finally:
+            self._l2_repairing -= taken
+        if not told:  # still pending: the next recovery redoes all of it
             self._l2_missed.update(keys)
-            self._l2_missed_overflow = overflow
+            self._l2_missed_overflow |= overflow
             self._l2_dirty_schemas |= dirty | {rt.name for rt in core.routes.values()}
-            return
-        # A read between the recovery and this repair may have filled L1 from a value
-        # dropped just now (our own repair messages do not reach us): clear it again.
-        self.clear_l1()
-        await self._publish_repair(keys, dirty if not overflow else set(core.routes))
 
-    async def _publish_repair(self, keys: list[str], whole: Iterable[str]) -> None:
+    async def _publish_repair(self, keys: list[str], whole: Iterable[str]) -> bool:
         """Other instances may have re-read the repaired rows (from Redis or PostgreSQL)
-        while this one could neither write Redis nor publish: tell them to drop them."""
+        while this one could neither write Redis nor publish: tell them to drop them.
+        False if a message could not be sent (the repair stays pending)."""
         core = self.core
         whole = set(whole)
+        told = True
         for rt in list(core.routes.values()):
             if rt.name in whole:
-                await self.publish_raw(
+                told &= await self.publish_raw(
                     Invalidation(schema=rt.name, op="invalidate_all", origin=core.instance_id)
                 )
                 continue
@@ -470,7 +487,7 @@ class Coherence:
             ids = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
             for start in range(0, len(ids), 1000):
                 chunk = tuple(ids[start : start + 1000])
-                await self.publish_raw(
+                told &= await self.publish_raw(
                     Invalidation(
                         schema=rt.name,
                         op="set",
@@ -480,6 +497,7 @@ class Coherence:
                         shape=rt.b.cs.shape,
                     )
                 )
+        return told
 
 
 def _hear_from(
