@@ -153,14 +153,12 @@ class Reads:
         path = rt.path
         if not path.lags:
             return {}
-        out: dict[Any, Queued] = {}
+        # The journal first: reading it drops this instance's held writes a newer one of
+        # another instance superseded (or a peer flushed), so pending() no longer offers them.
+        out = await path.journaled(rt, ids)
         for i in ids:
             q = path.pending(i)
-            if q is not None:
-                out[i] = q
-        for i, q in (await path.journaled(rt, ids)).items():
-            held = out.get(i)
-            if held is None or held[1] < q[1]:
+            if q is not None and (i not in out or out[i][1] < q[1]):
                 out[i] = q
         return out
 
