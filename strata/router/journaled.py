@@ -50,7 +50,7 @@ class JournaledWriteBehind(WriteBehind):
         # id -> when to stop refusing an L3 row older than ``seen`` with Redis reachable
         self.refusing: dict[Any, float] = {}
 
-    def saw(self, rt: Route, id: Any, version: int) -> None:
+    def saw(self, id: Any, version: int) -> None:
         seen = self.seen
         if seen.get(id, (-1, 0))[0] < version:
             journal = self.core.journal
@@ -190,7 +190,7 @@ class JournaledWriteBehind(WriteBehind):
             q = self._model(rt, e)
             if q is not None:
                 out[keys[key]] = q
-                self.saw(rt, keys[key], q[1])
+                self.saw(keys[key], q[1])
         return out
 
     def pending(self, id: Any) -> Queued | None:

@@ -133,11 +133,11 @@ class Reads:
                 gone.add(id)
                 if versions is not None:
                     versions[id] = decoded.version
-                rt.path.saw(rt, id, decoded.version)
+                rt.path.saw(id, decoded.version)
                 continue
             value, version = decoded
             core.clock.observe(version)  # a lagging clock catches up with what it reads
-            rt.path.saw(rt, id, version)
+            rt.path.saw(id, version)
             if versions is not None:
                 versions[id] = version
             queued = rt.path.pending(id)

@@ -78,7 +78,7 @@ class WritePath(Protocol):
         """The newest write of each id the Redis journal holds (not in L3 yet, or not yet
         released): one round trip; empty when there is no journal or Redis fails."""
 
-    def saw(self, rt: Route, id: Any, version: int) -> None:
+    def saw(self, id: Any, version: int) -> None:
         """A read of this instance served this version of the id from Redis."""
 
     def unsure(self, id: Any) -> bool:
@@ -135,7 +135,7 @@ class WriteThrough:
     async def journaled(self, rt: Route, ids: Sequence[Any]) -> dict[Any, Queued]:
         return {}
 
-    def saw(self, rt: Route, id: Any, version: int) -> None:
+    def saw(self, id: Any, version: int) -> None:
         return None
 
     def unsure(self, id: Any) -> bool:
