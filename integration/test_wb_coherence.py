@@ -325,11 +325,9 @@ async def test_redis_back_empty_before_the_rescue_another_instance_never_reads_t
         PrivateRedis() as redis,
         FaultProxy.for_url(settings["database_url"]) as pg_a,
     ):
-        fast = {
-            **settings,
-            "redis_url": redis.url,
-            "redis_timeout": 1.0,
-        }  # a killed Redis refuses at once
+        # 1 s: a killed Redis refuses at once, and a shorter timeout under load can trip A's
+        # circuit, sending its writes to the in-process queue instead of the journal
+        fast = {**settings, "redis_url": redis.url, "redis_timeout": 1.0}
         quick = {"heartbeat_interval": 0.5}
         a_url = {**fast, "database_url": pg_a.url_for(settings["database_url"])}
         async with (
