@@ -156,6 +156,33 @@ async def test_an_entry_delivered_twice_leaves_postgresql_unchanged(
         assert (await ds.get(Account, "k")).balance == 2
 
 
+async def test_a_redis_error_after_the_l3_write_leaves_no_entry_waiting_for_claim_after(
+    settings: dict[str, Any], redis_client: Redis, pg_conn: asyncpg.Connection
+) -> None:
+    """Redis fails once while the flusher acknowledges a batch L3 already has: the entries
+    stay pending for this instance, which reads them again at once (they used to wait
+    ``write_behind_claim_after`` for XAUTOCLAIM)."""
+    async with store(settings, write_behind_claim_after=NEVER) as ds:
+        journal = ds._core.journal
+        assert journal is not None
+        client = journal.tier.client
+        real = client.xack
+        failed: list[str] = []
+
+        async def xack_failing_once(*args: Any) -> Any:
+            if not failed:
+                failed.append("xack")
+                raise ConnectionError("Redis went away mid-batch")
+            return await real(*args)
+
+        client.xack = xack_failing_once  # type: ignore[method-assign]
+        await ds.set(Account, Account(id="k", balance=7))
+        await ds.flush_dirty(WAIT)
+        assert failed == ["xack"]
+        assert await balances(pg_conn) == {"k": 7}
+        assert await redis_client.xlen(journal_key(settings, "accounts")) == 0
+
+
 async def test_a_set_delivered_again_after_its_delete_does_not_bring_the_row_back(
     settings: dict[str, Any], redis_client: Redis, pg_conn: asyncpg.Connection
 ) -> None:

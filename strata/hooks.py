@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from strata.tasks import stop_tasks
+
 __all__ = ["HookRaised", "HookRunner"]
 
 
@@ -77,8 +79,4 @@ class HookRunner:
         self._tasks.clear()
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(list(self._tasks))

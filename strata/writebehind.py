@@ -43,6 +43,7 @@ from types import TracebackType
 from strata.errors import WriteBehindError
 from strata.journal import pending as parts
 from strata.journal.pending import UNREACHABLE, Apply, DeadLetter, DeadLetterHook, PendingWrite
+from strata.tasks import raise_if_cancelled, stop_tasks
 
 __all__ = ["DeadLetter", "PendingWrite", "WriteBehindQueue"]
 
@@ -163,9 +164,7 @@ class WriteBehindQueue:
                 if error is None:
                     remaining = None if deadline is None else max(0.0, deadline - loop.time())
                     await asyncio.wait([task], timeout=remaining)
-                if not task.done():
-                    task.cancel()
-                    await asyncio.wait([task])
+                await stop_tasks([task])  # (returns at once if it ended)
             left = await self._abandon(error or WriteBehindError("write-behind flusher stopped"))
         finally:
             if task is not None and not task.done():  # close() itself was cancelled
@@ -397,6 +396,7 @@ class WriteBehindQueue:
             if self._due:
                 deadline = min(deadline, self._due[0][0])
             delay = deadline - loop.time()
+            raise_if_cancelled()  # a cancellation a library swallowed (strata/tasks.py)
             if delay > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):

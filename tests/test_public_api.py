@@ -46,6 +46,7 @@ def test_all_is_sorted_and_complete() -> None:
         "rotate",
         "sync",
         "contrib",
+        "tasks",
         "testing",
     }
     assert public - modules - set(strata.__all__) == set()

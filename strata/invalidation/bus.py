@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from strata.errors import CodecError, StrataError, TierUnavailableError
 from strata.invalidation.messages import Heartbeat, Invalidation, decode_message
 from strata.invalidation.transport import Transport, transport_for
+from strata.tasks import stop_tasks
 
 __all__ = [
     "BACKOFF_MAX",
@@ -210,14 +211,7 @@ class InvalidationBus:
         self._stopping = True
         tasks = {t for t in (self._listener, self._beater) if t is not None}
         self._listener = self._beater = None
-        pending = tasks
-        while pending:
-            # On Python 3.11 asyncio.wait_for (which redis-py uses to send commands when
-            # socket_timeout is set) can swallow a cancellation that lands as the send
-            # completes; the loops also watch _stopping, and we cancel again if need be.
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await stop_tasks(tasks)  # the loops also watch _stopping
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 # The loops catch everything, so this is a bug.

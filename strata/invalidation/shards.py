@@ -11,8 +11,9 @@ to one queue, so a message is seen as soon as any node delivers it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
+
+from strata.tasks import stop_tasks
 
 __all__ = ["ShardReaders"]
 
@@ -67,9 +68,5 @@ class ShardReaders:
     async def close(self) -> None:
         tasks = [task for _, task in self._tasks.values()]
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await stop_tasks(tasks)
         self._inbox = asyncio.Queue()

@@ -44,6 +44,7 @@ from strata.errors import (
 from strata.journal import held
 from strata.journal.entry import JournalEntry, decode_entry, is_refusal
 from strata.journal.scripts import APPEND, APPEND_PUBLISH, PEEK, RELEASE
+from strata.tasks import raise_if_cancelled, stop_tasks
 from strata.tiers.redis import RedisTier
 from strata.tiers.redis_scripts import bind, unbind
 
@@ -76,14 +77,6 @@ class Stream:
     losses: int = 0  # times the epoch was seen to change: Redis lost its data
     # physical L2 key -> this instance's acknowledged write not known to be in L3 yet
     held: dict[str, held.HeldWrite] = field(default_factory=dict)
-
-
-def _raise_if_cancelled() -> None:
-    """A cancelled task whose cancellation a client library turned into another error
-    (redis-py does, mid-connect) must still end: the event loop is waiting for it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _sid(stream_id: bytes | str) -> tuple[int, int]:
@@ -300,8 +293,7 @@ class Journal:
             self._log.warning("write-behind: left in the Redis journal for later: %s", exc)
         finally:
             self._stopping = True
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])
             self._task = None
 
     async def flush(self, timeout: float | None) -> None:
@@ -364,7 +356,7 @@ class Journal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the journal waits there
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 self._on_error(exc)
                 self._log.warning("write-behind journal: %s", exc)
                 if "NOGROUP" in str(exc):  # Redis lost the group (restarted empty)
@@ -377,7 +369,8 @@ class Journal:
             if fresh:
                 next_tick = loop.time() + self._interval
             wait = min(next_tick, self._next_claim) - loop.time()
-            if wait > 0 and not self._wake.is_set():
+            raise_if_cancelled()  # a cancellation a library swallowed (strata/tasks.py)
+            if wait > 0 and not self._wake.is_set() and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
@@ -403,7 +396,7 @@ class Journal:
                 try:
                     await self._rescue(st, why)
                 except Exception as exc:  # L3 away too: tried again later
-                    _raise_if_cancelled()
+                    raise_if_cancelled()
                     self._on_error(exc)
 
     async def _rescue(self, st: Stream, why: str) -> int:
@@ -545,7 +538,7 @@ class Journal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 if is_refusal(exc):
                     await self._isolate(st, writes, exc)
                     return

@@ -10,7 +10,6 @@ rebind:   the event loop ``connect()`` ran on has ended (``asyncio.run()`` calle
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from strata.router.coherence import Coherence
 from strata.router.core import Core
 from strata.router.queries import Queries
 from strata.router.writes import Writes
+from strata.tasks import stop_tasks
 from strata.tiers.base import L2Tier, L3Tier
 from strata.tiers.postgres import PostgresTier
 from strata.tiers.redis import RedisTier
@@ -152,10 +152,7 @@ class Lifecycle:
             if core.wb is not None:
                 await close_within(core.wb, core.config.close_timeout_seconds, core.log)
         finally:
-            for task in list(core.tasks):
-                task.cancel()
-            if core.tasks:
-                await asyncio.gather(*core.tasks, return_exceptions=True)
+            await stop_tasks(list(core.tasks))
             await self.hooks.close()
             if core.bus is not None:
                 await core.bus.stop()

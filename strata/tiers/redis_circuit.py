@@ -24,6 +24,7 @@ from strata.errors import (
     TierError,
     TierUnavailableError,
 )
+from strata.tasks import stop_tasks
 from strata.tiers.redis_topology import Connection
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "Circuit", "describe"]
@@ -110,9 +111,8 @@ class Circuit:
 
     async def _stop_prober(self) -> None:
         task, self._prober = self._prober, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])  # (not ``await task``: a cancel of close() propagates)
+        if task is not None:
+            await stop_tasks([task])
 
     def _refusing(self, exc: BaseException, physical: list[str]) -> None:
         """Redis answers but keeps values we could neither overwrite nor delete: open the
