@@ -76,21 +76,18 @@ def _config(
 # Known bugs (issue 11) left out of the main walk until they are fixed; each has a
 # regression test below, made from the walk's shrunk sequence.
 SKIP_OPS = {
-    # search returns L3 rows older than the writer's own queued writes (update is refused
-    # in write-behind by design: no L3 row to check the version of)
-    WriteMode.WRITE_BEHIND: ("search", "update"),
+    # update is refused in write-behind by design (no L3 row to check the version of)
+    WriteMode.WRITE_BEHIND: ("update",),
 }
-# Write-behind: an instance prefers its own queued write to a newer one of the other
-# instance, so only A writes there (B reads, races and suffers the faults).
-WRITERS = {WriteMode.WRITE_BEHIND: ("A",)}
+WRITERS: dict[WriteMode, tuple[str, ...]] = {}
 # Modes whose non-writing reader is only checked for phantoms during a fault (none now).
 LAX_IN_FAULTS: set[WriteMode] = set()
-# Write-behind (the Redis-journal flusher, issue 12, in progress on main): even with A as
-# the only writer and no fault, A reads a write older than its own acknowledged one, and
-# after a healed fault the instances disagree or a flush times out. Run, shown as xfail,
-# without the long shrink (STRATA_MODEL_SHRINK still applies when set), only when
+# Write-behind (the Redis journal): walked with both instances writing and searching. With
+# faults it still finds about one failure per minute, mostly not reproducible from the
+# shrunk sequence (timing: a heal while a peer's rescue or flush is in flight). Run, shown
+# as xfail, without the long shrink (STRATA_MODEL_SHRINK still applies when set), only when
 # STRATA_MODEL_ALL is set (``make model`` sets it): a failing walk costs a minute, and the
-# regression tests below pin the bugs in CI.
+# regression tests (here and in test_wb_walk_regressions.py) pin the bugs it found in CI.
 KNOWN_BROKEN = {WriteMode.WRITE_BEHIND}
 _BROKEN = pytest.mark.xfail(
     strict=False,
@@ -336,3 +333,20 @@ async def test_write_behind_reader_does_not_go_back_in_time_when_redis_dies(
         Op(kind="get_many", inst="B", keys=("k2", "k3", "k1")),
     ]
     await _replay(_config(WB, False, writers=("A",)), ops, faults, settings)
+
+
+async def test_write_behind_search_and_count_see_the_writers_rows_not_flushed_yet(
+    settings: dict[str, Any],
+) -> None:
+    # Shrunk by the walk (write_behind-l1, seed 3242209164, no fault):
+    # [Op('set_many', 'A', ('k0', 'k3', 'k1', 'k2')), Op('search', 'A')] read k0 absent.
+    # A search reads L3, so the writer's own journaled writes of the schema go there first.
+    async with _two_write_behind_stores(settings) as (a, b):
+        await a.set_many(Item, [Item(id=f"n{i}", name="new", level=7) for i in range(3)])
+        await a.delete(Item, "n1")
+        await b.set(Item, Item(id="other", name="b's", level=7))  # B's: may lag, as documented
+        found = await a.search(Item, Q().filter(level=7).order_by("id"))
+        assert [r.id for r in found if r.id != "other"] == ["n0", "n2"]
+        assert await a.count(Item, Q().filter(id__in=["n0", "n1", "n2"])) == 2
+        assert [r.id for r in await a.search_cached(Item, Q().filter(id="n2"))] == ["n2"]
+        assert await a.search(Item, Q().filter(id="n0").force_l3()) != []  # in L3 now

@@ -36,11 +36,7 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from strata.codec import FMT_TOMBSTONE, peek_version
-from strata.errors import (
-    CodecError,
-    TierError,
-    WriteBehindError,
-)
+from strata.errors import CodecError, TierError, WriteBehindError
 from strata.journal import held
 from strata.journal.entry import JournalEntry, decode_entry, is_refusal
 from strata.journal.scripts import APPEND, APPEND_PUBLISH, PEEK, RELEASE
@@ -254,15 +250,14 @@ class Journal:
         )
         out: dict[str, JournalEntry] = {}
         held.note_epoch(st, res[0])
-        if st.held and (st.token is None or res[0] != st.token):
-            self._next_check = 0.0  # rescue them now
+        lost = bool(st.held) and (st.token is None or res[0] != st.token)
+        if lost:  # Redis lost its data: rescue what is held now; readers compare it with
+            self._next_check = 0.0  # L3 (another instance's newer write may be there)
             self._wake.set()
-            out.update(self.own(schema, keys))
         for key, where, found in zip(keys, physical, res[1:], strict=True):
             if not found:
-                h = st.held.get(where)
-                if h is not None and key not in out:
-                    del st.held[where]  # flushed or superseded: nothing to rescue
+                if not lost:
+                    st.held.pop(where, None)  # flushed or superseded: nothing to rescue
                 continue
             stream_id, flat = found[0]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -296,12 +291,20 @@ class Journal:
             await stop_tasks([self._task])
             self._task = None
 
-    async def flush(self, timeout: float | None) -> None:
+    async def flush(
+        self, timeout: float | None, schema: str | None = None, *, everyone: bool = False
+    ) -> None:
         """Wait until every entry this instance journaled so far (and every older entry)
-        is in L3 or a dead letter."""
+        is in L3 or a dead letter; of one schema when given, and with ``everyone`` up to
+        the newest entry of any instance (what a search must find in L3)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        targets = dict(self._last)
+        targets = {k: v for k, v in self._last.items() if schema in (None, k)}
+        if everyone and schema is not None:
+            st, client = self.streams[schema], self.tier.client
+            tail: Any = await self.tier.call(lambda: client.xrevrange(st.stream, count=1))
+            if tail:
+                targets[schema] = max(targets.get(schema, (0, 0)), _sid(tail[0][0]))
         delay = 0.002
         while True:
             if self._task is None or self._task.done():
@@ -312,6 +315,10 @@ class Journal:
                 target = targets.get(st.schema)
                 if target is None:
                     continue  # nothing journaled here: nothing to wait for
+                if st.held and not held.trusted(self.tier, st):
+                    self._next_check = 0.0  # Redis lost them or is away: the rescue's
+                    left += len(st.held)  # writes to L3 are what this flush waits for
+                    continue
                 try:
                     left += await self._left(st, target)
                 except TierError:  # Redis away: the entries wait there; so does this flush

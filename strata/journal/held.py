@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from strata.journal.flusher import Stream
     from strata.tiers.redis import RedisTier
 
-__all__ = ["HeldWrite", "check", "establish_epoch", "note_epoch", "own", "rescue"]
+__all__ = ["HeldWrite", "check", "establish_epoch", "note_epoch", "own", "rescue", "trusted"]
 
 HeldWrite = tuple[bytes, bytes, int, str, bytes]
 """(stream entry id, packed id, version, op, packed row) of one acknowledged write"""
@@ -58,6 +58,13 @@ def own(st: Stream, keys: Sequence[str]) -> dict[str, JournalEntry]:
             if e is not None:
                 out[key] = e
     return out
+
+
+def trusted(tier: RedisTier, st: Stream) -> bool:
+    """Redis answers and holds the journal this instance wrote to: its held writes are
+    the newest of their keys it knows of. Otherwise (Redis away, or back without its
+    data) a held write is only served where L3 holds an older row (router/journaled.py)."""
+    return tier.available and st.token is not None and st.seen_epoch == st.token
 
 
 async def establish_epoch(tier: RedisTier, st: Stream) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from strata import errors
-from strata.errors import WriteBehindError
+from strata.errors import StrataError, WriteBehindError
 from strata.journal.entry import JournalEntry, encode_row, pack, unpack
 from strata.journal.flusher import Appended, Journal
 from strata.schema import VERSION_COLUMN
@@ -122,9 +122,28 @@ class JournalHost:
         """Held writes went to L3 directly (Redis lost or could not be reached for them):
         what Redis and every L1 got of those keys meanwhile may be older."""
         rt = self.core.routes[schema]
-        sets = [e.id for e in entries if e.op == "set"]
+        ids = [e.id for e in entries if e.op == "set"]
+        payloads = await self._current(rt, ids) if ids else {}
         deletes = [(e.id, e.version) for e in entries if e.op == "delete"]
-        await self.coh.forget_rescued(rt, sets, deletes)
+        await self.coh.forget_rescued(rt, [(i, payloads.get(i)) for i in ids], deletes)
+
+    async def _current(self, rt: Route, ids: list[Any]) -> dict[Any, bytes]:
+        """L2 envelopes of what L3 holds of these ids now, after the rescue: written to L2
+        (only if newer), they make a fill of an older row still in flight a refused one.
+        An id L3 has no row of (a newer delete won) is dropped from L2 instead."""
+        b, core = rt.b, self.core
+        if b.codec is None or not b.l2_on:
+            return {}
+        out: dict[Any, bytes] = {}
+        try:
+            core.c.l3_queries += 1
+            for row in await core.l3.get_many(b.cs, ids):
+                value, version = b.rows.from_row(row)
+                out[getattr(value, b.pk_field)] = b.codec.encode(value, version, b.rows.sealed(row))
+        except StrataError as exc:  # the keys are dropped instead, as before
+            core.count_error(exc)
+            return {}
+        return out
 
     async def refused(self, entry: JournalEntry, error: BaseException) -> None:
         core = self.core

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from strata.config import seconds
@@ -338,29 +338,40 @@ class Coherence:
 
     # -- cache control -----------------------------------------------------------------
 
-    async def forget_cached(self, rt: Route, ids: list[Any]) -> None:
-        """Drop ids from L1 and L2 here, and from every other instance's L1."""
+    async def forget_cached(
+        self, rt: Route, ids: list[Any], values: Mapping[Any, bytes] | None = None
+    ) -> None:
+        """Drop ids from L1 and L2 here, and from every other instance's L1. ``values``:
+        L2 envelopes written instead of the deletes (unless Redis holds newer ones), so a
+        fill of an older row still in flight is refused rather than landing in a hole."""
         core = self.core
         core.forget_readers(rt, ids)
         if rt.l1 is not None:
             rt.l1.delete_many(ids)
         if rt.b.l2_on:
             assert core.l2 is not None
-            keys = [rt.b.key(i) for i in ids]
+            values = values or {}
+            keys = [rt.b.key(i) for i in ids if i not in values]
+            if values:
+                ttl = rt.b.l2_ttl
+                await core.l2.set_many([(rt.b.key(i), p, ttl) for i, p in values.items()])
             await core.l2.delete_many(keys)
+            keys += [rt.b.key(i) for i in values]  # repaired as a whole if Redis is away
             await self.bump_generation(rt)
             if not core.l2.available:
                 self.remember_l2_missed(keys)
         await self.publish(rt, "set", [(i, None, None) for i in ids])
 
     async def forget_rescued(
-        self, rt: Route, sets: list[Any], deletes: list[tuple[Any, int]]
+        self, rt: Route, sets: list[tuple[Any, bytes | None]], deletes: list[tuple[Any, int]]
     ) -> None:
-        """Writes Redis lost reached L3 directly: drop every cached copy of their keys (a
-        delete leaves its versioned tombstone, so an older fill in flight is refused)."""
+        """Writes Redis lost reached L3 directly: drop every cached copy of their keys; L2
+        gets the rescued value (a delete its versioned tombstone), so an older fill in
+        flight is refused."""
         core = self.core
         if sets:
-            await self.forget_cached(rt, sets)
+            values = {i: p for i, p in sets if p is not None}
+            await self.forget_cached(rt, [i for i, _ in sets], values)
         if not deletes:
             return
         ids = [i for i, _ in deletes]

@@ -11,6 +11,7 @@ read of an L3 row older than a write read from Redis (``check_l3``):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -19,9 +20,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from strata.config import seconds
-from strata.errors import StrataError, TierError, TierUnavailableError
+from strata.errors import StrataError, TierError, TierUnavailableError, WriteBehindError
+from strata.journal import held
 from strata.journal.entry import JournalEntry, encode_row, pack
-from strata.journal.flusher import Appended
+from strata.journal.flusher import Appended, Journal
 from strata.router.coherence import Coherence
 from strata.router.core import Core, Route
 from strata.router.upserts import Item
@@ -83,8 +85,8 @@ class JournaledWriteBehind(WriteBehind):
             # Held until L3 has it: also while Redis, back without its data, no longer holds
             # it and the rescue has not written it to L3 yet (read your writes).
             own = journal.own(self.schema, [rt.b.key(id)])
-            for e in own.values():
-                if e.version > (-1 if version is None else version):
+            for e in own.values():  # not when a newer one was read since (another's)
+                if e.version > (-1 if version is None else version) and e.version >= self._seen(id):
                     return self._model(rt, e)
         seen = self.seen.get(id)
         if seen is None:
@@ -124,6 +126,10 @@ class JournaledWriteBehind(WriteBehind):
             "which is unreachable or lost it: not serving the older row",
             tier="l2",
         )
+
+    def _seen(self, id: Any) -> int:
+        seen = self.seen.get(id)
+        return -1 if seen is None else seen[0]
 
     def _unsee(self, id: Any) -> None:
         self.seen.pop(id, None)
@@ -183,8 +189,8 @@ class JournaledWriteBehind(WriteBehind):
         keys = {b.key(i): i for i in ids}
         try:
             entries = await journal.peek(self.schema, list(keys))
-        except TierError:  # Redis away: this process's own writes are what it knows
-            entries = journal.own(self.schema, list(keys))
+        except TierError:  # Redis away: L3 is compared with the writes held here
+            return {}  # (check_l3): another instance's newer one may be there
         out: dict[Any, Queued] = {}
         for key, e in entries.items():
             q = self._model(rt, e)
@@ -192,6 +198,37 @@ class JournaledWriteBehind(WriteBehind):
                 out[keys[key]] = q
                 self.saw(keys[key], q[1])
         return out
+
+    async def settle(self, timeout: float) -> None:
+        """Every journaled write of the schema (this instance's and the others', which it
+        may have read from Redis) reaches L3 through the journal's flush; with Redis away,
+        this instance's held writes through their rescue (after ``RESCUE_AFTER``)."""
+        deadline = time.monotonic() + timeout
+        await super().settle(timeout)
+        journal = self.core.journal
+        if journal is None or not journal.has(self.schema):
+            return
+        if journal.tier.available:
+            try:
+                await self._flush_all(journal, deadline)
+                return
+            except TierUnavailableError:
+                pass  # Redis went away: what this instance holds is rescued
+        delay = 0.005
+        while journal.holds(self.schema) and not journal.tier.available:
+            if time.monotonic() >= deadline:
+                raise WriteBehindError(
+                    f"{self.schema}: Redis is unreachable and this instance's journaled "
+                    f"writes did not reach L3 within {timeout:g} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        if journal.holds(self.schema):  # Redis back meanwhile: the journal's flush
+            await self._flush_all(journal, deadline)
+
+    async def _flush_all(self, journal: Journal, deadline: float) -> None:
+        left = max(deadline - time.monotonic(), 0.0)
+        await journal.flush(left, schema=self.schema, everyone=True)
 
     def pending(self, id: Any) -> Queued | None:
         """The in-process queue's write of the id, or this instance's own journaled write
@@ -201,9 +238,22 @@ class JournaledWriteBehind(WriteBehind):
         journal = self.core.journal
         if journal is None or not journal.holds(self.schema):
             return queued
+        if not held.trusted(journal.tier, journal.streams[self.schema]):
+            return queued  # L3 is compared with the held writes instead (check_l3)
         rt = self.core.routes[self.schema]
         for e in journal.own(self.schema, [rt.b.key(id)]).values():
             if queued is None or queued[1] < e.version:
+                return self._model(rt, e)
+        return queued
+
+    def own_write(self, id: Any) -> Queued | None:
+        queued = WriteBehind.pending(self, id)
+        journal = self.core.journal
+        if journal is None or not journal.holds(self.schema):
+            return queued
+        rt = self.core.routes[self.schema]
+        for e in journal.own(self.schema, [rt.b.key(id)]).values():
+            if e.version >= self._seen(id) and (queued is None or queued[1] < e.version):
                 return self._model(rt, e)
         return queued
 

@@ -7,7 +7,10 @@
                   └miss─► search ─► stored under the current generation (every write to
                           the schema bumps it, so no stale result is ever reachable)
 
-Replica rows never fill a cache.
+Replica rows never fill a cache. On a write-behind schema a search (or count) first waits
+until this instance's own queued or journaled writes of it are in L3 (read your writes:
+rows it created and values it changed are matched there); another instance's writes not
+flushed yet replace the L3 rows of their ids (``_overlay``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from strata.errors import (
     StrataError,
     TierUnavailableError,
     UnsupportedOperationError,
+    WriteBehindError,
 )
 from strata.query import CompiledQuery, Q, Query, as_query, compile_count, compile_select
 from strata.router.core import Core, Route
@@ -130,6 +134,21 @@ class Queries:
                 self._replica_down(rt, exc)
         return await self.core.l3.fetch(cq.sql, cq.args, schema=rt.b.cs), False
 
+    async def _settle(self, rt: Route) -> None:
+        """Write-behind: this instance's writes of the schema reach L3 before it is queried."""
+        if not rt.path.lags:
+            return
+        timeout = self.core.config.l3_timeout_seconds
+        try:
+            await rt.path.settle(timeout)
+        except WriteBehindError as exc:
+            raise TierUnavailableError(
+                f"{rt.name}: a search reads L3, and this instance's write-behind writes of "
+                f"it did not reach L3 within l3_timeout ({timeout:g} s): {exc} "
+                "(Q().force_l3() returns what L3 holds now)",
+                tier="l3",
+            ) from exc
+
     # -- the verbs -----------------------------------------------------------------------
 
     async def search(self, rt: Route, q: Q | Query | None) -> tuple[list[Any], str | None]:
@@ -137,6 +156,8 @@ class Queries:
         if query.tier == "l2":
             return await self.search_cached(rt, q)
         cq = self.compile(rt, query)
+        if query.tier != "l3":  # force_l3(): what L3 holds, queued writes or not
+            await self._settle(rt)
         rows, replica = await self._rows(rt, cq)
         if cq.projection:
             return rt.b.rows.projection(cq.columns, rows), "l3"
@@ -178,6 +199,8 @@ class Queries:
             return await self.search(rt, query)
         assert core.l2 is not None and b.codec is not None
         cq = self.compile(rt, query)
+        if query.tier != "l2":  # first: a result cached before the writes reached L3 is old
+            await self._settle(rt)
         generation, payload = await core.l2.get_generation(b.gen_key, b.query_prefix, cq.digest())
         if payload is not None:
             try:
@@ -226,6 +249,8 @@ class Queries:
 
     async def count(self, rt: Route, q: Q | Query | None) -> tuple[int, str | None]:
         cq = self.compile(rt, q, count=True)
+        if as_query(q).tier != "l3":
+            await self._settle(rt)
         rows, _ = await self._rows(rt, cq)
         return (int(next(iter(rows[0].values()))) if rows else 0), "l3"
 

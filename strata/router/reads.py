@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from strata.codec import Tombstone
 from strata.config import seconds
-from strata.errors import CodecError, NotFoundError, StrataError
+from strata.errors import CodecError, NotFoundError, StrataError, TierUnavailableError
 from strata.router.core import Core, Route
 from strata.schema import ttl_min
 
@@ -73,7 +73,6 @@ class Reads:
             if l1 is not None:
                 hit = l1.get(id)
                 if hit is not None:
-                    c.l1_hits += 1
                     out = b.copy_out(hit)
                     if hooks.after_get is not None:
                         out = await self.deliver(rt, out)
@@ -140,7 +139,7 @@ class Reads:
             rt.path.saw(id, version)
             if versions is not None:
                 versions[id] = version
-            queued = rt.path.pending(id)
+            queued = rt.path.own_write(id)  # held ones too: L2 answered
             newer_queued = queued is not None and queued[1] > version
             if rt.l1 is not None and core.l1_fillable() and not newer_queued:
                 rt.l1.set(id, b.l1_copy(value), version, ttl=ttl_min(remaining, b.l1_ttl))
@@ -216,17 +215,20 @@ class Reads:
         epoch = rt.epoch
         if not force_l3:
             # This process's own queued write (write-behind) wins unless L2 holds a newer
-            # one (another instance's): one version space, the higher version wins.
-            queued = rt.path.pending(id)
+            # one (another instance's): one version space, the higher version wins. Asked
+            # after L2: with Redis failing, a journaled write held here is no longer offered
+            # (another instance's newer one may be in L3: check_l3 compares them).
             versions: dict[Any, int] = {}
             found: dict[Any, BaseModel] = {}
             gone: set[Any] = set()
             if b.l2_on:
                 found, gone = await self.l2_get(rt, [id], versions)
-                if not found and not gone and rt.path.lags:
-                    # the journal is the truth for keys not in L3 yet (also when their L2
-                    # value was invalidated or evicted)
-                    queued = (await self.queued(rt, [id])).get(id)
+            # L2 answered: an own write newer than its copy wins, held ones included
+            queued = rt.path.own_write(id) if id in versions else rt.path.pending(id)
+            if b.l2_on and not found and not gone and rt.path.lags:
+                # the journal is the truth for keys not in L3 yet (also when their L2
+                # value was invalidated or evicted)
+                queued = (await self.queued(rt, [id])).get(id)
             if queued is not None and queued[1] > versions.get(id, -1):
                 return queued[0], "l1"
             if id in found:
@@ -258,7 +260,13 @@ class Reads:
     ) -> tuple[BaseModel | None, str]:
         core, b = self.core, rt.b
         core.c.l3_queries += 1
-        rows = await core.l3.get_many(b.cs, [id])
+        try:
+            rows = await core.l3.get_many(b.cs, [id])
+        except TierUnavailableError:
+            own = None if force_l3 else rt.path.own_write(id)
+            if own is None:
+                raise
+            return own[0], "l1"  # L3 away: this instance's own write (read your writes)
         if rows:
             sealed = b.rows.sealed(rows[0])
             value, version = b.rows.from_row(rows[0])
@@ -414,9 +422,10 @@ class Reads:
     @staticmethod
     def _newer_pending(rt: Route, versions: Mapping[Any, int], found: dict[Any, BaseModel]) -> None:
         """L2 answered these ids (value or tombstone, at these versions): this process's
-        queued write of one wins if it is newer."""
+        queued write of one wins if it is newer (also a journaled one held while Redis is
+        not trusted: the L2 copy it is newer than came from L3 or a write, not later)."""
         for i in versions:
-            queued = rt.path.pending(i)
+            queued = rt.path.own_write(i)
             if queued is None or queued[1] <= versions.get(i, -1):
                 continue
             if queued[0] is None:

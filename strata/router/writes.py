@@ -81,6 +81,14 @@ class WritePath(Protocol):
     def saw(self, id: Any, version: int) -> None:
         """A read of this instance served this version of the id from Redis."""
 
+    def own_write(self, id: Any) -> Queued | None:
+        """This instance's acknowledged write of the id L3 may not have (write-behind),
+        unless it read a newer one since: what a read serves when L3 cannot be asked."""
+
+    async def settle(self, timeout: float) -> None:
+        """Before a search (which reads L3): wait until this instance's acknowledged writes
+        of the schema are in L3; WriteBehindError after ``timeout``."""
+
     def unsure(self, id: Any) -> bool:
         """L3 has no row of the id, and ``check_l3`` needs its delete version to tell a
         later delete from a newer write Redis lost (asked only then)."""
@@ -136,6 +144,12 @@ class WriteThrough:
         return {}
 
     def saw(self, id: Any, version: int) -> None:
+        return None
+
+    def own_write(self, id: Any) -> Queued | None:
+        return None
+
+    async def settle(self, timeout: float) -> None:
         return None
 
     def unsure(self, id: Any) -> bool:
@@ -224,6 +238,13 @@ class WriteBehind(WriteThrough):
 
     def pending(self, id: Any) -> tuple[BaseModel | None, int] | None:
         return self.shadow.get(id) if self.shadow else None
+
+    def own_write(self, id: Any) -> Queued | None:
+        return self.pending(id)
+
+    async def settle(self, timeout: float) -> None:
+        if self.shadow and self.core.wb is not None:
+            await self.core.wb.flush(timeout)
 
     def tx_version(self) -> int | None:
         # The schema's versions are write-behind clock values: a transaction keeps to them.
